@@ -1,0 +1,1 @@
+"""Analysis of trained ensembles on plain arrays: no Flax, no optimiser."""

@@ -1,0 +1,179 @@
+"""Frozen, typed run configuration: one dataclass per concern (model, data, training).
+
+Every field carries its help text and allowed range as metadata, so the command line,
+`config.json` and the validation all come from this one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value out of range; the message is one line naming field, value, rule."""
+
+
+def _field(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False, choices: tuple | None = None):
+    return field(default=default,
+                 metadata={"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices})
+
+
+def _check_fields(obj) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        meta = f.metadata
+        expected = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool,
+                                                             "str": str}.get(str(f.type))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+            object.__setattr__(obj, f.name, value)
+        if expected is not None and (not isinstance(value, expected)
+                                     or (expected is not bool and isinstance(value, bool))):
+            raise ConfigError(f"{f.name}={value!r}: must be of type {expected.__name__}")
+        if expected is float and not math.isfinite(value):
+            raise ConfigError(f"{f.name}={value!r}: must be a finite number")
+        lo, hi = meta.get("lo"), meta.get("hi")
+        if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+            rule = f"> {lo}" if meta.get("lo_open") else f">= {lo}"
+            if hi is not None:
+                rule += f" and <= {hi}"
+            raise ConfigError(f"{f.name}={value!r}: must be {rule}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{f.name}={value!r}: must be <= {hi}")
+        choices = meta.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{f.name}={value!r}: must be one of {', '.join(map(str, choices))}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The transformer. Reference: 2-layer, 4-head, attention-only, no LayerNorm, no biases."""
+
+    d_vocab: int = _field(64, "vocabulary size V (tokens are 0..V-1)", lo=2, hi=1_000_000)
+    n_ctx: int = _field(50, "context length (number of learned positions)", lo=2, hi=100_000)
+    n_layers: int = _field(2, "number of transformer layers (1 is the control that cannot do induction)",
+                           lo=1, hi=64)
+    n_heads: int = _field(4, "attention heads per layer", lo=1, hi=256)
+    d_model: int = _field(64, "residual stream width D (d_head = D / n_heads)", lo=1, hi=65_536)
+    d_mlp: int = _field(0, "MLP hidden width per layer; 0 = attention-only (reference)", lo=0, hi=1_000_000)
+    layer_norm: bool = _field(False, "pre-LayerNorm before each block and the unembedding (reference: off)")
+    init_std: float = _field(0.0, "std of the normal init of every weight; 0 = 0.8/sqrt(d_model), "
+                             "TransformerLens' default", lo=0.0, hi=100.0)
+
+    def __post_init__(self):
+        _check_fields(self)
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model}: must be divisible by n_heads={self.n_heads}")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def attn_only(self) -> bool:
+        return self.d_mlp == 0
+
+    @property
+    def weight_std(self) -> float:
+        return self.init_std or 0.8 / math.sqrt(self.d_model)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Repeated random sequences: P random tokens, then the same P again (length 2P)."""
+
+    half_length: int = _field(25, "P, length of the random half; sequences are 2P long", lo=2, hi=50_000)
+    batch_size: int = _field(64, "sequences per training step", lo=1, hi=1_000_000)
+    replace: bool = _field(True, "draw the half with replacement (reference); off = no token repeats "
+                           "inside a half (needs P <= V)")
+    probe_batch_size: int = _field(64, "sequences in the fixed probe batch used for evaluation",
+                                   lo=1, hi=1_000_000)
+
+    def __post_init__(self):
+        _check_fields(self)
+
+    @property
+    def seq_len(self) -> int:
+        return 2 * self.half_length
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """AdamW on fresh batches; an ensemble of `seeds` members with seeds first_seed, first_seed+1, ..."""
+
+    seeds: int = _field(8, "ensemble size: members trained at once, one per seed", lo=1, hi=1_000_000)
+    first_seed: int = _field(0, "seed of member 0; member i has seed first_seed + i", lo=0, hi=2**31 - 1)
+    steps: int = _field(2000, "optimiser steps per member", lo=1, hi=100_000_000)
+    lr: float = _field(1e-3, "AdamW learning rate", lo=0.0, hi=10.0, lo_open=True)
+    weight_decay: float = _field(0.01, "AdamW decoupled weight decay (PyTorch's AdamW default)",
+                                 lo=0.0, hi=10.0)
+    b1: float = _field(0.9, "AdamW beta1", lo=0.0, hi=0.999999)
+    b2: float = _field(0.999, "AdamW beta2", lo=0.0, hi=0.99999999)
+    eps: float = _field(1e-8, "AdamW epsilon", lo=0.0, hi=1.0, lo_open=True)
+    chunk_steps: int = _field(250, "steps per compiled lax.scan chunk; metrics reach the host once "
+                              "per chunk (rounded to a multiple of eval_every)", lo=1, hi=1_000_000)
+    eval_every: int = _field(50, "steps between in-training probes on the fixed probe batch",
+                             lo=1, hi=1_000_000)
+
+    def __post_init__(self):
+        _check_fields(self)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        m, d = self.model, self.data
+        if d.seq_len > m.n_ctx:
+            raise ConfigError(f"half_length={d.half_length}: sequences of 2*half_length={d.seq_len} "
+                              f"tokens must fit the context n_ctx={m.n_ctx}")
+        if not d.replace and d.half_length > m.d_vocab:
+            raise ConfigError(f"half_length={d.half_length}: sampling without replacement: must be "
+                              f"<= d_vocab={m.d_vocab}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        """Build from a (possibly partial) dict; unknown sections or keys are rejected by name."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"config: must be a JSON object with sections {', '.join(SECTIONS)}")
+        unknown = set(d) - set(SECTIONS)
+        if unknown:
+            raise ConfigError(f"config: unknown section {sorted(unknown)[0]!r}; allowed: "
+                              f"{', '.join(SECTIONS)}")
+        parts = {}
+        for name, klass in SECTIONS.items():
+            sub = d.get(name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"config.{name}: must be a JSON object")
+            allowed = {f.name for f in dataclasses.fields(klass)}
+            bad = set(sub) - allowed
+            if bad:
+                raise ConfigError(f"config.{name}: unknown key {sorted(bad)[0]!r}; allowed: "
+                                  f"{', '.join(sorted(allowed))}")
+            parts[name] = klass(**sub)
+        return cls(**parts)
+
+    def replace(self, **overrides) -> "RunConfig":
+        """Copy with flat field overrides, e.g. replace(n_layers=1, lr=3e-3)."""
+        sections = {name: {} for name in SECTIONS}
+        for key, value in overrides.items():
+            section = FIELD_SECTION.get(key)
+            if section is None:
+                raise ConfigError(f"{key}: not a config field")
+            sections[section][key] = value
+        return RunConfig(**{name: dataclasses.replace(getattr(self, name), **sections[name])
+                            for name in SECTIONS})
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+FIELD_SECTION = {f.name: name for name, klass in SECTIONS.items() for f in dataclasses.fields(klass)}

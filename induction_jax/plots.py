@@ -1,0 +1,48 @@
+"""Training figures (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+HALF_COLORS = {"loss_first_half": "tab:blue", "loss_second_half": "tab:red"}
+
+
+def save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def ensemble_lines(ax, steps, values_EN, color, label, thin_alpha=0.35):
+    """Every member a thin line, the ensemble mean bold."""
+    for row in values_EN:
+        ax.plot(steps, row, color=color, lw=0.6, alpha=thin_alpha)
+    ax.plot(steps, np.nanmean(values_EN, 0), color=color, lw=2.4, label=label)
+
+
+def loss_plot(steps, losses: dict[str, np.ndarray], d_vocab: int, path: Path, title: str = "") -> Path:
+    """First- and second-half loss against step; thin line per member, bold mean, ln V marked."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    E = len(next(iter(losses.values())))
+    for name, color in HALF_COLORS.items():
+        label = f"{name.replace('_', ' ')} (mean of {E})"
+        ensemble_lines(ax, steps, losses[name], color, label)
+    ax.axhline(math.log(d_vocab), color="k", ls="--", lw=1)
+    ax.annotate(f"ln V = ln {d_vocab} = {math.log(d_vocab):.2f}", (steps[-1], math.log(d_vocab)),
+                xytext=(0, 4), textcoords="offset points", ha="right", va="bottom", fontsize=9)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("cross-entropy loss (nats)")
+    ax.set_ylim(0, max(math.log(d_vocab) * 1.25, float(np.nanmax(np.nanmean(losses["loss_first_half"], 0)))))
+    ax.set_xlim(steps[0], steps[-1])
+    ax.set_title(title or "Loss on the first half (unpredictable) and second half (induction)")
+    ax.legend(loc="center right")
+    ax.grid(alpha=0.3)
+    return save(fig, path)

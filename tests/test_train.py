@@ -1,0 +1,85 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from induction_jax import ensemble
+from induction_jax import train as train_lib
+
+
+def collect(cfg, members):
+    """Train an ensemble through the chunked driver; return state and step metrics [E, steps]."""
+    chunks = []
+    state = ensemble.init_ensemble(cfg, members)
+    state = ensemble.train(cfg, state, 0, lambda s, r: chunks.append(r))
+    return state, {k: np.concatenate([c.metrics[k] for c in chunks], 1) for k in train_lib.STEP_METRICS}
+
+
+@pytest.fixture(scope="module")
+def short(small_cfg):
+    return small_cfg.replace(steps=60, eval_every=20, chunk_steps=40)
+
+
+def test_member_i_equals_single_run_with_seed_i(short):
+    members = ensemble.Members.from_config(short.replace(seeds=3, first_seed=5))
+    state, metrics = collect(short, members)
+    single = jax.jit(functools.partial(train_lib.train_member, short))
+    for i, seed in enumerate(members.seed):
+        s_state, s_metrics, _ = single(jnp.uint32(seed))
+        np.testing.assert_allclose(metrics["loss"][i], s_metrics["loss"], rtol=2e-5, atol=2e-5)
+        for name in s_state.params:
+            np.testing.assert_allclose(state.params[name][i], s_state.params[name], rtol=2e-4, atol=2e-5)
+
+
+def test_determinism_and_seeds_differ(short):
+    members = ensemble.Members.from_config(short.replace(seeds=2))
+    a_state, a = collect(short, members)
+    b_state, b = collect(short, members)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.allclose(a["loss"][0], a["loss"][1])
+
+
+def test_chunking_does_not_change_the_numbers(short):
+    members = ensemble.Members.from_config(short.replace(seeds=2))
+    _, a = collect(short, members)
+    _, b = collect(short.replace(chunk_steps=20, eval_every=20), members)
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("start, total, chunk, every, want", [
+    (0, 100, 40, 20, [(2, 20), (2, 20), (1, 20)]),
+    (0, 55, 40, 20, [(2, 20), (1, 15)]),
+    (0, 7, 100, 20, [(1, 7)]),
+    (30, 100, 40, 20, [(1, 10), (2, 20), (1, 20)]),
+])
+def test_chunk_plan_covers_the_steps_and_probes_on_the_grid(start, total, chunk, every, want):
+    plan = train_lib.chunk_plan(start, total, chunk, every)
+    assert plan == want
+    assert start + sum(map(train_lib.chunk_length, plan)) == total
+
+
+def test_every_member_learns_induction(small_cfg):
+    """A real learning test: the small configuration learns induction in a few hundred steps."""
+    members = ensemble.Members.from_config(small_cfg)
+    _, m = collect(small_cfg, members)
+    last = {k: v[:, -25:].mean(1) for k, v in m.items()}
+    ln_v = np.log(small_cfg.model.d_vocab)
+    assert np.all(last["loss_second_half"] < 0.3), last["loss_second_half"]
+    assert np.all(last["loss_first_half"] > ln_v - 0.4), last["loss_first_half"]
+    assert np.all(m["loss_second_half"][:, :10].mean(1) > ln_v - 0.3)   # it started from chance
+
+
+def test_non_finite_member_is_frozen_and_others_untouched(short):
+    members = ensemble.Members(np.array([0, 1]), np.array([short.train.lr] * 2), np.array([0.01, 0.01]))
+    state = ensemble.init_ensemble(short, members)
+    clean = jax.tree.map(lambda x: x, state)
+    poisoned = state._replace(params={**state.params, "W_U": state.params["W_U"].at[1, 0, 0].set(jnp.nan)})
+    chunk = jax.jit(jax.vmap(functools.partial(train_lib.run_chunk, short, n_evals=1, eval_every=20)))
+    s_clean, m_clean, _ = chunk(clean)
+    s_bad, m_bad, _ = chunk(poisoned)
+    assert int(s_bad.diverged_step[1]) == 0 and int(s_bad.diverged_step[0]) == -1
+    np.testing.assert_array_equal(np.asarray(s_bad.params["W_Q"][1]), np.asarray(poisoned.params["W_Q"][1]))
+    np.testing.assert_allclose(m_bad["loss"][0], m_clean["loss"][0], rtol=1e-6)
