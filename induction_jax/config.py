@@ -87,6 +87,11 @@ class DataConfig:
     """Repeated random sequences: P random tokens, then the same P again (length 2P)."""
 
     half_length: int = _field(25, "P, length of the random half; sequences are 2P long", lo=2, hi=50_000)
+    min_half_length: int = _field(0, "shortest period of a training sequence: each draws its own "
+                                  "P_b in [min_half_length, P] after T-2P_b filler tokens, which "
+                                  "removes the positional shortcut; = half_length gives the fixed-P "
+                                  "reference task (probes always use it); 0 = ceil(2P/5)",
+                                  lo=0, hi=50_000)
     batch_size: int = _field(64, "sequences per training step", lo=1, hi=1_000_000)
     replace: bool = _field(True, "draw the half with replacement (reference); off = no token repeats "
                            "inside a half (needs P <= V)")
@@ -95,6 +100,14 @@ class DataConfig:
 
     def __post_init__(self):
         _check_fields(self)
+        if self.min_half_length == 1 or self.min_half_length > self.half_length:
+            raise ConfigError(f"min_half_length={self.min_half_length}: must be 0 (auto) or in "
+                              f"[2, half_length={self.half_length}]")
+
+    @property
+    def min_period(self) -> int:
+        """The shortest training period P_b (the resolved `min_half_length`)."""
+        return self.min_half_length or max(2, -(-2 * self.half_length // 5))
 
     @property
     def seq_len(self) -> int:

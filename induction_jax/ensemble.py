@@ -13,6 +13,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from induction_jax import train as train_lib
 from induction_jax.config import RunConfig
@@ -49,10 +50,26 @@ class Members:
                 "weight_decay": self.weight_decay.tolist()}
 
 
-def init_ensemble(cfg: RunConfig, members: Members) -> train_lib.MemberState:
-    init = jax.jit(jax.vmap(functools.partial(train_lib.init_member, cfg)))
-    return init(jnp.asarray(members.seed, jnp.uint32), jnp.asarray(members.lr, jnp.float32),
-                jnp.asarray(members.weight_decay, jnp.float32))
+def ensemble_sharding(n_members: int, devices=None) -> NamedSharding:
+    """Shard the leading (ensemble) axis over the largest number of local devices that divides
+    the ensemble, on a 1-D mesh named `ensemble`; across hosts the same mesh spans processes."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = max(d for d in range(1, len(devices) + 1) if n_members % d == 0)
+    mesh = Mesh(np.asarray(devices[:n]), ("ensemble",))
+    return NamedSharding(mesh, PartitionSpec("ensemble"))
+
+
+def shard(state, sharding: NamedSharding):
+    return jax.device_put(state, sharding)
+
+
+def init_ensemble(cfg: RunConfig, members: Members, devices=None) -> train_lib.MemberState:
+    """Every member's initial state, stacked on a leading axis sharded across the devices."""
+    sharding = ensemble_sharding(len(members), devices)
+    init = jax.jit(jax.vmap(functools.partial(train_lib.init_member, cfg)), out_shardings=sharding)
+    args = (jnp.asarray(members.seed, jnp.uint32), jnp.asarray(members.lr, jnp.float32),
+            jnp.asarray(members.weight_decay, jnp.float32))
+    return init(*shard(args, sharding))
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,14 +8,14 @@ import jax.numpy as jnp
 from induction_jax import model as model_lib
 from induction_jax.analysis.attention import induction_score, previous_token_score
 from induction_jax.config import RunConfig
-from induction_jax.data import sample_batch
+from induction_jax.data import probe_sequences
 from induction_jax.losses import split_losses, token_losses
 
 PROBE_METRICS = ("in_context_score", "probe_loss_second_half", "prev_token_score", "induction_score")
 
 
 def probe_batch(cfg: RunConfig, probe_key: jax.Array) -> jax.Array:
-    return sample_batch(probe_key, cfg.data, cfg.model.d_vocab, cfg.data.probe_batch_size)
+    return probe_sequences(probe_key, cfg.data, cfg.model.d_vocab)
 
 
 def probe_metrics(cfg: RunConfig, params: dict, probe_key: jax.Array) -> dict[str, jax.Array]:

@@ -55,16 +55,16 @@ def init_member(cfg: RunConfig, seed: jax.Array, lr: jax.Array, weight_decay: ja
     return MemberState(params, opt_state, jnp.int32(0), data_key, probe_key, jnp.int32(-1))
 
 
-def loss_fn(cfg: RunConfig, params: dict, tokens_BT: jax.Array):
+def loss_fn(cfg: RunConfig, params: dict, tokens_BT: jax.Array, period_B: jax.Array):
     logits_BTV = model_lib.forward(cfg.model, params, tokens_BT)
-    metrics = split_losses(token_losses(logits_BTV, tokens_BT), cfg.data.half_length)
+    metrics = split_losses(token_losses(logits_BTV, tokens_BT), cfg.data.half_length, period_B)
     return metrics["loss"], metrics
 
 
 def train_step(cfg: RunConfig, state: MemberState) -> tuple[MemberState, dict]:
     """One AdamW step on a fresh batch. A non-finite loss or gradient freezes the member."""
-    tokens_BT = sample_batch(jax.random.fold_in(state.data_key, state.step), cfg.data, cfg.model.d_vocab)
-    grads, metrics = jax.grad(functools.partial(loss_fn, cfg), has_aux=True)(state.params, tokens_BT)
+    batch = sample_batch(jax.random.fold_in(state.data_key, state.step), cfg.data, cfg.model.d_vocab)
+    grads, metrics = jax.grad(functools.partial(loss_fn, cfg), has_aux=True)(state.params, *batch)
     updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(metrics["loss"]) & jnp.all(jnp.stack(

@@ -27,3 +27,33 @@ def test_repeats_and_keys():
     assert not np.array_equal(x, y)
     assert np.array_equal(x, np.asarray(repeated_sequences(jax.random.PRNGKey(2), 4, 5, 10, repeats=4)))
     assert jnp.issubdtype(x.dtype, jnp.integer)
+
+
+def test_variable_period_sequences_repeat_with_their_own_period():
+    from induction_jax.data import variable_period_sequences
+    x, period = variable_period_sequences(jax.random.PRNGKey(4), 256, 25, 10, 64)
+    x, period = np.asarray(x), np.asarray(period)
+    assert x.shape == (256, 50) and period.min() >= 10 and period.max() <= 25
+    assert len(np.unique(period)) > 10                       # the period really varies
+    for row, p in zip(x, period):
+        start = 50 - 2 * p
+        np.testing.assert_array_equal(row[start:start + p], row[start + p:])
+    assert x.min() >= 0 and x.max() < 64
+
+
+def test_variable_period_without_replacement_has_distinct_copies():
+    from induction_jax.data import variable_period_sequences
+    x, period = variable_period_sequences(jax.random.PRNGKey(5), 64, 12, 4, 16, replace=False)
+    for row, p in zip(np.asarray(x), np.asarray(period)):
+        start = 24 - 2 * p
+        assert len(set(row[start:start + p])) == p
+
+
+def test_sample_batch_fixed_period_when_min_equals_half():
+    from induction_jax.config import DataConfig
+    from induction_jax.data import sample_batch
+    cfg = DataConfig(half_length=8, min_half_length=8, batch_size=4)
+    x, period = sample_batch(jax.random.PRNGKey(6), cfg, 16)
+    np.testing.assert_array_equal(np.asarray(x)[:, :8], np.asarray(x)[:, 8:])
+    assert np.all(np.asarray(period) == 8)
+    assert DataConfig(half_length=25).min_period == 10

@@ -21,3 +21,20 @@ def test_split_uses_targets_1_to_P_minus_1_and_P_plus_1_to_T_minus_1():
     assert float(out["loss_first_half"]) == 2.0                   # targets 1, 2, 3
     assert float(out["loss_second_half"]) == 6.0                  # targets 5, 6, 7
     np.testing.assert_allclose(float(out["loss"]), np.mean(losses))  # target P=4 only here
+
+
+def test_split_with_periods_reduces_to_the_reference_at_period_P():
+    P = 4
+    losses = jax.random.uniform(jax.random.PRNGKey(1), (3, 2 * P - 1))
+    ref = split_losses(losses, P)
+    per = split_losses(losses, P, jnp.full((3,), P))
+    for k in ref:
+        np.testing.assert_allclose(float(ref[k]), float(per[k]), rtol=1e-6)
+
+
+def test_split_with_periods_masks_each_sequence_at_its_own_repeat():
+    # T = 8; sequence 0 has period 2: filler 0..3, copy at 4,5, repeat at 6,7 -> repeat start 6.
+    losses = jnp.array([[1.0, 1.0, 1.0, 1.0, 1.0, 50.0, 3.0]])   # targets 1..7
+    out = split_losses(losses, 4, jnp.array([2]))
+    assert float(out["loss_first_half"]) == 1.0     # targets 1..5
+    assert float(out["loss_second_half"]) == 3.0    # target 7 (target 6 belongs to neither)

@@ -1,0 +1,106 @@
+"""Scores that run the model: attention-pattern scores on probe batches, head ablations,
+direct logit attribution. Every function takes stacked params `[E, ...]` and is vmapped over
+the ensemble (and, for ablations, over the heads) inside one `jit`: no Python loop over
+members or heads."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from induction_jax.analysis import attention as att
+from induction_jax.data import repeated_sequences
+from induction_jax.functional import apply
+from induction_jax.losses import split_losses, token_losses
+
+
+def probe_tokens(key: jax.Array, batch: int, half_length: int, d_vocab: int, repeats: int = 2):
+    """Reference repeated sequences (period P) for the pattern scores and ablations."""
+    return repeated_sequences(key, batch, half_length, d_vocab, True, repeats)
+
+
+@functools.partial(jax.jit, static_argnames=("half_length", "prefix_period"))
+def pattern_scores(params: dict, tokens_BT: jax.Array, prefix_tokens_BT: jax.Array,
+                   half_length: int, prefix_period: int) -> dict[str, jax.Array]:
+    """Every attention-pattern score of every head, `[E, L, H]` each."""
+
+    def member(p):
+        _, acts = apply(p, tokens_BT, return_activations=True)
+        pattern_BLHTS = acts.pattern_BLHTS
+        mean_LHTS = pattern_BLHTS.mean(0)
+        per_layer = jax.vmap(lambda A: {                              # over layers, A [B, H, T, S]
+            "induction_score_tokens": att.induction_score_by_tokens(A, tokens_BT),
+            "duplicate_score_tokens": att.duplicate_token_score_by_tokens(A, tokens_BT),
+            "prev_token_score_tokens": att.previous_token_score_by_tokens(A, tokens_BT),
+        }, in_axes=1)(pattern_BLHTS)
+        _, prefix_acts = apply(p, prefix_tokens_BT, return_activations=True)
+        prefix = jax.vmap(lambda A: att.prefix_matching_score(A, prefix_tokens_BT, prefix_period),
+                          in_axes=1)(prefix_acts.pattern_BLHTS)
+        return {"prev_token_score": att.previous_token_score(mean_LHTS),
+                "induction_score": att.induction_score(mean_LHTS, half_length),
+                "duplicate_token_score": att.duplicate_token_score(mean_LHTS, half_length),
+                "prefix_matching_score": prefix, **per_layer}
+
+    return jax.vmap(member)(params)
+
+
+@jax.jit
+def mean_patterns(params: dict, tokens_BT: jax.Array) -> jax.Array:
+    """Batch-mean attention patterns `[E, L, H, T, S]` (for the figures)."""
+    return jax.vmap(lambda p: apply(p, tokens_BT, return_activations=True)[1].pattern_BLHTS.mean(0))(params)
+
+
+def _second_half_loss(p, tokens_BT, half_length, **kwargs):
+    logits = apply(p, tokens_BT, **kwargs)
+    return split_losses(token_losses(logits, tokens_BT), half_length)["loss_second_half"]
+
+
+@functools.partial(jax.jit, static_argnames=("half_length",))
+def ablations(params: dict, tokens_BT: jax.Array, half_length: int) -> dict[str, jax.Array]:
+    """Increase of loss_second_half when one head's output is replaced by zero, or by its mean
+    over batch and positions, `[E, L, H]`; plus the clean loss `[E]`."""
+
+    def member(p):
+        clean = _second_half_loss(p, tokens_BT, half_length)
+        _, acts = apply(p, tokens_BT, return_activations=True)
+        mean_LHD = acts.head_out_BLTHD.mean((0, 2))
+        L, H = mean_LHD.shape[:2]
+        B, T = tokens_BT.shape
+        eye = jnp.eye(L * H).reshape(L * H, L, H)
+
+        def ablate(onehot_LH):
+            mask = 1.0 - onehot_LH
+            zero = _second_half_loss(p, tokens_BT, half_length, head_mask_LH=mask)
+            replace_LBTHD = jnp.broadcast_to((onehot_LH[..., None] * mean_LHD)[:, None, None],
+                                             (L, B, T, H, mean_LHD.shape[-1]))
+            mean = _second_half_loss(p, tokens_BT, half_length, head_mask_LH=mask,
+                                     head_replace_LBTHD=replace_LBTHD)
+            return zero - clean, mean - clean
+
+        zero, mean = jax.lax.map(ablate, eye)
+        return {"zero_ablation_delta": zero.reshape(L, H), "mean_ablation_delta": mean.reshape(L, H),
+                "clean_loss_second_half": clean}
+
+    return jax.vmap(member)(params)
+
+
+@functools.partial(jax.jit, static_argnames=("half_length",))
+def direct_logit_attribution(params: dict, tokens_BT: jax.Array, half_length: int) -> jax.Array:
+    """Each head's output dotted with W_U[:, correct token], mean over second-half predictions
+    (positions P..T-2 predicting targets P+1..T-1), `[E, L, H]`."""
+
+    def member(p):
+        _, acts = apply(p, tokens_BT, return_activations=True)
+        heads_BLTHD = acts.head_out_BLTHD[:, :, half_length:-1]
+        correct_BTD = jnp.swapaxes(p["W_U"], 0, 1)[tokens_BT[:, half_length + 1:]]
+        return jnp.einsum("blthd,btd->lh", heads_BLTHD, correct_BTD) / (
+            heads_BLTHD.shape[0] * heads_BLTHD.shape[2])
+
+    return jax.vmap(member)(params)
+
+
+def to_numpy(tree) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in tree.items()}

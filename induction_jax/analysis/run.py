@@ -1,0 +1,84 @@
+"""Score every head of every member in one pass: `analyze_params(params, half_length)`."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from induction_jax.analysis import behaviour, circuits
+from induction_jax.analysis.identify import Thresholds, identify
+from induction_jax.analysis.weights import stacked_params
+
+# Per-head scores written to scores.csv, in this order.
+HEAD_SCORES = ("prev_token_score", "induction_score", "duplicate_token_score", "prefix_matching_score",
+               "prev_token_score_tokens", "induction_score_tokens", "duplicate_score_tokens",
+               "positional_prev_token_score", "ov_copying_score", "ov_top1", "ov_top5",
+               "zero_ablation_delta", "mean_ablation_delta", "direct_logit_attribution",
+               "max_k_composition_in", "max_k_composition_out")
+
+
+def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, seed: int = 12345,
+                   prefix_repeats: int = 4, thresholds: Thresholds = Thresholds()) -> dict:
+    """All scores for stacked params `[E, ...]` on fresh reference probe sequences.
+
+    Returns `scores` (arrays `[E, L, H]`, and `[E, L, H, L, H]` compositions), the extra
+    arrays the figures need, the composition baseline and the circuit identification.
+    """
+    params = stacked_params(params)
+    V = params["W_E"].shape[1]
+    T = 2 * half_length
+    k_probe, k_prefix = jax.random.split(jax.random.PRNGKey(seed))
+    tokens = behaviour.probe_tokens(k_probe, probe_batch, half_length, V)
+    period = T // prefix_repeats
+    prefix_tokens = behaviour.probe_tokens(k_prefix, probe_batch, period, V, prefix_repeats)
+    jparams = jax.tree.map(jax.numpy.asarray, params)
+
+    scores = behaviour.to_numpy(behaviour.pattern_scores(jparams, tokens, prefix_tokens, half_length, period))
+    scores |= behaviour.to_numpy(behaviour.ablations(jparams, tokens, half_length))
+    scores["direct_logit_attribution"] = np.asarray(
+        behaviour.direct_logit_attribution(jparams, tokens, half_length))
+    extra = {"patterns": np.asarray(behaviour.mean_patterns(jparams, tokens[:1])),
+             "probe_tokens": np.asarray(tokens[0])}
+    baseline, not_applicable = None, None
+    try:
+        circuits.check_weight_based(params)
+    except circuits.NotApplicable as e:
+        not_applicable = str(e)
+    if not_applicable is None:
+        comp = circuits.composition_scores(jparams)
+        scores |= comp
+        ov = circuits.ov_copying_scores(jparams)
+        extra["ov_eigenvalues"] = ov.pop("ov_eigenvalues")
+        scores |= ov
+        pos = circuits.positional_qk_pattern(jparams, T)
+        scores["positional_prev_token_score"] = np.asarray(circuits.positional_prev_token_score(pos))
+        extra["positional_qk"] = np.asarray(pos)
+        d_head = params["W_Q"].shape[-1]
+        baseline = circuits.composition_baseline(params["W_Q"].shape[-2], d_head)
+        k = comp["k_composition"]
+        scores["max_k_composition_in"] = np.nanmax(np.where(np.isnan(k), -np.inf, k), axis=(1, 2))
+        scores["max_k_composition_out"] = np.nanmax(np.where(np.isnan(k), -np.inf, k), axis=(3, 4))
+        for name in ("max_k_composition_in", "max_k_composition_out"):
+            scores[name] = np.where(np.isinf(scores[name]), np.nan, scores[name])
+    circuit = identify(scores, baseline, thresholds)
+    circuit["composition_baseline"] = baseline
+    circuit["weight_based_not_applicable"] = not_applicable
+    return {"scores": scores, "extra": extra, "baseline": baseline, "circuit": circuit,
+            "half_length": half_length, "not_applicable": not_applicable}
+
+
+def scores_table(result: dict, seeds) -> tuple[list[str], list[list]]:
+    """scores.csv rows: one per (member, layer, head) with every per-head score (blank = n/a)."""
+    scores = result["scores"]
+    E, L, H = scores["prev_token_score"].shape
+    header = ["member", "seed", "layer", "head", *HEAD_SCORES]
+    rows = []
+    for e in range(E):
+        for layer in range(L):
+            for h in range(H):
+                row = [e, int(seeds[e]), layer, h]
+                for name in HEAD_SCORES:
+                    v = scores.get(name)
+                    row.append("" if v is None or not np.isfinite(v[e, layer, h]) else f"{v[e, layer, h]:.6g}")
+                rows.append(row)
+    return header, rows

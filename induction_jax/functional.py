@@ -1,0 +1,96 @@
+"""The transformer as a pure function of `(params, tokens)` on plain arrays (no Flax).
+
+Parameters in circuit layout (TransformerLens convention, row vectors): `W_E [V,D]`,
+`W_pos [n_ctx,D]`, `W_Q, W_K, W_V [L,H,D,K]`, `W_O [L,H,K,D]`, `W_U [D,V]`; optional
+`W_in [L,D,M]`, `W_out [L,M,D]` (MLPs) and `ln1_w, ln1_b, ln2_w, ln2_b [L,D]`,
+`lnf_w, lnf_b [D]` (pre-LayerNorm). The architecture is read off the names present.
+Shape suffixes: B batch, T query positions, S key positions, L layers, H heads,
+D d_model, K d_head, V vocab, M d_mlp.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+LN_EPS = 1e-5
+
+
+class Activations(NamedTuple):
+    """What the analysis needs, returned as values: per-layer attention and head outputs."""
+
+    pattern_BLHTS: jax.Array        # softmax attention, query T x key S
+    head_out_BLTHD: jax.Array       # each head's write into the residual stream, A (x W_V) W_O
+    resid_pre_BLTD: jax.Array       # residual stream entering each layer
+    resid_final_BTD: jax.Array      # residual stream before the unembedding
+
+
+def layer_norm(x_TD: jax.Array, w_D: jax.Array, b_D: jax.Array) -> jax.Array:
+    x_TD = x_TD - x_TD.mean(-1, keepdims=True)
+    return x_TD * jax.lax.rsqrt((x_TD * x_TD).mean(-1, keepdims=True) + LN_EPS) * w_D + b_D
+
+
+def causal_mask(n: int) -> jax.Array:
+    return jnp.tril(jnp.ones((n, n), dtype=bool))
+
+
+def attention(x_BTD, W_Q, W_K, W_V, W_O, head_mask_H=None, head_replace_BTHD=None, *,
+              return_heads: bool = False):
+    """One attention layer: (output [B,T,D], pattern [B,H,T,S], per-head output [B,T,H,D] or None).
+
+    `head_mask_H` scales each head's output (0 = zero-ablation); `head_replace_BTHD` is added
+    to it (mean-ablation adds the mean of the head where the mask removed the head itself).
+    """
+    d_head = W_Q.shape[-1]
+    q_BHTK = jnp.einsum("btd,hdk->bhtk", x_BTD, W_Q)
+    k_BHSK = jnp.einsum("bsd,hdk->bhsk", x_BTD, W_K)
+    v_BHSK = jnp.einsum("bsd,hdk->bhsk", x_BTD, W_V)
+    scores_BHTS = jnp.einsum("bhtk,bhsk->bhts", q_BHTK, k_BHSK) / jnp.sqrt(jnp.float32(d_head))
+    T = x_BTD.shape[1]
+    scores_BHTS = jnp.where(causal_mask(T), scores_BHTS, jnp.finfo(scores_BHTS.dtype).min)
+    pattern_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
+    z_BHTK = jnp.einsum("bhts,bhsk->bhtk", pattern_BHTS, v_BHSK)
+    if head_mask_H is not None:
+        z_BHTK = z_BHTK * head_mask_H[None, :, None, None]
+    if return_heads or head_replace_BTHD is not None:
+        heads_BTHD = jnp.einsum("bhtk,hkd->bthd", z_BHTK, W_O)
+        if head_replace_BTHD is not None:
+            heads_BTHD = heads_BTHD + head_replace_BTHD
+        return heads_BTHD.sum(2), pattern_BHTS, heads_BTHD if return_heads else None
+    return jnp.einsum("bhtk,hkd->btd", z_BHTK, W_O), pattern_BHTS, None
+
+
+def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None = None,
+          head_replace_LBTHD: jax.Array | None = None, return_activations: bool = False):
+    """Logits `[B,T,V]` (and `Activations`). `tokens_BT` is int `[B,T]`, or float `[B,T,V]`
+    (soft) one-hot token vectors, so gradients with respect to the input exist."""
+    n_layers = params["W_Q"].shape[0]
+    layer_norm_on = "ln1_w" in params
+    T = tokens_BT.shape[1]
+    embed_BTD = (tokens_BT @ params["W_E"] if jnp.issubdtype(tokens_BT.dtype, jnp.floating)
+                 else params["W_E"][tokens_BT])
+    x_BTD = embed_BTD + params["W_pos"][:T]
+    patterns, heads, resids = [], [], []
+    for layer in range(n_layers):
+        resids.append(x_BTD)
+        h_BTD = layer_norm(x_BTD, params["ln1_w"][layer], params["ln1_b"][layer]) if layer_norm_on else x_BTD
+        out_BTD, pattern_BHTS, heads_BTHD = attention(
+            h_BTD, params["W_Q"][layer], params["W_K"][layer], params["W_V"][layer], params["W_O"][layer],
+            None if head_mask_LH is None else head_mask_LH[layer],
+            None if head_replace_LBTHD is None else head_replace_LBTHD[layer],
+            return_heads=return_activations)
+        x_BTD = x_BTD + out_BTD
+        patterns.append(pattern_BHTS)
+        heads.append(heads_BTHD)
+        if "W_in" in params:
+            h_BTD = layer_norm(x_BTD, params["ln2_w"][layer], params["ln2_b"][layer]) if layer_norm_on else x_BTD
+            x_BTD = x_BTD + jax.nn.gelu(h_BTD @ params["W_in"][layer]) @ params["W_out"][layer]
+    final_BTD = layer_norm(x_BTD, params["lnf_w"], params["lnf_b"]) if layer_norm_on else x_BTD
+    logits_BTV = final_BTD @ params["W_U"]
+    if not return_activations:
+        return logits_BTV
+    return logits_BTV, Activations(
+        pattern_BLHTS=jnp.stack(patterns, 1), head_out_BLTHD=jnp.stack(heads, 1),
+        resid_pre_BLTD=jnp.stack(resids, 1), resid_final_BTD=final_BTD)
