@@ -72,7 +72,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {summary['n_members']} members x {cfg.train.steps} steps in "
           f"{time.perf_counter() - tic:.0f} s; final loss_second_half "
           f"min {min(finals):.3f} / max {max(finals):.3f}" if finals else "no member finished")
+    if not args.no_analysis:
+        from induction_jax.analysis.report import analyze_run
+
+        out_dir = analyze_run(run.path)
+        _print_circuits(out_dir)
+        print(f"report: {run.path / 'report.html'}")
     print(f"run directory: {run.path}")
+    return 0
+
+
+def _print_circuits(analysis_dir: Path) -> None:
+    circuit = json.loads((analysis_dir / "circuit.json").read_text())
+    print(f"clean induction circuit in {circuit['n_clean']} of {circuit['n_members']} members")
+    for r in circuit["members"]:
+        failed = [k for k, ok in r["checks"].items() if not ok]
+        print(f"  seed {r['seed']}: previous-token L{r['prev_token_head'][0]}H{r['prev_token_head'][1]} "
+              f"({r['prev_token_score']:.2f}), induction L{r['induction_head'][0]}H{r['induction_head'][1]} "
+              f"({r['induction_score']:.2f})" + (f"; fails: {', '.join(failed)}" if failed else ""))
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from induction_jax.analysis.report import analyze_run
+
+    out_dir = analyze_run(args.run_dir, args.seed)
+    _print_circuits(out_dir)
+    print(f"analysis: {out_dir}")
+    print(f"report: {Path(args.run_dir) / 'report.html'}")
     return 0
 
 
@@ -92,19 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="FILE", default=None,
                        help="start from this config JSON (a run's config.json works); flags override it")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-analysis", action="store_true",
+                       help="skip the circuit analysis and report after training")
     add_config_flags(train)
     train.set_defaults(func=cmd_train)
+
+    analyze = sub.add_parser("analyze", help="find and score the induction circuit in every member of a run",
+                             description="Write RUN_DIR/analysis/ (scores.csv, circuit.json, figures) "
+                                         "and RUN_DIR/report.html.")
+    analyze.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'induction-jax train'")
+    analyze.add_argument("--seed", type=int, default=None, metavar="K",
+                         help="member index whose single-model figures are drawn (default: 0)")
+    analyze.set_defaults(func=cmd_analyze)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from induction_jax.analysis.weights import WeightsError
     from induction_jax.rundir import RunDirError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CliError, RunDirError) as e:
+    except (ConfigError, CliError, RunDirError, WeightsError) as e:
         print(f"induction-jax {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -1,0 +1,136 @@
+"""`analyze_run(RUN_DIR)`: scores.csv, circuit.json, figures and an offline report.html."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from induction_jax.analysis import figures
+from induction_jax.analysis.run import analyze_params, scores_table
+from induction_jax.analysis.weights import load_run_params
+from induction_jax.rundir import RunDir, RunDirError, write_json_atomic
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_figures(result: dict, params: dict, member: int, out: Path) -> dict[str, Path]:
+    s, x, P = result["scores"], result["extra"], result["half_length"]
+    row = result["circuit"]["members"][member]
+    figs = {
+        "attention_patterns": figures.attention_grid(x["patterns"], member, P, out / "attention_patterns.png", row),
+        "head_scores": figures.score_bars(s, member, out / "head_scores.png"),
+        "ablations": figures.ablation_bars(s, member, out / "ablations.png"),
+        "ensemble_scores": figures.ensemble_distributions(s, out / "ensemble_scores.png"),
+    }
+    if result["not_applicable"] is None:
+        figs |= {
+            "positional_qk_prev_token_head": figures.positional_qk(
+                x["positional_qk"], member, row["prev_token_head"], out / "positional_qk_prev_token_head.png"),
+            "k_composition": figures.k_composition(s["k_composition"], result["baseline"], member,
+                                                   out / "k_composition.png"),
+            "full_ov_induction_head": figures.full_ov(params, member, row["induction_head"],
+                                                      out / "full_ov_induction_head.png"),
+            "ov_eigenvalues": figures.ov_eigenvalues(x["ov_eigenvalues"], s, member, out / "ov_eigenvalues.png"),
+        }
+    return figs
+
+
+def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
+    """Analyse every member of a run; single-model figures show `member` (default 0)."""
+    run = RunDir(Path(run_dir))
+    cfg = run.read_config()
+    seeds = run.members()["seed"]
+    if member is not None and not 0 <= member < len(seeds):
+        raise RunDirError(f"--seed {member}: out of range; this run has members 0..{len(seeds) - 1}")
+    params = load_run_params(run.path)
+    result = analyze_params(params, cfg.data.half_length)
+    out = run.path / "analysis"
+    out.mkdir(exist_ok=True)
+    header, rows = scores_table(result, seeds)
+    tmp = out / "scores.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    tmp.replace(out / "scores.csv")
+    circuit = result["circuit"]
+    for r in circuit["members"]:
+        r["seed"] = int(seeds[r["member"]])
+    write_json_atomic(out / "circuit.json", _json_safe(circuit))
+    figs = write_figures(result, params, member or 0, out)
+    write_report(run, circuit, figs, member or 0)
+    return out
+
+
+def _img(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _section_table(circuit: dict) -> str:
+    cols = ["seed", "prev_token_head", "prev_token_score", "induction_head", "induction_score",
+            "k_composition", "k_composition_z", "ov_copying_score", "ablation_prev_token_head",
+            "ablation_induction_head", "ablation_max_other_head", "clean_circuit"]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = []
+    for r in circuit["members"]:
+        cells = []
+        for c in cols:
+            v = r.get(c, "n/a")
+            if isinstance(v, float):
+                v = f"{v:.3f}"
+            elif isinstance(v, list):
+                v = f"L{v[0]}H{v[1]}"
+            cls = ' class="bad"' if c == "clean_circuit" and v is False else ""
+            cells.append(f"<td{cls}>{html.escape(str(v))}</td>")
+        failed = [k for k, ok in r["checks"].items() if not ok]
+        cells.append(f"<td>{html.escape(', '.join(failed) or '-')}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}<th>failed checks</th></tr>{''.join(body)}</table>"
+
+
+def write_report(run: RunDir, circuit: dict, figs: dict[str, Path], member: int,
+                 extra_sections: list[tuple[str, dict[str, Path]]] = ()) -> Path:
+    """A self-contained report.html (images inlined) in the run directory."""
+    cfg = run.read_config()
+    loss_png = run.plots / "loss.png"
+    parts = [f"<h1>induction-jax run report: {html.escape(run.path.name)}</h1>",
+             f"<p>{circuit['n_clean']} of {circuit['n_members']} members have a clean induction circuit "
+             f"(thresholds: {html.escape(json.dumps(circuit['thresholds']))}).</p>"]
+    if circuit.get("weight_based_not_applicable"):
+        parts.append(f"<p><b>Weight-based scores not applicable:</b> "
+                     f"{html.escape(circuit['weight_based_not_applicable'])}</p>")
+    parts.append(f"<pre>{html.escape(json.dumps(cfg.to_dict(), indent=1))}</pre>")
+    if loss_png.exists():
+        parts.append(f"<h2>Training loss</h2><img src='data:image/png;base64,{_img(loss_png)}'>")
+    parts.append("<h2>Circuit per member</h2>" + _section_table(circuit))
+    parts.append(f"<h2>Figures (single-model figures: member {member})</h2>")
+    for name, path in figs.items():
+        parts.append(f"<h3>{html.escape(name.replace('_', ' '))}</h3><img src='data:image/png;base64,{_img(path)}'>")
+    for title, section_figs in extra_sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        for name, path in section_figs.items():
+            parts.append(f"<h3>{html.escape(name.replace('_', ' '))}</h3>"
+                         f"<img src='data:image/png;base64,{_img(path)}'>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%}"
+             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}"
+             ".bad{color:#b00;font-weight:bold}")
+    doc = f"<!doctype html><html><head><meta charset='utf-8'><title>induction-jax report</title>" \
+          f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    path = run.path / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(doc)
+    tmp.replace(path)
+    return path
