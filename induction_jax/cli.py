@@ -27,16 +27,22 @@ def _bool_arg(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (`--n-layers`, `--lr`, ...), help text with its default."""
+def add_config_flags(parser: argparse.ArgumentParser, lists: bool = False) -> None:
+    """One flag per config field (`--n-layers`, `--lr`, ...), help text with its default.
+
+    With `lists`, each flag takes a comma-separated list (parsed later, in the sweep)."""
     for section, klass in SECTIONS.items():
         group = parser.add_argument_group(f"{section} config")
         for f in dataclasses.fields(klass):
             kind = {"int": int, "float": float, "bool": _bool_arg}[str(f.type)]
             flag = "--" + f.name.replace("_", "-")
             metavar = {"int": "N", "float": "X", "bool": "BOOL"}[str(f.type)]
-            group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=metavar,
-                               help=f"{f.metadata['help']} (default: {f.default})")
+            if lists:
+                group.add_argument(flag, dest=f"list_{f.name}", type=str, default=None, metavar=metavar + ",...",
+                                   help=f"{f.metadata['help']} (default: {f.default})")
+            else:
+                group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=metavar,
+                                   help=f"{f.metadata['help']} (default: {f.default})")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -52,7 +58,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             raise CliError(f"--config {path}: not valid JSON ({e})") from None
         # A run's own config.json wraps the config; a plain config file is the config itself.
         base = RunConfig.from_dict(obj["config"] if isinstance(obj, dict) and "kind" in obj else obj)
-    overrides = {name: getattr(args, name) for name in _field_names() if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in _field_names() if getattr(args, name, None) is not None}
     return base.replace(**overrides)
 
 
@@ -60,18 +66,28 @@ def _field_names() -> list[str]:
     return [f.name for klass in SECTIONS.values() for f in dataclasses.fields(klass)]
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from induction_jax.run import train_run
+EXIT_DIVERGED = 3
 
-    cfg = config_from_args(args)
-    out = Path(args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"))
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from induction_jax.run import resume_run, train_run
+
     tic = time.perf_counter()
-    run = train_run(cfg, out, overwrite=args.overwrite, progress=not args.no_progress)
+    if args.resume:
+        if args.config or args.out or args.overwrite:
+            raise CliError("--resume RUN_DIR: continues that run with its own config; it takes no "
+                           "--config, --out or --overwrite")
+        overrides = {name: getattr(args, name) for name in _field_names() if getattr(args, name) is not None}
+        run = resume_run(args.resume, overrides, progress=not args.no_progress)
+    else:
+        cfg = config_from_args(args)
+        out = Path(args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"))
+        run = train_run(cfg, out, overwrite=args.overwrite, progress=not args.no_progress)
     summary = json.loads(run.summary_json.read_text())
     finals = [m["final_loss_second_half"] for m in summary["members"] if m["final_loss_second_half"] is not None]
-    print(f"trained {summary['n_members']} members x {cfg.train.steps} steps in "
-          f"{time.perf_counter() - tic:.0f} s; final loss_second_half "
-          f"min {min(finals):.3f} / max {max(finals):.3f}" if finals else "no member finished")
+    print(f"trained {summary['n_members']} members x {summary['steps']} steps in "
+          f"{time.perf_counter() - tic:.0f} s; final loss_second_half min {min(finals):.3f} / max {max(finals):.3f}"
+          if finals else "no member has a finite final loss")
     if not args.no_analysis:
         from induction_jax.analysis.report import analyze_run
 
@@ -79,17 +95,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_circuits(out_dir)
         print(f"report: {run.path / 'report.html'}")
     print(f"run directory: {run.path}")
+    if summary["n_diverged"]:
+        where = ", ".join(f"seed {m['seed']} at step {m['diverged_step']}" for m in summary["members"]
+                          if m["diverged_step"] is not None)
+        print(f"induction-jax train: {summary['n_diverged']} of {summary['n_members']} members diverged "
+              f"(non-finite loss or gradient; their updates stopped there): {where}", file=sys.stderr)
+        return EXIT_DIVERGED
     return 0
 
 
 def _print_circuits(analysis_dir: Path) -> None:
     circuit = json.loads((analysis_dir / "circuit.json").read_text())
-    print(f"clean induction circuit in {circuit['n_clean']} of {circuit['n_members']} members")
+    print(f"induction circuit (previous-token head + induction heads, K-composing) in "
+          f"{circuit['n_induction_circuit']} of {circuit['n_members']} members; the textbook two-head form "
+          f"(one induction head, every other head dispensable) in {circuit['n_clean']}")
     for r in circuit["members"]:
-        failed = [k for k, ok in r["checks"].items() if not ok]
+        failed = [k for k, ok in r.get("shared_checks", r["checks"]).items() if not ok]
         print(f"  seed {r['seed']}: previous-token L{r['prev_token_head'][0]}H{r['prev_token_head'][1]} "
-              f"({r['prev_token_score']:.2f}), induction L{r['induction_head'][0]}H{r['induction_head'][1]} "
-              f"({r['induction_score']:.2f})" + (f"; fails: {', '.join(failed)}" if failed else ""))
+              f"({r['prev_token_score']:.2f}), best induction L{r['induction_head'][0]}H{r['induction_head'][1]} "
+              f"({r['induction_score']:.2f}) of {r.get('n_induction_heads', '?')} induction heads"
+              + (f"; fails: {', '.join(failed)}" if failed else ""))
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -100,6 +125,86 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(f"analysis: {out_dir}")
     print(f"report: {Path(args.run_dir) / 'report.html'}")
     return 0
+
+
+def cmd_phase(args: argparse.Namespace) -> int:
+    from induction_jax.phase.run import phase_run
+
+    out = phase_run(args.run_dir, window=args.window)
+    _print_phase(out)
+    print(f"phase: {out}")
+    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    return 0
+
+
+def _print_phase(phase_dir: Path) -> None:
+    stats = json.loads((phase_dir / "stats.json").read_text())
+    for curve in ("in_context_score", "induction_score", "prev_token_score"):
+        m = stats[curve]["midpoint"]
+        if m["mean"] is None:
+            print(f"  {curve}: every member censored")
+            continue
+        print(f"  {curve} midpoint: mean {m['mean']:.0f}, std {m['std']:.0f}, CV {m['cv']:.3f}, median "
+              f"{m['median']:.0f} (95% CI of the mean {m['ci95_low']:.0f}-{m['ci95_high']:.0f}; "
+              f"{m['n']} timed, {m['n_censored']} censored)")
+    order = stats["formation_order"]["counts"]
+    print(f"  previous-token head forms before / with / after the induction head: "
+          f"{order['before']} / {order['with']} / {order['after']}")
+
+
+def _parse_list(flag: str, text: str, kind) -> list:
+    items = [t.strip() for t in text.split(",")]
+    try:
+        values = [kind(t) for t in items if t]
+    except ValueError:
+        values = []
+    if not values or len(values) != len(items):
+        raise CliError(f"{flag} {text!r}: must be a comma-separated list of numbers, e.g. 3e-4,1e-3,3e-3")
+    return values
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """lr x weight-decay x seeds as one vmapped ensemble per shape; shape-changing lists
+    (any other config flag given as a list) as separate compiled runs under --out."""
+    import itertools
+
+    from induction_jax.analysis.report import analyze_run
+    from induction_jax.ensemble import Members
+    from induction_jax.phase.run import phase_run
+    from induction_jax.run import train_run
+
+    lrs = _parse_list("--lr", args.list_lr, float) if args.list_lr is not None else None
+    wds = _parse_list("--weight-decay", args.list_weight_decay, float) if args.list_weight_decay is not None else None
+    shape_lists = {}
+    for name in _field_names():
+        text = getattr(args, f"list_{name}", None)
+        if text is not None and name not in ("lr", "weight_decay"):
+            kind = {"int": int, "float": float, "bool": _bool_arg}[_field_type(name)]
+            shape_lists[name] = _parse_list("--" + name.replace("_", "-"), text, kind)
+    base = config_from_args(args)
+    out = Path(args.out or time.strftime("runs/sweep-%Y%m%d-%H%M%S"))
+    combos = [dict(zip(shape_lists, vals)) for vals in itertools.product(*shape_lists.values())] or [{}]
+    # Validate every configuration before anything is written.
+    cfgs = [base.replace(**combo) for combo in combos]
+    for lr in lrs or []:
+        base.replace(lr=lr)
+    for wd in wds or []:
+        base.replace(weight_decay=wd)
+    for combo, cfg in zip(combos, cfgs):
+        varied = {k: v for k, v in combo.items() if len(shape_lists[k]) > 1}
+        run_dir = out if len(combos) == 1 else out / "_".join(f"{k}-{v}" for k, v in varied.items())
+        members = Members.grid(cfg, lrs or [cfg.train.lr], wds or [cfg.train.weight_decay])
+        print(f"sweep: {len(members)} members ({len(lrs or [1])} lr x {len(wds or [1])} weight decay x "
+              f"{cfg.train.seeds} seeds) {combo or ''} -> {run_dir}")
+        train_run(cfg, run_dir, overwrite=args.overwrite, members=members, progress=not args.no_progress)
+        _print_circuits(analyze_run(run_dir))
+        _print_phase(phase_run(run_dir))
+        print(f"run directory: {run_dir}")
+    return 0
+
+
+def _field_type(name: str) -> str:
+    return next(str(f.type) for klass in SECTIONS.values() for f in dataclasses.fields(klass) if f.name == name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run directory to write (default: runs/run-<date>-<time>)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out (default: refuse)")
+    train.add_argument("--resume", metavar="RUN_DIR", default=None,
+                       help="continue this run from its latest good checkpoint (--steps may extend it)")
     train.add_argument("--config", metavar="FILE", default=None,
                        help="start from this config JSON (a run's config.json works); flags override it")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -130,20 +237,46 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--seed", type=int, default=None, metavar="K",
                          help="member index whose single-model figures are drawn (default: 0)")
     analyze.set_defaults(func=cmd_analyze)
+
+    phase = sub.add_parser("phase", help="time the phase change in every member of a run",
+                           description="Write RUN_DIR/phase/ (timings.csv, stats.json, figures) and add "
+                                       "them to RUN_DIR/report.html.")
+    phase.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'induction-jax train'")
+    phase.add_argument("--window", type=int, default=5, metavar="N",
+                       help="centred moving-average window, in probe points (odd)")
+    phase.set_defaults(func=cmd_phase)
+
+    sweep = sub.add_parser("sweep", help="train and analyse a hyperparameter sweep in one command",
+                           description="--lr and --weight-decay lists are crossed with the seeds into one "
+                                       "vmapped ensemble (one compiled call); a list for any other config "
+                                       "flag (e.g. --batch-size 32,64) runs one compiled ensemble per value "
+                                       "under --out.")
+    sweep.add_argument("--out", metavar="DIR", default=None, help="sweep directory (default: runs/sweep-<time>)")
+    sweep.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
+    sweep.add_argument("--config", metavar="FILE", default=None, help="start from this config JSON")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(sweep, lists=True)
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from induction_jax.analysis.weights import WeightsError
+    from induction_jax.phase.detect import PhaseError
+    from induction_jax.ensemble import ResourceError
+    from induction_jax.run import Interrupted
     from induction_jax.rundir import RunDirError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CliError, RunDirError, WeightsError) as e:
+    except (ConfigError, CliError, RunDirError, WeightsError, PhaseError, ResourceError) as e:
         print(f"induction-jax {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as e:
+        print(f"induction-jax {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"induction-jax {args.command}: interrupted", file=sys.stderr)
         return 130

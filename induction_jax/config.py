@@ -121,7 +121,7 @@ class TrainConfig:
     seeds: int = _field(8, "ensemble size: members trained at once, one per seed", lo=1, hi=1_000_000)
     first_seed: int = _field(0, "seed of member 0; member i has seed first_seed + i", lo=0, hi=2**31 - 1)
     steps: int = _field(2000, "optimiser steps per member", lo=1, hi=100_000_000)
-    lr: float = _field(1e-3, "AdamW learning rate", lo=0.0, hi=10.0, lo_open=True)
+    lr: float = _field(1e-2, "AdamW learning rate (SCIENCE.md reference 1e-3: see README)", lo=0.0, hi=10.0, lo_open=True)
     weight_decay: float = _field(0.01, "AdamW decoupled weight decay (PyTorch's AdamW default)",
                                  lo=0.0, hi=10.0)
     b1: float = _field(0.9, "AdamW beta1", lo=0.0, hi=0.999999)
@@ -131,6 +131,13 @@ class TrainConfig:
                               "per chunk (rounded to a multiple of eval_every)", lo=1, hi=1_000_000)
     eval_every: int = _field(50, "steps between in-training probes on the fixed probe batch",
                              lo=1, hi=1_000_000)
+    checkpoint_every: int = _field(500, "steps between checkpoints of the whole ensemble state (taken at "
+                                   "the end of the chunk that reaches them)", lo=1, hi=100_000_000)
+    keep_checkpoints: int = _field(3, "how many of the latest checkpoints to keep", lo=1, hi=1000)
+    devices: int = _field(0, "local devices to shard the ensemble over; 0 = all", lo=0, hi=65_536)
+    member_group: int = _field(0, "members trained together per compiled call; 0 = as many as fit in "
+                               "memory (estimated per member), larger ensembles run in groups", lo=0,
+                               hi=100_000_000)
 
     def __post_init__(self):
         _check_fields(self)

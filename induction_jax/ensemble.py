@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -50,9 +51,21 @@ class Members:
                 "weight_decay": self.weight_decay.tolist()}
 
 
+class ResourceError(RuntimeError):
+    """A device count or member group that cannot work (one line, with the estimate)."""
+
+
+def select_devices(requested: int = 0) -> list:
+    devices = jax.devices()
+    if requested > len(devices):
+        raise ResourceError(f"devices={requested}: only {len(devices)} {devices[0].platform} device(s) here; "
+                            f"allowed: 0 (all) to {len(devices)}")
+    return devices[:requested] if requested else devices
+
+
 def ensemble_sharding(n_members: int, devices=None) -> NamedSharding:
-    """Shard the leading (ensemble) axis over the largest number of local devices that divides
-    the ensemble, on a 1-D mesh named `ensemble`; across hosts the same mesh spans processes."""
+    """Shard the leading (ensemble) axis over the largest number of devices that divides the
+    ensemble, on a 1-D mesh named `ensemble`; across hosts the same mesh spans processes."""
     devices = list(devices if devices is not None else jax.devices())
     n = max(d for d in range(1, len(devices) + 1) if n_members % d == 0)
     mesh = Mesh(np.asarray(devices[:n]), ("ensemble",))
@@ -105,14 +118,89 @@ def initial_probe(cfg: RunConfig, state: train_lib.MemberState) -> ChunkResult:
                        np.asarray(state.diverged_step), 0.0)
 
 
+def available_memory_bytes(device) -> int:
+    """What one device may use: the accelerator's limit, or half the host's RAM on a CPU."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"] * 0.8)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+
+
+def rough_member_bytes(cfg: RunConfig) -> int:
+    """A quick upper-bound-style estimate (fp32): attention patterns and residual activations of
+    forward and backward, plus parameters and AdamW moments."""
+    m, d = cfg.model, cfg.data
+    B, T = d.batch_size, d.seq_len
+    acts = m.n_layers * B * (m.n_heads * T * T * 3 + T * m.d_model * 8 + T * max(m.d_mlp, 1) * 2)
+    acts += B * T * m.d_vocab * 3
+    n_params = m.d_vocab * m.d_model * 2 + m.n_ctx * m.d_model + m.n_layers * 4 * m.d_model * m.d_model
+    return 4 * (2 * acts + 4 * n_params)
+
+
+def member_bytes(cfg: RunConfig) -> int:
+    """Memory of one member's chunk (XLA's analysis: temporaries, arguments, outputs)."""
+    abstract = jax.eval_shape(lambda: init_ensemble(cfg, Members.from_config(cfg.replace(seeds=1)),
+                                                     jax.devices()[:1]))
+    n_evals = max(1, cfg.train.chunk_steps // cfg.train.eval_every)
+    mem = _compiled_chunk(cfg, n_evals, cfg.train.eval_every).lower(abstract).compile().memory_analysis()
+    if mem is None:
+        return 0
+    return int(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes)
+
+
+def plan_groups(cfg: RunConfig, n_members: int, devices, log=print) -> int:
+    """How many members train together per call: `member_group`, or as many as fit."""
+    n_dev = len(devices)
+    if cfg.train.member_group:
+        if cfg.train.member_group > n_members:
+            raise ResourceError(f"member_group={cfg.train.member_group}: larger than the ensemble "
+                                f"({n_members} members); allowed: 0 (auto) to {n_members}")
+        return cfg.train.member_group
+    avail = available_memory_bytes(devices[0]) * n_dev
+    if rough_member_bytes(cfg) * n_members * 4 < avail:
+        return n_members        # clearly fits: skip the compile that measures it
+    per_member = member_bytes(cfg)
+    if per_member == 0:
+        return n_members
+    if per_member > avail // n_dev:
+        raise ResourceError(f"one member needs about {per_member / 2**20:.0f} MiB, more than the "
+                            f"{avail / n_dev / 2**20:.0f} MiB available per device; reduce batch_size, "
+                            f"n_ctx or d_model")
+    fit = int(avail // per_member)
+    if fit >= n_members:
+        return n_members
+    group = max(n_dev, fit // n_dev * n_dev)
+    log(f"memory estimate: {per_member / 2**20:.1f} MiB per member; {n_members} members need "
+        f"{per_member * n_members / 2**30:.1f} GiB > {avail / 2**30:.1f} GiB available: training in "
+        f"groups of {group}")
+    return group
+
+
+def _groups(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _run_grouped(fn, state, group: int):
+    """Apply a compiled chunk to member groups one after another (bounded memory)."""
+    n = len(state.step)
+    if group >= n:
+        return fn(state)
+    outs = [fn(jax.tree.map(lambda x, s=s: x[s], state)) for s in _groups(n, group)]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
+
+
 def train(cfg: RunConfig, state: train_lib.MemberState, start: int,
-          on_chunk: Callable[[train_lib.MemberState, ChunkResult], None] | None = None):
-    """Train from step `start` to `cfg.train.steps`, handing each chunk's metrics to `on_chunk`."""
+          on_chunk: Callable[[train_lib.MemberState, ChunkResult], None] | None = None,
+          group: int | None = None):
+    """Train from step `start` to `cfg.train.steps`, handing each chunk's metrics to `on_chunk`.
+
+    `group` members train per compiled call (default: all of them at once)."""
     t = cfg.train
     step = start
+    group = group or len(state.step)
     for n_evals, every in train_lib.chunk_plan(start, t.steps, t.chunk_steps, t.eval_every):
         tic = time.perf_counter()
-        state, metrics, probes = _compiled_chunk(cfg, n_evals, every)(state)
+        state, metrics, probes = _run_grouped(_compiled_chunk(cfg, n_evals, every), state, group)
         metrics, probes = train_lib.to_host(metrics), train_lib.to_host(probes)
         n = n_evals * every
         result = ChunkResult(np.arange(step + 1, step + n + 1), metrics,
@@ -125,3 +213,18 @@ def train(cfg: RunConfig, state: train_lib.MemberState, start: int,
 
 
 __all__ = ["Members", "ChunkResult", "init_ensemble", "initial_probe", "train", "PROBE_METRICS"]
+
+
+def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
+    """Persistent XLA compilation cache, so a repeated run does not compile again.
+
+    Default directory: $INDUCTION_JAX_CACHE_DIR or ~/.cache/induction-jax/xla; "off" disables.
+    """
+    path = cache_dir or os.environ.get("INDUCTION_JAX_CACHE_DIR",
+                                       os.path.join(os.path.expanduser("~"), ".cache", "induction-jax", "xla"))
+    if path == "off":
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path

@@ -18,8 +18,8 @@ def split_losses(losses_BT: jax.Array, half_length: int, period_B: jax.Array | N
     `losses_BT[:, t-1]` is the loss of target t. For reference sequences (period P for all):
     first half = targets 1..P-1, second half = targets P+1..T-1; the target at P (the first
     repeated token) cannot be predicted and belongs to neither. For variable-period
-    sequences (`period_B`), the repeat starts at r_b = T - P_b: first half = targets
-    1..r_b-1 (filler and first copy), second half = targets r_b+1..T-1, token-weighted.
+    sequences (`period_B`, x[t] = x[t mod P_b]): first half = targets 1..P_b-1, second
+    half = targets P_b+1..T-1 (every repeat), token-weighted over the batch.
     """
     if period_B is None:
         P = half_length
@@ -27,7 +27,7 @@ def split_losses(losses_BT: jax.Array, half_length: int, period_B: jax.Array | N
                 "loss_second_half": losses_BT[:, P:].mean()}
     T = losses_BT.shape[1] + 1
     target_T = jnp.arange(1, T)[None, :]
-    repeat_B1 = (T - period_B)[:, None]
+    repeat_B1 = period_B[:, None]
     first = target_T < repeat_B1
     second = target_T > repeat_B1
     return {"loss": losses_BT.mean(),

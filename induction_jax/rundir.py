@@ -27,8 +27,8 @@ RUN_KIND = "induction-jax run"
 ID_COLUMNS = ("member", "seed", "lr", "weight_decay", "step")
 METRIC_COLUMNS = ID_COLUMNS + STEP_METRICS + PROBE_METRICS
 # What a run writes; --overwrite removes exactly these and nothing else of the user's.
-RUN_ENTRIES = ("config.json", "metrics.csv", "summary.json", "checkpoints", "plots", "analysis",
-               "phase", "report.html")
+RUN_ENTRIES = ("config.json", "metrics.csv", "summary.json", "checkpoints", "checkpoints_broken", "plots",
+               "analysis", "phase", "report.html")
 
 
 class RunDirError(RuntimeError):
@@ -136,19 +136,37 @@ def format_rows(table: np.ndarray) -> str:
 
 
 class MetricsWriter:
-    """Appends whole chunks to metrics.csv with one write and an fsync each."""
+    """Appends whole chunks to metrics.csv, each with a single write() system call and an fsync,
+    so a killed process leaves whole rows (at worst a whole chunk missing)."""
 
     def __init__(self, path: Path, append: bool = False):
         self.path = path
         if not append:
-            path.write_text(",".join(METRIC_COLUMNS) + "\n")
+            self._append((",".join(METRIC_COLUMNS) + "\n").encode(), truncate=True)
+
+    def _append(self, data: bytes, truncate: bool = False) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+        fd = os.open(self.path, flags, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def write(self, table: np.ndarray) -> None:
-        text = format_rows(table)
-        with open(self.path, "a") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        self._append(format_rows(table).encode())
+
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def truncate(self, n_bytes: int) -> None:
+        """Drop what was written after a checkpoint (rows that the resumed run re-computes)."""
+        if self.size() < n_bytes:
+            raise RunDirError(f"{self.path}: shorter ({self.size()} bytes) than its checkpoint recorded "
+                              f"({n_bytes}); the metrics were modified or lost")
+        os.truncate(self.path, n_bytes)
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:

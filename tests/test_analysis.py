@@ -129,3 +129,15 @@ def test_weights_and_architecture_errors():
         stacked_params({k: v for k, v in build().items() if k != "W_U"}, ensemble=False)
     with pytest.raises(circuits.NotApplicable, match="LayerNorm"):
         circuits.check_weight_based({**build(), "ln1_w": np.ones((2, 8))})
+
+
+def test_induction_floor_known_cases():
+    from induction_jax.analysis.behaviour import induction_floor
+    distinct = np.array([[0, 1, 2, 3, 0, 1, 2, 3]])
+    assert induction_floor(distinct, 4) == 0.0
+    # token 0 twice in the half. Query 4 (x=0) matches j=0 (next 1) and j=2 (next 2), target 1:
+    # ln 2. Query 5 (x=1) matches j=1 only: 0. Query 6 (x=0) matches j=0, 2, 4, target 2: ln 3.
+    dup = np.array([[0, 1, 0, 2, 0, 1, 0, 2]])
+    np.testing.assert_allclose(induction_floor(dup, 4), (np.log(2) + np.log(3)) / 3)
+    x = np.asarray(repeated_sequences(jax.random.PRNGKey(0), 256, 25, 64))
+    assert 0.2 < induction_floor(x, 25) < 0.4

@@ -29,7 +29,8 @@ def test_defaults_are_the_reference():
     assert (c.model.d_vocab, c.data.half_length, c.model.n_ctx) == (64, 25, 50)
     assert (c.model.n_layers, c.model.n_heads, c.model.d_model, c.model.d_head) == (2, 4, 64, 16)
     assert c.model.attn_only and not c.model.layer_norm
-    assert (c.train.lr, c.data.batch_size) == (1e-3, 64)
+    assert c.data.batch_size == 64
+    assert c.train.lr == 1e-2    # deviates from the reference 1e-3; measured reasons in the README
 
 
 def test_dict_round_trip_and_unknown_keys():

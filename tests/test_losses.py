@@ -33,8 +33,9 @@ def test_split_with_periods_reduces_to_the_reference_at_period_P():
 
 
 def test_split_with_periods_masks_each_sequence_at_its_own_repeat():
-    # T = 8; sequence 0 has period 2: filler 0..3, copy at 4,5, repeat at 6,7 -> repeat start 6.
-    losses = jnp.array([[1.0, 1.0, 1.0, 1.0, 1.0, 50.0, 3.0]])   # targets 1..7
-    out = split_losses(losses, 4, jnp.array([2]))
-    assert float(out["loss_first_half"]) == 1.0     # targets 1..5
-    assert float(out["loss_second_half"]) == 3.0    # target 7 (target 6 belongs to neither)
+    # T = 8; sequence 0 has period 3 (repeats start at 3), sequence 1 period 4 (the reference).
+    losses = jnp.array([[1.0, 2.0, 50.0, 3.0, 3.0, 3.0, 3.0],     # targets 1..7
+                        [1.0, 1.0, 1.0, 50.0, 5.0, 5.0, 5.0]])
+    out = split_losses(losses, 4, jnp.array([3, 4]))
+    np.testing.assert_allclose(float(out["loss_first_half"]), (1 + 2 + 1 + 1 + 1) / 5)  # 1..P_b-1
+    np.testing.assert_allclose(float(out["loss_second_half"]), (3 * 4 + 5 * 3) / 7)      # P_b+1..7

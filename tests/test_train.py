@@ -64,12 +64,16 @@ def test_chunk_plan_covers_the_steps_and_probes_on_the_grid(start, total, chunk,
 def test_every_member_learns_induction(small_cfg):
     """A real learning test: the small configuration learns induction in a few hundred steps."""
     members = ensemble.Members.from_config(small_cfg)
-    _, m = collect(small_cfg, members)
+    chunks = []
+    ensemble.train(small_cfg, ensemble.init_ensemble(small_cfg, members), 0, lambda s, r: chunks.append(r))
+    m = {k: np.concatenate([c.metrics[k] for c in chunks], 1) for k in train_lib.STEP_METRICS}
     last = {k: v[:, -25:].mean(1) for k, v in m.items()}
     ln_v = np.log(small_cfg.model.d_vocab)
-    assert np.all(last["loss_second_half"] < 0.3), last["loss_second_half"]
+    assert np.all(last["loss_second_half"] < 0.6), last["loss_second_half"]
     assert np.all(last["loss_first_half"] > ln_v - 0.4), last["loss_first_half"]
     assert np.all(m["loss_second_half"][:, :10].mean(1) > ln_v - 0.3)   # it started from chance
+    # ... by induction: a last-layer head attends to the token after the earlier copy
+    assert np.all(chunks[-1].probes["induction_score"][:, -1] > 0.5)
 
 
 def test_non_finite_member_is_frozen_and_others_untouched(short):

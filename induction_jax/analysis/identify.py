@@ -19,7 +19,16 @@ class Thresholds:
 
 def identify(scores: dict[str, np.ndarray], baseline: dict | None, thresholds: Thresholds = Thresholds()):
     """Per member: the previous-token head (best in any layer but the last), the induction head
-    (best in a later layer), their scores, and the checks that make a clean circuit.
+    (best in a later layer), their scores, and two verdicts, each with its checks:
+
+    - `clean_circuit`: the textbook two-head circuit. Both heads pass their attention
+      thresholds, their K-composition is far above the random baseline and the largest of all
+      pairs, the induction head copies (OV eigenvalues), mean-ablating either head raises
+      loss_second_half by more than `circuit_ablation_nats`, and every other head by less than
+      `other_ablation_nats`.
+    - `induction_circuit`: the same mechanism with the induction work shared. The
+      previous-token head passes and is necessary, every later head passing the induction
+      threshold counts as an induction head, and mean-ablating them together is necessary.
 
     `scores` holds `[E, L, H]` arrays (and `k_composition [E, L, H, L, H]` when the weight-based
     scores apply); `baseline` is `composition_baseline(...)` or None when they do not.
@@ -58,6 +67,19 @@ def identify(scores: dict[str, np.ndarray], baseline: dict | None, thresholds: T
             checks["ablating_other_heads_barely_matters"] = row["ablation_max_other_head"] < t.other_ablation_nats
         row["checks"] = {k: bool(v) for k, v in checks.items()}
         row["clean_circuit"] = all(checks.values())
+        # The same circuit with the induction work shared by several heads: each of them passes
+        # the induction threshold, and mean-ablating all of them together (not one) must hurt.
+        if "joint_ablation_induction_heads" in scores:
+            row["n_induction_heads"] = int(scores["n_induction_heads"][e])
+            row["ablation_all_induction_heads"] = float(scores["joint_ablation_induction_heads"][e])
+            shared = {k: checks[k] for k in ("prev_token_score", "induction_score",
+                                             "k_composition_above_baseline", "ov_copying_positive") if k in checks}
+            if "mean_ablation_delta" in scores:
+                shared["ablating_prev_token_head_hurts"] = row["ablation_prev_token_head"] > t.circuit_ablation_nats
+                shared["ablating_all_induction_heads_hurts"] = (row["ablation_all_induction_heads"]
+                                                                > t.circuit_ablation_nats)
+            row["shared_checks"] = {k: bool(v) for k, v in shared.items()}
+            row["induction_circuit"] = all(shared.values())
         out.append(row)
-    return {"thresholds": asdict(t), "members": out,
-            "n_clean": sum(r["clean_circuit"] for r in out), "n_members": E}
+    return {"thresholds": asdict(t), "members": out, "n_clean": sum(r["clean_circuit"] for r in out),
+            "n_induction_circuit": sum(r.get("induction_circuit", False) for r in out), "n_members": E}

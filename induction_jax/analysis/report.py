@@ -69,9 +69,10 @@ def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
     circuit = result["circuit"]
     for r in circuit["members"]:
         r["seed"] = int(seeds[r["member"]])
+    circuit["figure_member"] = member or 0
+    write_figures(result, params, member or 0, out)
     write_json_atomic(out / "circuit.json", _json_safe(circuit))
-    figs = write_figures(result, params, member or 0, out)
-    write_report(run, circuit, figs, member or 0)
+    write_report(run)
     return out
 
 
@@ -82,7 +83,8 @@ def _img(path: Path) -> str:
 def _section_table(circuit: dict) -> str:
     cols = ["seed", "prev_token_head", "prev_token_score", "induction_head", "induction_score",
             "k_composition", "k_composition_z", "ov_copying_score", "ablation_prev_token_head",
-            "ablation_induction_head", "ablation_max_other_head", "clean_circuit"]
+            "ablation_induction_head", "ablation_max_other_head", "n_induction_heads",
+            "ablation_all_induction_heads", "induction_circuit", "clean_circuit"]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = []
     for r in circuit["members"]:
@@ -93,7 +95,7 @@ def _section_table(circuit: dict) -> str:
                 v = f"{v:.3f}"
             elif isinstance(v, list):
                 v = f"L{v[0]}H{v[1]}"
-            cls = ' class="bad"' if c == "clean_circuit" and v is False else ""
+            cls = ' class="bad"' if c in ("clean_circuit", "induction_circuit") and v is False else ""
             cells.append(f"<td{cls}>{html.escape(str(v))}</td>")
         failed = [k for k, ok in r["checks"].items() if not ok]
         cells.append(f"<td>{html.escape(', '.join(failed) or '-')}</td>")
@@ -101,34 +103,67 @@ def _section_table(circuit: dict) -> str:
     return f"<table><tr>{head}<th>failed checks</th></tr>{''.join(body)}</table>"
 
 
-def write_report(run: RunDir, circuit: dict, figs: dict[str, Path], member: int,
-                 extra_sections: list[tuple[str, dict[str, Path]]] = ()) -> Path:
-    """A self-contained report.html (images inlined) in the run directory."""
+ANALYSIS_FIGURES = ("attention_patterns", "head_scores", "positional_qk_prev_token_head", "k_composition",
+                    "full_ov_induction_head", "ov_eigenvalues", "ablations", "ensemble_scores")
+PHASE_FIGURES = ("in_context_score", "induction_score", "loss_bump", "midpoint_distribution",
+                 "prev_vs_induction", "timing_by_lr")
+
+
+def _figure_html(folder: Path, names) -> str:
+    return "".join(f"<h3>{html.escape(n.replace('_', ' '))}</h3><img src='data:image/png;base64,{_img(folder / (n + '.png'))}'>"
+                   for n in names if (folder / f"{n}.png").exists())
+
+
+def _phase_html(stats: dict) -> str:
+    rows = []
+    for curve in ("in_context_score", "induction_score", "prev_token_score"):
+        for timing in ("onset", "midpoint", "end", "logistic_width"):
+            s = stats.get(curve, {}).get(timing, {})
+            fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+            rows.append(f"<tr><td>{curve}</td><td>{timing}</td><td>{s.get('n')}</td><td>{s.get('n_censored')}</td>"
+                        + "".join(f"<td>{fmt(s.get(k))}</td>" for k in ("mean", "std", "median", "iqr", "cv",
+                                                                           "ci95_low", "ci95_high")) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("curve", "timing", "n", "censored", "mean", "std", "median", "IQR",
+                                             "CV", "CI95 low", "CI95 high"))
+    order = stats.get("formation_order", {}).get("counts", {})
+    return (f"<table><tr>{head}</tr>{''.join(rows)}</table><p>previous-token head forms before / with / after "
+            f"the induction head: {order.get('before')} / {order.get('with')} / {order.get('after')} "
+            f"(censored {order.get('censored')}).</p>")
+
+
+def write_report(run: RunDir) -> Path:
+    """A self-contained report.html (images inlined) from whatever the run directory holds:
+    the loss plot, the circuit analysis and the phase-change timing."""
     cfg = run.read_config()
-    loss_png = run.plots / "loss.png"
     parts = [f"<h1>induction-jax run report: {html.escape(run.path.name)}</h1>",
-             f"<p>{circuit['n_clean']} of {circuit['n_members']} members have a clean induction circuit "
-             f"(thresholds: {html.escape(json.dumps(circuit['thresholds']))}).</p>"]
-    if circuit.get("weight_based_not_applicable"):
-        parts.append(f"<p><b>Weight-based scores not applicable:</b> "
-                     f"{html.escape(circuit['weight_based_not_applicable'])}</p>")
-    parts.append(f"<pre>{html.escape(json.dumps(cfg.to_dict(), indent=1))}</pre>")
-    if loss_png.exists():
-        parts.append(f"<h2>Training loss</h2><img src='data:image/png;base64,{_img(loss_png)}'>")
-    parts.append("<h2>Circuit per member</h2>" + _section_table(circuit))
-    parts.append(f"<h2>Figures (single-model figures: member {member})</h2>")
-    for name, path in figs.items():
-        parts.append(f"<h3>{html.escape(name.replace('_', ' '))}</h3><img src='data:image/png;base64,{_img(path)}'>")
-    for title, section_figs in extra_sections:
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        for name, path in section_figs.items():
-            parts.append(f"<h3>{html.escape(name.replace('_', ' '))}</h3>"
-                         f"<img src='data:image/png;base64,{_img(path)}'>")
+             f"<pre>{html.escape(json.dumps(cfg.to_dict(), indent=1))}</pre>"]
+    if (run.plots / "loss.png").exists():
+        parts.append(f"<h2>Training loss</h2><img src='data:image/png;base64,{_img(run.plots / 'loss.png')}'>")
+    circuit_json = run.path / "analysis" / "circuit.json"
+    if circuit_json.exists():
+        circuit = json.loads(circuit_json.read_text())
+        parts.append(f"<h2>Circuit per member</h2><p>Induction circuit (previous-token head and induction "
+                     f"heads, K-composing; the induction heads necessary together): "
+                     f"{circuit.get('n_induction_circuit')} of {circuit['n_members']} members. Textbook two-head "
+                     f"form (one induction head, every other head dispensable): {circuit['n_clean']}. "
+                     f"Thresholds: {html.escape(json.dumps(circuit['thresholds']))}. An ideal one-token "
+                     f"induction head would have loss_second_half "
+                     f"{circuit.get('induction_floor_loss_second_half', float('nan')):.3f} on these probes.</p>")
+        if circuit.get("weight_based_not_applicable"):
+            parts.append(f"<p><b>Weight-based scores not applicable:</b> "
+                         f"{html.escape(circuit['weight_based_not_applicable'])}</p>")
+        parts.append(_section_table(circuit))
+        parts.append(f"<h2>Circuit figures (single-model figures: member {circuit.get('figure_member', 0)})</h2>")
+        parts.append(_figure_html(run.path / "analysis", ANALYSIS_FIGURES))
+    stats_json = run.path / "phase" / "stats.json"
+    if stats_json.exists():
+        parts.append("<h2>Phase change</h2>" + _phase_html(json.loads(stats_json.read_text())))
+        parts.append(_figure_html(run.path / "phase", PHASE_FIGURES))
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%}"
              "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}"
              ".bad{color:#b00;font-weight:bold}")
-    doc = f"<!doctype html><html><head><meta charset='utf-8'><title>induction-jax report</title>" \
-          f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>induction-jax report</title>"
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     path = run.path / "report.html"
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(doc)

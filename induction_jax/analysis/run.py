@@ -60,7 +60,16 @@ def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, se
         scores["max_k_composition_out"] = np.nanmax(np.where(np.isnan(k), -np.inf, k), axis=(3, 4))
         for name in ("max_k_composition_in", "max_k_composition_out"):
             scores[name] = np.where(np.isinf(scores[name]), np.nan, scores[name])
+    # All heads in layers after layer 0 whose induction score passes the threshold, per member.
+    L = scores["induction_score"].shape[1]
+    later = (np.arange(L) > 0)[None, :, None]
+    induction_heads = (scores["induction_score"] > thresholds.induction_score) & later
+    scores["joint_ablation_induction_heads"] = np.asarray(behaviour.joint_mean_ablation(
+        jparams, tokens, half_length, jax.numpy.asarray(induction_heads, jax.numpy.float32)))
+    scores["n_induction_heads"] = induction_heads.sum((1, 2))
     circuit = identify(scores, baseline, thresholds)
+    circuit["induction_floor_loss_second_half"] = behaviour.induction_floor(np.asarray(tokens), half_length)
+    circuit["clean_loss_second_half"] = scores["clean_loss_second_half"].tolist()
     circuit["composition_baseline"] = baseline
     circuit["weight_based_not_applicable"] = not_applicable
     return {"scores": scores, "extra": extra, "baseline": baseline, "circuit": circuit,

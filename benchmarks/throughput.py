@@ -1,0 +1,182 @@
+"""Training throughput of induction-jax ensembles against the PyTorch reference loop, in one run.
+
+For the reference configuration (fp32, batch 64, fixed-period reference task) and each
+ensemble size: model-steps/s (members x steps / s), tokens/s, compile time apart from steady
+state, peak memory, model FLOPs per step (XLA's cost analysis of one compiled train step) and
+the achieved FLOP rate as a fraction of a large fp32 matmul measured in the same run on the
+same device. Each size runs in a fresh process (clean compile time and peak memory); a second
+run of the largest size shows the persistent compilation cache.
+
+    python benchmarks/throughput.py [--sizes 1,2,4,8,16,32] [--steps 200] [--no-torch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def worker(size: int, steps: int, cache_dir: str | None) -> dict:
+    """Runs in its own process: compile and time one ensemble size."""
+    import functools
+
+    import jax
+    import numpy as np
+
+    from induction_jax import ensemble, train as train_lib
+    from induction_jax.config import RunConfig
+    from induction_jax.run import device_description
+
+    if cache_dir:
+        ensemble.enable_compilation_cache(cache_dir)
+    cfg = RunConfig().replace(seeds=size, min_half_length=25, eval_every=steps, chunk_steps=steps)
+    members = ensemble.Members.from_config(cfg)
+    state = ensemble.init_ensemble(cfg, members)
+    chunk = ensemble._compiled_chunk(cfg, 1, steps)
+    tic = time.perf_counter()
+    compiled = chunk.lower(state).compile()
+    compile_s = time.perf_counter() - tic
+    mem = compiled.memory_analysis()
+    # Model FLOPs per step: XLA's cost analysis of a single member's compiled train step.
+    single = jax.tree.map(lambda x: x[0], state)
+    step_cost = jax.jit(functools.partial(train_lib.train_step, cfg)).lower(single).compile().cost_analysis()
+    step_cost = step_cost[0] if isinstance(step_cost, list) else step_cost
+    state, _, _ = compiled(state)                      # warm-up
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(3):
+        tic = time.perf_counter()
+        state, metrics, _ = compiled(state)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - tic)
+    best = float(np.median(times))
+    model_steps = size * steps / best
+    return {"members": size, "steps_timed": steps, "seconds_per_chunk": best, "compile_s": compile_s,
+            "model_steps_per_s": model_steps, "tokens_per_s": model_steps * cfg.data.batch_size * cfg.data.seq_len,
+            "flops_per_model_step": float(step_cost["flops"]),
+            "achieved_flops_per_s": float(step_cost["flops"]) * model_steps,
+            "xla_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0)),
+            "xla_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0)),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "device": device_description()}
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
+    """fp32 FLOP rate of a large matmul on the default device (median of `repeats`)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - tic)
+    t = float(np.median(times))
+    return {"n": n, "seconds": t, "flops_per_s": 2.0 * n ** 3 / t}
+
+
+def torch_reference(steps: int) -> dict | None:
+    try:
+        sys.path.insert(0, str(HERE))
+        import torch
+        from torch_reference import flops_per_step, train_one
+    except ImportError:
+        return None
+    seconds = train_one(steps)
+    rate = steps / seconds          # one model after another: members x steps / s is the same rate
+    return {"torch_version": torch.__version__, "threads": torch.get_num_threads(), "steps_timed": steps,
+            "model_steps_per_s": rate, "tokens_per_s": rate * 64 * 50,
+            "flops_per_model_step_hand_count": flops_per_step(),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def run_worker(size: int, steps: int, cache_dir: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", str(size), "--steps", str(steps),
+                          "--cache-dir", cache_dir], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"ensemble size {size}: worker failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def plot(results: dict, path: Path) -> None:
+    from induction_jax.plots import plt, save
+
+    sizes = [r["members"] for r in results["jax"]]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(sizes, [r["model_steps_per_s"] for r in results["jax"]], "o-", label="induction-jax (vmap + sharding)")
+    if results.get("torch"):
+        ax.axhline(results["torch"]["model_steps_per_s"], color="tab:red", ls="--",
+                   label="PyTorch loop (one model after another)")
+    ax.set_xscale("log", base=2), ax.set_xlabel("ensemble size (members)")
+    ax.set_ylabel("model-steps / s"), ax.grid(alpha=0.3), ax.legend()
+    ax.set_title(f"Training throughput, reference config, fp32 ({results['device_name']})", fontsize=10)
+    save(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,2,4,8,16,32")
+    parser.add_argument("--steps", type=int, default=200, help="steps per timed chunk")
+    parser.add_argument("--torch-steps", type=int, default=300)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    if args.worker is not None:
+        print(json.dumps(worker(args.worker, args.steps, args.cache_dir)))
+        return
+    import tempfile
+
+    import jax
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    cache_dir = tempfile.mkdtemp(prefix="induction-jax-bench-cache-")
+    peak = matmul_peak()
+    print(f"matmul peak (fp32 {peak['n']}^2 on {jax.devices()[0].platform}): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s")
+    rows = []
+    for size in sizes:
+        r = run_worker(size, args.steps, cache_dir)
+        r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / peak["flops_per_s"]
+        rows.append(r)
+        print(f"{size:5d} members: {r['model_steps_per_s']:8.1f} model-steps/s  {r['tokens_per_s'] / 1e6:6.2f} Mtok/s  "
+              f"compile {r['compile_s']:5.1f} s  peak RSS {r['peak_rss_bytes'] / 2**30:5.2f} GiB  "
+              f"{r['achieved_flops_per_s'] / 1e9:6.1f} GFLOP/s = {r['fraction_of_matmul_peak']:.0%} of matmul peak",
+              flush=True)
+    again = run_worker(sizes[-1], args.steps, cache_dir)
+    print(f"second identical run, {sizes[-1]} members: compile {again['compile_s']:.2f} s (persistent cache)")
+    torch_row = None if args.no_torch else torch_reference(args.torch_steps)
+    if torch_row:
+        print(f"PyTorch {torch_row['torch_version']} loop ({torch_row['threads']} threads): "
+              f"{torch_row['model_steps_per_s']:.1f} model-steps/s")
+        for r in rows:
+            r["ratio_to_torch"] = r["model_steps_per_s"] / torch_row["model_steps_per_s"]
+        print("ratio ours / PyTorch: " + ", ".join(f"{r['members']}: {r['ratio_to_torch']:.2f}x" for r in rows))
+    device = rows[0]["device"]
+    name = f"{device['platform']}-{device['device_kind']}-{os.cpu_count()}cores".replace(" ", "_").lower()
+    results = {"device_name": name, "machine": platform.processor() or platform.machine(),
+               "matmul_peak": peak, "jax": rows, "second_run": again, "torch": torch_row,
+               "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, out / f"{name}.png")
+    print(f"wrote {out / (name + '.json')} and {out / (name + '.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Phase-change timing against learning rate: lr x seeds as one vmapped ensemble.
+
+    python experiments/lr_sweep.py [--lr 3e-3,5e-3,1e-2,2e-2] [--seeds 8] [--out runs/lr-sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from induction_jax.analysis.report import analyze_run
+from induction_jax.config import RunConfig
+from induction_jax.ensemble import Members
+from induction_jax.phase.run import phase_run
+from induction_jax.run import train_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lr", default="3e-3,5e-3,1e-2,2e-2")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--out", default="runs/lr-sweep")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    lrs = [float(x) for x in args.lr.split(",")]
+    cfg = RunConfig().replace(seeds=args.seeds)
+    run = train_run(cfg, args.out, overwrite=args.overwrite, members=Members.grid(cfg, lrs, [cfg.train.weight_decay]))
+    analyze_run(run.path)
+    stats = json.loads((phase_run(run.path) / "stats.json").read_text())
+    for lr, s in stats.get("by_lr", {}).items():
+        timed = f"mean {s['mean']:.0f}, std {s['std']:.0f}" if s["mean"] is not None else "no member timed"
+        print(f"lr {lr}: in-context midpoint {timed} ({s['n']} timed, {s['n_censored']} censored)")
+    print(f"report: {run.path / 'report.html'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Phase-change timing per member and across the ensemble."""

@@ -1,0 +1,146 @@
+"""Phase-change timing of one curve per member (SCIENCE.md), vectorised over members.
+
+From a curve s(t) logged during training, smoothed with a centred moving average:
+s0 = mean of the first 5%, s1 = mean of the last 10%; onset / midpoint / end = first step
+where s crosses s0 + {0.1, 0.5, 0.9}(s1 - s0); peak-slope step = argmax of the derivative
+of the smoothed s. A member whose rise |s1 - s0| is below `min_rise` is censored (reported,
+not dropped). A logistic fit gives a second midpoint estimate and the width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class PhaseError(ValueError):
+    """A curve that cannot be timed (too short to smooth, wrong shape): one-line message."""
+
+
+# Smallest rise that counts as a transition, per probed curve (natural units of each).
+MIN_RISE = {"in_context_score": 1.0, "induction_score": 0.2, "prev_token_score": 0.2,
+            "probe_loss_second_half": 1.0, "loss_second_half": 1.0}
+FRACTIONS = {"onset": 0.1, "midpoint": 0.5, "end": 0.9}
+
+
+def moving_average(values_EN: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average along the last axis; edges average over the part that exists."""
+    if window < 1 or window % 2 == 0:
+        raise PhaseError(f"smoothing window={window}: must be an odd number >= 1")
+    if values_EN.shape[-1] < window:
+        raise PhaseError(f"curve of {values_EN.shape[-1]} points: too short to smooth with a window "
+                         f"of {window}; log probes more often (--eval-every) or train longer")
+    k = np.ones(window)
+    pad = window // 2
+    filled = np.nan_to_num(values_EN)
+    ok = np.isfinite(values_EN).astype(float)
+    num = np.apply_along_axis(lambda r: np.convolve(np.pad(r, pad), k, "valid"), -1, filled)
+    den = np.apply_along_axis(lambda r: np.convolve(np.pad(r, pad), k, "valid"), -1, ok)
+    return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-member timings `[E]` of one curve (NaN where censored), with the reasons."""
+
+    metric: str
+    steps: np.ndarray
+    smoothed: np.ndarray
+    s0: np.ndarray
+    s1: np.ndarray
+    onset: np.ndarray
+    midpoint: np.ndarray
+    end: np.ndarray
+    peak_slope: np.ndarray
+    logistic_midpoint: np.ndarray
+    logistic_width: np.ndarray
+    censored: np.ndarray
+    reason: list
+
+    def as_rows(self, seeds) -> list[dict]:
+        rows = []
+        for e in range(len(self.s0)):
+            row = {"member": e, "seed": int(seeds[e]), "metric": self.metric,
+                   "s0": float(self.s0[e]), "s1": float(self.s1[e]), "censored": bool(self.censored[e]),
+                   "reason": self.reason[e]}
+            for name in ("onset", "midpoint", "end", "peak_slope", "logistic_midpoint", "logistic_width"):
+                v = getattr(self, name)[e]
+                row[name] = None if not np.isfinite(v) else float(v)
+            rows.append(row)
+        return rows
+
+
+def _first_crossing(steps, progress_EN, frac):
+    """First step where the normalised progress reaches `frac` (NaN if never)."""
+    hit = progress_EN >= frac
+    idx = np.argmax(hit, axis=-1)
+    return np.where(hit.any(-1), steps[idx], np.nan)
+
+
+def logistic_fit(steps: np.ndarray, values_EN: np.ndarray, n_t0: int = 200, n_width: int = 40):
+    """Least-squares fit of a + b / (1 + exp(-(t - t0) / w)) per member.
+
+    Grid over (t0, w); for each the best (a, b) is linear least squares in closed form, so the
+    fit is global on the grid and needs no starting point. Returns (t0, w) per member; the
+    10%-90% rise takes 2 ln(9) w = 4.39 w steps.
+    """
+    t = steps.astype(float)
+    span = max(t[-1] - t[0], 1.0)
+    t0s = np.linspace(t[0], t[-1], n_t0)
+    dt = np.median(np.diff(t)) if len(t) > 1 else 1.0
+    ws = np.geomspace(max(dt / 4, 1e-3), span / 2, n_width)
+    g = 1.0 / (1.0 + np.exp(-(t[None, None, :] - t0s[:, None, None]) / ws[None, :, None]))  # [t0, w, N]
+    y = np.nan_to_num(values_EN)
+    ok = np.isfinite(values_EN).astype(float)
+    n = ok.sum(-1)[:, None, None]
+    # Normal equations for (a, b) with basis [1, g], weighted by ok.
+    sg = np.einsum("twn,en->etw", g, ok)
+    sgg = np.einsum("twn,en->etw", g * g, ok)
+    sy = (y * ok).sum(-1)[:, None, None]
+    sgy = np.einsum("twn,en->etw", g, y * ok)
+    det = n * sgg - sg * sg
+    b = np.where(np.abs(det) > 1e-12, (n * sgy - sg * sy) / np.where(det == 0, 1, det), 0.0)
+    a = (sy - b * sg) / np.maximum(n, 1)
+    syy = (y * y * ok).sum(-1)[:, None, None]
+    sse = syy - 2 * a * sy - 2 * b * sgy + a * a * n + 2 * a * b * sg + b * b * sgg
+    flat = sse.reshape(len(values_EN), -1).argmin(-1)
+    i, j = np.unravel_index(flat, sse.shape[1:])
+    return t0s[i], ws[j]
+
+
+def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int = 5,
+           min_rise: float | None = None) -> Timing:
+    """Onset, midpoint, end, peak-slope and logistic estimates for every member's curve."""
+    steps = np.asarray(steps)
+    values_EN = np.atleast_2d(np.asarray(values_EN, float))
+    if values_EN.shape[-1] != len(steps):
+        raise PhaseError(f"{metric}: {values_EN.shape[-1]} values for {len(steps)} steps")
+    min_rise = MIN_RISE.get(metric, 0.2) if min_rise is None else min_rise
+    s = moving_average(values_EN, window)
+    N = s.shape[-1]
+    n0, n1 = max(1, int(round(0.05 * N))), max(1, int(round(0.10 * N)))
+    s0 = np.nanmean(s[:, :n0], -1)
+    last = np.array([row[np.isfinite(row)][-n1:].mean() if np.isfinite(row).any() else np.nan for row in s])
+    s1 = last
+    rise = s1 - s0
+    direction = np.where(rise >= 0, 1.0, -1.0)
+    progress = (s - s0[:, None]) / np.where(np.abs(rise) > 0, rise, 1.0)[:, None]
+    out = {name: _first_crossing(steps, progress, f) for name, f in FRACTIONS.items()}
+    slope = np.gradient(s * direction[:, None], steps, axis=-1)
+    peak = steps[np.nanargmax(np.where(np.isfinite(slope), slope, -np.inf), axis=-1)]
+    t0, w = logistic_fit(steps, values_EN)
+    reasons = []
+    for e in range(len(s0)):
+        if not np.isfinite(rise[e]):
+            reasons.append("no finite values")
+        elif abs(rise[e]) < min_rise:
+            reasons.append(f"no transition: rise {rise[e]:+.3g} below {min_rise:g}")
+        elif not np.isfinite(out["end"][e]):
+            reasons.append("transition not finished by the last step")
+        else:
+            reasons.append("")
+    censored = np.array([bool(r) for r in reasons])
+    nan_if = lambda v: np.where(censored, np.nan, v)  # noqa: E731
+    return Timing(metric, steps, s, s0, s1, nan_if(out["onset"]), nan_if(out["midpoint"]), nan_if(out["end"]),
+                  nan_if(peak.astype(float)), nan_if(t0), nan_if(w), censored, reasons)

@@ -1,0 +1,109 @@
+"""`phase_run(RUN_DIR)`: time the phase change in every member, write RUN_DIR/phase/."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from induction_jax.phase import figures
+from induction_jax.phase.detect import PhaseError, Timing, detect
+from induction_jax.phase.stats import formation_order, summarize
+from induction_jax.rundir import RunDir, metric_matrix, read_metrics, write_json_atomic
+
+CURVES = ("in_context_score", "induction_score", "prev_token_score")
+TIMINGS = ("onset", "midpoint", "end", "peak_slope", "logistic_midpoint", "logistic_width")
+
+
+def time_curves(table: dict, n_members: int, window: int = 5) -> dict[str, Timing]:
+    out = {}
+    for name in CURVES:
+        if name not in table or not np.isfinite(table[name]).any():
+            raise PhaseError(f"metrics.csv has no probe metric {name!r}: this run was trained without "
+                             f"in-training probes; retrain with induction-jax >= 0.1")
+        steps, values = metric_matrix(table, name, n_members)
+        out[name] = detect(steps, values, name, window=window)
+    return out
+
+
+def phase_stats(timings: dict[str, Timing], eval_every: int, members: dict) -> dict:
+    stats = {name: {k: summarize(getattr(t, k)) for k in TIMINGS} for name, t in timings.items()}
+    stats["formation_order"] = formation_order(timings["prev_token_score"].midpoint,
+                                               timings["induction_score"].midpoint, eval_every)
+    lag = timings["in_context_score"].midpoint - timings["induction_score"].midpoint
+    lag = lag[np.isfinite(lag)]
+    stats["in_context_minus_induction_midpoint"] = {
+        "median": float(np.median(lag)) if len(lag) else None, "n": int(len(lag)),
+        "per_member": (timings["in_context_score"].midpoint - timings["induction_score"].midpoint).tolist()}
+    lrs = np.asarray(members["lr"], float)
+    if len(np.unique(lrs)) > 1:
+        stats["by_lr"] = {f"{lr:g}": summarize(timings["in_context_score"].midpoint[lrs == lr])
+                          for lr in np.unique(lrs)}
+    return stats
+
+
+def phase_run(run_dir: str | Path, window: int = 5) -> Path:
+    run = RunDir(Path(run_dir))
+    cfg = run.read_config()
+    members = run.members()
+    E = len(members["seed"])
+    table = read_metrics(run.metrics_csv)
+    timings = time_curves(table, E, window)
+    out = run.path / "phase"
+    out.mkdir(exist_ok=True)
+    rows = [r for t in timings.values() for r in t.as_rows(members["seed"])]
+    for r in rows:
+        r["lr"], r["weight_decay"] = members["lr"][r["member"]], members["weight_decay"][r["member"]]
+    tmp = out / "timings.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out / "timings.csv")
+    stats = phase_stats(timings, cfg.train.eval_every, members)
+    stats["censored"] = {name: [{"member": e, "reason": t.reason[e]} for e in range(E) if t.censored[e]]
+                         for name, t in timings.items()}
+    write_json_atomic(out / "stats.json", _clean(stats))
+    write_phase_figures(run, table, timings, members, out)
+    from induction_jax.analysis.report import write_report
+    write_report(run)
+    return out
+
+
+def write_phase_figures(run: RunDir, table, timings, members, out: Path) -> dict[str, Path]:
+    ic = timings["in_context_score"]
+    E = len(members["seed"])
+    figs = {
+        "in_context_score": figures.curves_with_marks(
+            ic, metric_matrix(table, "in_context_score", E)[1], out / "in_context_score.png", "nats"),
+        "induction_score": figures.curves_with_marks(
+            timings["induction_score"], metric_matrix(table, "induction_score", E)[1],
+            out / "induction_score.png", "attention"),
+        "midpoint_distribution": figures.midpoint_distribution(ic.midpoint, out / "midpoint_distribution.png"),
+        "prev_vs_induction": figures.prev_vs_induction(
+            timings["prev_token_score"].midpoint, timings["induction_score"].midpoint,
+            out / "prev_vs_induction.png"),
+    }
+    steps, loss = metric_matrix(table, "loss", E)
+    window = None
+    if np.isfinite(ic.onset).any():
+        window = (float(np.nanmedian(ic.onset)), float(np.nanmedian(ic.end)))
+    figs["loss_bump"] = figures.loss_bump(steps, loss, window, out / "loss_bump.png")
+    lrs = np.asarray(members["lr"], float)
+    if len(np.unique(lrs)) > 1:
+        groups = {lr: ic.midpoint[lrs == lr] for lr in np.unique(lrs)}
+        figs["timing_by_lr"] = figures.timing_by_group(groups, out / "timing_by_lr.png", "learning rate")
+    return figs
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

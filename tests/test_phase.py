@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+
+from induction_jax.phase.detect import PhaseError, detect, logistic_fit, moving_average
+from induction_jax.phase.stats import formation_order, summarize
+
+STEPS = np.arange(0, 3001, 25)
+
+
+def logistic(t, mid, width, lo=0.0, hi=4.0):
+    return lo + (hi - lo) / (1 + np.exp(-(t - mid) / width))
+
+
+def test_noisy_logistic_recovers_midpoint_width_and_marks():
+    rng = np.random.default_rng(0)
+    mids, width = np.array([800.0, 1200.0, 1900.0]), 60.0
+    y = logistic(STEPS[None], mids[:, None], width) + rng.normal(0, 0.05, (3, len(STEPS)))
+    t = detect(STEPS, y, "in_context_score")
+    assert not t.censored.any()
+    np.testing.assert_allclose(t.midpoint, mids, atol=50)
+    np.testing.assert_allclose(t.logistic_midpoint, mids, atol=25)
+    np.testing.assert_allclose(t.logistic_width, width, rtol=0.35)
+    # 10% and 90% of a logistic lie ln(9) widths either side of the midpoint
+    np.testing.assert_allclose(t.onset, mids - np.log(9) * width, atol=60)
+    np.testing.assert_allclose(t.end, mids + np.log(9) * width, atol=60)
+    np.testing.assert_allclose(t.peak_slope, mids, atol=50)
+    assert np.all(t.onset < t.midpoint) and np.all(t.midpoint < t.end)
+
+
+def test_flat_curve_is_censored_not_dropped():
+    rng = np.random.default_rng(1)
+    y = np.vstack([0.1 + rng.normal(0, 0.05, len(STEPS)), logistic(STEPS, 1000, 50)])
+    t = detect(STEPS, y, "in_context_score")
+    assert t.censored.tolist() == [True, False]
+    assert "no transition" in t.reason[0] and np.isnan(t.midpoint[0])
+    assert np.isfinite(t.midpoint[1])
+
+
+def test_two_step_curve_times_the_crossings_of_the_whole_rise():
+    # A small step (0 -> 1 at 600) then the main one (1 -> 4 at 2000): s0 = 0, s1 = 4, so 10%
+    # (0.4) falls in the first step, 50% (2.0) and 90% (3.6) in the second.
+    y = logistic(STEPS, 600, 30, 0, 1) + logistic(STEPS, 2000, 30, 0, 3)
+    t = detect(STEPS, y[None], "in_context_score")
+    assert not t.censored[0]
+    assert 500 < t.onset[0] < 650
+    assert 1950 < t.midpoint[0] < 2050 and 2000 < t.end[0] < 2150
+    assert abs(t.peak_slope[0] - 2000) <= 50            # the steeper, larger step
+
+
+def test_decreasing_curve_and_unfinished_transition():
+    y = logistic(STEPS, 1500, 50, 4.0, 0.1)                 # a loss falling
+    t = detect(STEPS, y[None], "probe_loss_second_half")
+    assert abs(t.midpoint[0] - 1500) <= 50
+    late = logistic(STEPS, 2990, 10)                         # still rising at the end
+    assert detect(STEPS, late[None], "in_context_score").censored[0]
+
+
+def test_too_short_and_bad_window():
+    with pytest.raises(PhaseError, match="too short to smooth"):
+        moving_average(np.zeros((2, 3)), 5)
+    with pytest.raises(PhaseError, match="odd"):
+        moving_average(np.zeros((2, 30)), 4)
+    np.testing.assert_allclose(moving_average(np.arange(10.0)[None], 3)[0, 1:-1], np.arange(1.0, 9.0))
+
+
+def test_logistic_fit_exact_curve():
+    t0, w = logistic_fit(STEPS, logistic(STEPS, 1337, 80)[None])
+    assert abs(t0[0] - 1337) < 20 and abs(w[0] - 80) < 12
+
+
+def test_summary_statistics_on_known_samples():
+    s = summarize(np.array([1.0, 2.0, 3.0, 4.0, np.nan]))
+    assert s["n"] == 4 and s["n_censored"] == 1
+    assert s["mean"] == 2.5 and s["median"] == 2.5
+    np.testing.assert_allclose(s["std"], np.std([1, 2, 3, 4], ddof=1))
+    np.testing.assert_allclose(s["cv"], s["std"] / 2.5)
+    assert s["iqr"] == 1.5
+    assert 1.0 <= s["ci95_low"] < 2.5 < s["ci95_high"] <= 4.0
+    assert summarize(np.array([np.nan]))["mean"] is None
+
+
+def test_formation_order():
+    o = formation_order(np.array([100, 500, 300, np.nan]), np.array([300, 500, 100, 200]), 50)
+    assert o["per_member"] == ["before", "with", "after", "censored"]
+    assert o["median_lag_induction_minus_prev"] == 0.0

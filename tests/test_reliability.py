@@ -1,0 +1,203 @@
+"""Faults and bad input lose nothing: kill-and-resume equals uninterrupted, broken checkpoints
+fall back, bad input gets a one-line error, exit code 2, and the run directory as it was."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from induction_jax.cli import main
+
+TINY = ["--d-vocab", "16", "--half-length", "6", "--n-ctx", "12", "--d-model", "16", "--n-heads", "2",
+        "--batch-size", "32", "--probe-batch-size", "8", "--seeds", "2", "--lr", "3e-3", "--eval-every", "10",
+        "--chunk-steps", "20", "--checkpoint-every", "100", "--no-analysis", "--no-progress"]
+STEPS = "1000"
+
+
+def cli(*args) -> list[str]:
+    return [sys.executable, "-m", "induction_jax.cli", "train", *TINY, *args]
+
+
+def tree_digest(path: Path) -> str:
+    """A digest of every file under `path` (names and bytes), to prove nothing changed."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(path)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def final_params(run: Path) -> dict:
+    from induction_jax.analysis.weights import load_run_params
+    return load_run_params(run)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    subprocess.run(cli("--steps", STEPS, "--out", str(out)), check=True, capture_output=True)
+    return out
+
+
+def _wait_for_checkpoint(run: Path, step: int, proc, timeout=120):
+    """Until the checkpoint of `step` has committed (Orbax writes its marker last)."""
+    marker = run / "checkpoints" / str(step) / "commit_success.txt"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if marker.exists():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before it could be interrupted: {proc.stderr.read()}")
+        time.sleep(0.01)
+    pytest.fail("run made no checkpoint")
+
+
+def _assert_same_run(a: Path, b: Path):
+    assert a.joinpath("metrics.csv").read_bytes() == b.joinpath("metrics.csv").read_bytes()
+    pa, pb = final_params(a), final_params(b)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_kill_and_resume_equals_uninterrupted(reference, tmp_path, sig):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli("--steps", STEPS, "--out", str(out)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(out, 200, proc)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    err = proc.stderr.read()
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert "Resume with: induction-jax train --resume" in err
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert all(len(line.split(",")) == len(lines[0].split(",")) for line in lines)   # no half row
+    done = subprocess.run([sys.executable, "-m", "induction_jax.cli", "train", "--resume", str(out),
+                           "--no-analysis", "--no-progress"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_run(reference, out)
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    latest = out / "checkpoints" / STEPS
+    victims = sorted(p for p in (latest / "state").rglob("*") if p.is_file() and p.stat().st_size > 100)
+    for p in victims:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    done = subprocess.run([sys.executable, "-m", "induction_jax.cli", "train", "--resume", str(out),
+                           "--no-analysis", "--no-progress"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"checkpoint step {STEPS}" in done.stderr and "unreadable" in done.stderr
+    _assert_same_run(reference, out)
+
+
+def _bad(capsys, *args) -> str:
+    code = main(list(args))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "error:" in err
+    return err
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--d-vocab", "1"], "d_vocab=1"),
+    (["--d-model", "30"], "d_model=30: must be divisible by n_heads=4"),
+    (["--seeds", "0"], "seeds=0"),
+    (["--steps", "0"], "steps=0"),
+    (["--lr", "0"], "lr=0.0"),
+    (["--half-length", "40"], "must fit the context n_ctx=50"),
+    (["--devices", "999"], "devices=999"),
+])
+def test_bad_config_writes_nothing(capsys, tmp_path, flags, fragment):
+    out = tmp_path / "run"
+    assert fragment in _bad(capsys, "train", "--out", str(out), *flags)
+    assert not out.exists()
+
+
+def test_existing_run_is_not_overwritten(capsys, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = tree_digest(out)
+    assert "already holds a run" in _bad(capsys, "train", "--out", str(out), "--steps", "5")
+    assert tree_digest(out) == before
+
+
+def test_bad_run_directories_and_resume_inputs(capsys, reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    before = tree_digest(run)
+    assert "no such directory" in _bad(capsys, "analyze", str(tmp_path / "missing"))
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text('{"hello": 1}')
+    assert "not written by induction-jax" in _bad(capsys, "analyze", str(tmp_path / "foreign"))
+    assert "not a run directory" in _bad(capsys, "phase", str(tmp_path))
+    assert "out of range" in _bad(capsys, "analyze", str(run), "--seed", "7")
+    assert "differs from the run's d_model=16" in _bad(capsys, "train", "--resume", str(run), "--d-model", "32")
+    assert f"already trained to step {STEPS}" in _bad(capsys, "train", "--resume", str(run))
+    assert "takes no --config" in _bad(capsys, "train", "--resume", str(run), "--out", str(tmp_path / "x"))
+    meta = json.loads((run / "config.json").read_text())
+    assert tree_digest(run) == before
+    old = tmp_path / "old"
+    shutil.copytree(reference, old)
+    meta["version"] = "9.0.0"
+    (old / "config.json").write_text(json.dumps(meta))
+    assert "cannot resume" in _bad(capsys, "train", "--resume", str(old), "--steps", "3000")
+
+
+def test_missing_checkpoint_step_and_probe_metrics(capsys, reference, tmp_path):
+    from induction_jax.analysis.weights import load_run_params
+    from induction_jax.rundir import RunDirError
+    with pytest.raises(RunDirError, match="checkpoint step 999: not in"):
+        load_run_params(reference, step=999)
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    (run / "metrics.csv").write_text("\n".join(",".join(l.split(",")[:8]) for l in lines) + "\n")
+    before = tree_digest(run)
+    assert "no probe metric" in _bad(capsys, "phase", str(run))
+    assert tree_digest(run) == before
+
+
+def test_config_file_round_trip_and_unknown_key(capsys, reference, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": {"d_modle": 64}}))
+    assert "unknown key 'd_modle'" in _bad(capsys, "train", "--config", str(bad), "--out", str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+    from induction_jax.cli import build_parser, config_from_args
+    from induction_jax.rundir import RunDir
+    args = build_parser().parse_args(["train", "--config", str(reference / "config.json")])
+    assert config_from_args(args) == RunDir(reference).read_config()
+
+
+def test_diverging_member_is_flagged_and_the_others_finish_untouched(tmp_path, small_cfg):
+    from induction_jax.ensemble import Members
+    from induction_jax.rundir import RunDir, metric_matrix, read_metrics
+    from induction_jax.run import train_run
+    cfg = small_cfg.replace(steps=60, chunk_steps=20, eval_every=20, checkpoint_every=60)
+    both = Members(np.array([0, 1]), np.array([3e-3, 1e30]), np.array([0.01, 0.01]))
+    alone = Members(np.array([0]), np.array([3e-3]), np.array([0.01]))
+    a = train_run(cfg, tmp_path / "both", members=both, progress=False)
+    b = train_run(cfg, tmp_path / "alone", members=alone, progress=False)
+    summary = json.loads(a.summary_json.read_text())
+    assert summary["n_diverged"] == 1 and summary["diverged_seeds"] == [1]
+    assert summary["members"][1]["diverged_step"] is not None
+    ta, tb = read_metrics(a.metrics_csv), read_metrics(b.metrics_csv)
+    _, la = metric_matrix(ta, "loss", 2)
+    _, lb = metric_matrix(tb, "loss", 1)
+    np.testing.assert_allclose(la[0], lb[0], rtol=1e-5, atol=1e-6)
+    # the diverged member's rows stop at its divergence: no NaN-filled rows after it
+    rows_1 = ta["step"][ta["member"] == 1]
+    assert rows_1.max() <= summary["members"][1]["diverged_step"] + 1
+    assert RunDir(a.path).is_run()
