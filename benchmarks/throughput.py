@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def worker(size: int, steps: int, cache_dir: str | None) -> dict:
+def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None = None) -> dict:
     """Runs in its own process: compile and time one ensemble size."""
     import functools
 
@@ -38,10 +38,11 @@ def worker(size: int, steps: int, cache_dir: str | None) -> dict:
 
     if cache_dir:
         ensemble.enable_compilation_cache(cache_dir)
-    cfg = RunConfig().replace(seeds=size, min_half_length=25, eval_every=steps, chunk_steps=steps)
+    every = eval_every or steps
+    cfg = RunConfig().replace(seeds=size, min_half_length=25, eval_every=every, chunk_steps=steps)
     members = ensemble.Members.from_config(cfg)
     state = ensemble.init_ensemble(cfg, members)
-    chunk = ensemble._compiled_chunk(cfg, 1, steps)
+    chunk = ensemble._compiled_chunk(cfg, steps // every, every)
     tic = time.perf_counter()
     compiled = chunk.lower(state).compile()
     compile_s = time.perf_counter() - tic
@@ -104,9 +105,10 @@ def torch_reference(steps: int) -> dict | None:
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def run_worker(size: int, steps: int, cache_dir: str) -> dict:
+def run_worker(size: int, steps: int, cache_dir: str, eval_every: int | None = None) -> dict:
+    extra = ["--eval-every", str(eval_every)] if eval_every else []
     out = subprocess.run([sys.executable, __file__, "--worker", str(size), "--steps", str(steps),
-                          "--cache-dir", cache_dir], capture_output=True, text=True, check=False)
+                          "--cache-dir", cache_dir, *extra], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"ensemble size {size}: worker failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -135,10 +137,11 @@ def main() -> None:
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--eval-every", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, args.steps, args.cache_dir)))
+        print(json.dumps(worker(args.worker, args.steps, args.cache_dir, args.eval_every)))
         return
     import tempfile
 
@@ -159,6 +162,13 @@ def main() -> None:
               flush=True)
     again = run_worker(sizes[-1], args.steps, cache_dir)
     print(f"second identical run, {sizes[-1]} members: compile {again['compile_s']:.2f} s (persistent cache)")
+    # The in-training probes (every 10 steps by default) against a chunk with one probe at its end.
+    probe_size = 8 if 8 in sizes else sizes[-1]
+    plain = next(r for r in rows if r["members"] == probe_size)
+    probed = run_worker(probe_size, args.steps, cache_dir, eval_every=10)
+    probe_cost = plain["model_steps_per_s"] / probed["model_steps_per_s"] - 1
+    print(f"probes every 10 steps, {probe_size} members: {probed['model_steps_per_s']:.1f} model-steps/s, "
+          f"{probe_cost:+.1%} time against probing once per {args.steps} steps")
     torch_row = None if args.no_torch else torch_reference(args.torch_steps)
     if torch_row:
         print(f"PyTorch {torch_row['torch_version']} loop ({torch_row['threads']} threads): "
@@ -170,6 +180,8 @@ def main() -> None:
     name = f"{device['platform']}-{device['device_kind']}-{os.cpu_count()}cores".replace(" ", "_").lower()
     results = {"device_name": name, "machine": platform.processor() or platform.machine(),
                "matmul_peak": peak, "jax": rows, "second_run": again, "torch": torch_row,
+               "probes_every_10_steps": {"members": probe_size, "model_steps_per_s": probed["model_steps_per_s"],
+                                         "extra_time_fraction": probe_cost},
                "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,14 +28,15 @@ def main() -> None:
     circuit = json.loads((analyze_run(run.path) / "circuit.json").read_text())
     stats = json.loads((phase_run(run.path) / "stats.json").read_text())
     mid = stats["in_context_score"]["midpoint"]
-    print(f"clean circuits: {circuit['n_clean']} of {circuit['n_members']}")
+    print(f"induction circuit in {circuit['n_induction_circuit']} of {circuit['n_members']} members "
+          f"(textbook single-induction-head form: {circuit['n_clean']})")
     print(f"in-context score midpoint over {mid['n']} members ({mid['n_censored']} censored): "
           f"mean {mid['mean']:.0f}, std {mid['std']:.0f}, CV {mid['cv']:.3f}, median {mid['median']:.0f}, "
           f"IQR {mid['iqr']:.0f}, 95% CI of the mean {mid['ci95_low']:.0f}-{mid['ci95_high']:.0f}")
     lag = stats["in_context_minus_induction_midpoint"]["median"]
     print(f"median lag, in-context minus induction-score midpoint: {lag} steps")
-    print(f"previous-token head forms before / with / after the induction head: "
-          f"{stats['formation_order']['counts']}")
+    for by, order in stats["formation_order"].items():
+        print(f"previous-token head forms before / with / after the induction head, by {by}: {order['counts']}")
     print(f"report: {run.path / 'report.html'}")
 
 

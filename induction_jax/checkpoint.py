@@ -11,10 +11,6 @@ import orbax.checkpoint as ocp
 from induction_jax.train import MemberState
 
 
-class CheckpointError(RuntimeError):
-    pass
-
-
 class Checkpoints:
     """`save` writes the stacked state, the stacked params (for the analysis, readable with no
     template) and a JSON meta; `restore` falls back past broken checkpoints."""
@@ -22,7 +18,9 @@ class Checkpoints:
     def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                enable_async_checkpointing=async_save, create=True)
-        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "params": ocp.StandardCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
     def save(self, step: int, state: MemberState, meta: dict) -> None:
         self.manager.save(step, args=ocp.args.Composite(
@@ -39,7 +37,12 @@ class Checkpoints:
         return out.state, out.meta
 
     def restore_params(self, step: int) -> dict[str, np.ndarray]:
-        out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+        """The params alone, onto one local device whatever topology saved them (for analysis)."""
+        meta = self.manager.item_metadata(step)["params"]
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), dict(meta),
+                                is_leaf=lambda m: hasattr(m, "shape"))
+        out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
         return jax.tree.map(np.asarray, dict(out.params))
 
     def wait(self) -> None:

@@ -70,8 +70,11 @@ EXIT_DIVERGED = 3
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from induction_jax import distributed
     from induction_jax.run import resume_run, train_run
 
+    if args.coordinator:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     tic = time.perf_counter()
     if args.resume:
         if args.config or args.out or args.overwrite:
@@ -83,6 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         out = Path(args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"))
         run = train_run(cfg, out, overwrite=args.overwrite, progress=not args.no_progress)
+    if not distributed.is_writer():
+        return 0
     summary = json.loads(run.summary_json.read_text())
     finals = [m["final_loss_second_half"] for m in summary["members"] if m["final_loss_second_half"] is not None]
     print(f"trained {summary['n_members']} members x {summary['steps']} steps in "
@@ -147,9 +152,10 @@ def _print_phase(phase_dir: Path) -> None:
         print(f"  {curve} midpoint: mean {m['mean']:.0f}, std {m['std']:.0f}, CV {m['cv']:.3f}, median "
               f"{m['median']:.0f} (95% CI of the mean {m['ci95_low']:.0f}-{m['ci95_high']:.0f}; "
               f"{m['n']} timed, {m['n_censored']} censored)")
-    order = stats["formation_order"]["counts"]
-    print(f"  previous-token head forms before / with / after the induction head: "
-          f"{order['before']} / {order['with']} / {order['after']}")
+    for by, order in stats["formation_order"].items():
+        c = order["counts"]
+        print(f"  previous-token head forms before / with / after the induction head, by {by}: "
+              f"{c['before']} / {c['with']} / {c['after']} (censored {c['censored']})")
 
 
 def _parse_list(flag: str, text: str, kind) -> list:
@@ -203,6 +209,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run benchmarks/throughput.py of this checkout (the benchmark lives beside the package)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+    if not script.is_file():
+        raise CliError(f"{script}: not found; 'induction-jax bench' needs the source checkout "
+                       f"(pip install -e .)")
+    return subprocess.call([sys.executable, str(script), *args.bench_args])
+
+
 def _field_type(name: str) -> str:
     return next(str(f.type) for klass in SECTIONS.values() for f in dataclasses.fields(klass) if f.name == name)
 
@@ -227,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--no-analysis", action="store_true",
                        help="skip the circuit analysis and report after training")
+    multi = train.add_argument_group("several processes or hosts (jax.distributed; run the same command "
+                                     "in each, with its own --process-id)")
+    multi.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                       help="address of process 0's coordinator; off by default (one process)")
+    multi.add_argument("--num-processes", type=int, default=1, metavar="N", help="processes in all")
+    multi.add_argument("--process-id", type=int, default=0, metavar="I", help="this process, 0..N-1")
     add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -257,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_flags(sweep, lists=True)
     sweep.set_defaults(func=cmd_sweep)
+
+    bench = sub.add_parser("bench", help="training throughput against the PyTorch loop (benchmarks/throughput.py)",
+                           description="Runs benchmarks/throughput.py; its options pass through "
+                                       "(--sizes 1,2,4,8,16,32 --steps 200 --no-torch).")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of benchmarks/throughput.py")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

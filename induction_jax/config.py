@@ -129,7 +129,7 @@ class TrainConfig:
     eps: float = _field(1e-8, "AdamW epsilon", lo=0.0, hi=1.0, lo_open=True)
     chunk_steps: int = _field(250, "steps per compiled lax.scan chunk; metrics reach the host once "
                               "per chunk (rounded to a multiple of eval_every)", lo=1, hi=1_000_000)
-    eval_every: int = _field(50, "steps between in-training probes on the fixed probe batch",
+    eval_every: int = _field(10, "steps between in-training probes on the fixed probe batch",
                              lo=1, hi=1_000_000)
     checkpoint_every: int = _field(500, "steps between checkpoints of the whole ensemble state (taken at "
                                    "the end of the chunk that reaches them)", lo=1, hi=100_000_000)

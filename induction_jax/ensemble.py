@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from induction_jax import distributed
 from induction_jax import train as train_lib
 from induction_jax.config import RunConfig
 from induction_jax.probes import PROBE_METRICS, probe_metrics
@@ -67,6 +68,9 @@ def ensemble_sharding(n_members: int, devices=None) -> NamedSharding:
     """Shard the leading (ensemble) axis over the largest number of devices that divides the
     ensemble, on a 1-D mesh named `ensemble`; across hosts the same mesh spans processes."""
     devices = list(devices if devices is not None else jax.devices())
+    if jax.process_count() > 1 and n_members % len(devices):
+        raise ResourceError(f"{n_members} members over {len(devices)} devices in {jax.process_count()} "
+                            f"processes: the ensemble must be a multiple of the device count")
     n = max(d for d in range(1, len(devices) + 1) if n_members % d == 0)
     mesh = Mesh(np.asarray(devices[:n]), ("ensemble",))
     return NamedSharding(mesh, PartitionSpec("ensemble"))
@@ -111,11 +115,15 @@ class ChunkResult:
 
 
 def initial_probe(cfg: RunConfig, state: train_lib.MemberState) -> ChunkResult:
-    probes = train_lib.to_host(_compiled_probe(cfg)(state.params, state.probe_key))
+    probes = distributed.to_host(_compiled_probe(cfg)(state.params, state.probe_key))
     E = len(state.step)
     return ChunkResult(np.zeros(0, int), {k: np.zeros((E, 0)) for k in train_lib.STEP_METRICS},
                        np.zeros(1, int), {k: v[:, None] for k, v in probes.items()},
-                       np.asarray(state.diverged_step), 0.0)
+                       diverged_steps(state), 0.0)
+
+
+def diverged_steps(state: train_lib.MemberState) -> np.ndarray:
+    return distributed.to_host({"d": state.diverged_step})["d"]
 
 
 def available_memory_bytes(device) -> int:
@@ -156,7 +164,7 @@ def plan_groups(cfg: RunConfig, n_members: int, devices, log=print) -> int:
             raise ResourceError(f"member_group={cfg.train.member_group}: larger than the ensemble "
                                 f"({n_members} members); allowed: 0 (auto) to {n_members}")
         return cfg.train.member_group
-    avail = available_memory_bytes(devices[0]) * n_dev
+    avail = available_memory_bytes(jax.local_devices()[0]) * n_dev
     if rough_member_bytes(cfg) * n_members * 4 < avail:
         return n_members        # clearly fits: skip the compile that measures it
     per_member = member_bytes(cfg)
@@ -201,11 +209,11 @@ def train(cfg: RunConfig, state: train_lib.MemberState, start: int,
     for n_evals, every in train_lib.chunk_plan(start, t.steps, t.chunk_steps, t.eval_every):
         tic = time.perf_counter()
         state, metrics, probes = _run_grouped(_compiled_chunk(cfg, n_evals, every), state, group)
-        metrics, probes = train_lib.to_host(metrics), train_lib.to_host(probes)
+        metrics, probes = distributed.to_host(metrics), distributed.to_host(probes)
         n = n_evals * every
         result = ChunkResult(np.arange(step + 1, step + n + 1), metrics,
                              step + every * np.arange(1, n_evals + 1), probes,
-                             np.asarray(state.diverged_step), time.perf_counter() - tic)
+                             diverged_steps(state), time.perf_counter() - tic)
         step += n
         if on_chunk is not None:
             on_chunk(state, result)

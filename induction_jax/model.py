@@ -10,7 +10,6 @@ import jax.numpy as jnp
 
 from induction_jax import functional
 from induction_jax.config import ModelConfig
-from induction_jax.functional import Activations  # noqa: F401  (re-exported)
 
 
 class Transformer(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from induction_jax import model as model_lib
 from induction_jax.analysis.attention import induction_score, previous_token_score

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from induction_jax import __version__, ensemble, plots
+from induction_jax import __version__, distributed, ensemble, plots
 from induction_jax.checkpoint import Checkpoints
 from induction_jax.config import RunConfig
 from induction_jax.probes import PROBE_METRICS
@@ -44,8 +44,11 @@ def device_description() -> dict:
             "device_count": len(devices), "process_count": jax.process_count()}
 
 
+FINAL_WINDOW = 50   # steps averaged into the summary's final losses
+
+
 def summarize(cfg: RunConfig, members: dict, table: dict, diverged_step: np.ndarray) -> dict:
-    """Per member: losses averaged over the last `eval_every` logged steps, last probes, divergence."""
+    """Per member: losses averaged over the last FINAL_WINDOW logged steps, last probes, divergence."""
     E = len(members["seed"])
     rows = []
     for i in range(E):
@@ -54,13 +57,13 @@ def summarize(cfg: RunConfig, members: dict, table: dict, diverged_step: np.ndar
                "diverged_step": int(diverged_step[i]) if diverged_step[i] >= 0 else None}
         rows.append(row)
     for k in STEP_METRICS + PROBE_METRICS:
-        window = cfg.train.eval_every if k in STEP_METRICS else 1
+        window = FINAL_WINDOW if k in STEP_METRICS else 1
         _, values = metric_matrix(table, k, E)
         for i, row in enumerate(rows):
             v = values[i][np.isfinite(values[i])][-window:]
             row[f"final_{k}"] = float(v.mean()) if len(v) else None
     diverged = [r["member"] for r in rows if r["diverged_step"] is not None]
-    return {"steps": int(cfg.train.steps), "final_window_steps": int(cfg.train.eval_every),
+    return {"steps": int(cfg.train.steps), "final_window_steps": min(FINAL_WINDOW, int(cfg.train.steps)),
             "n_members": E, "n_diverged": len(diverged), "diverged_members": diverged,
             "diverged_seeds": [rows[i]["seed"] for i in diverged], "members": rows}
 
@@ -117,9 +120,30 @@ def _train_loop(cfg: RunConfig, run: RunDir, members: dict, state, start: int, w
     return state
 
 
+class NullWriter:
+    """What processes other than process 0 hold instead of the metrics file."""
+
+    def write(self, table) -> None:
+        pass
+
+    def size(self) -> int:
+        return 0
+
+    def truncate(self, n_bytes: int) -> None:
+        pass
+
+
+def _writer(run: RunDir, append: bool = False):
+    return MetricsWriter(run.metrics_csv, append) if distributed.is_writer() else NullWriter()
+
+
 def _finish(cfg: RunConfig, run: RunDir, members: dict, state) -> RunDir:
+    diverged = ensemble.diverged_steps(state)
+    distributed.barrier("finish")
+    if not distributed.is_writer():
+        return run
     table = read_metrics(run.metrics_csv)
-    write_json_atomic(run.summary_json, summarize(cfg, members, table, np.asarray(state.diverged_step)))
+    write_json_atomic(run.summary_json, summarize(cfg, members, table, diverged))
     E = len(members["seed"])
     steps, first = metric_matrix(table, "loss_first_half", E)
     _, second = metric_matrix(table, "loss_second_half", E)
@@ -132,14 +156,18 @@ def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
               members: ensemble.Members | None = None, progress: bool = True) -> RunDir:
     """Train `members` (default: the config's seeds) and write the run directory `out`."""
     run = RunDir(Path(out))
-    ensemble.select_devices(cfg.train.devices)      # a device count that cannot work fails before writing
-    run.prepare_new(overwrite)
+    devices = ensemble.select_devices(cfg.train.devices)   # a device count that cannot work fails first
     members = members or ensemble.Members.from_config(cfg)
+    ensemble.ensemble_sharding(len(members), devices)
+    if distributed.is_writer():
+        run.prepare_new(overwrite)
+    distributed.barrier("prepared")
     table = members.table()
-    run.write_config(cfg, table, {"jax_version": jax.__version__, "device": device_description()})
+    if distributed.is_writer():
+        run.write_config(cfg, table, {"jax_version": jax.__version__, "device": device_description()})
     ensemble.enable_compilation_cache()
-    state = ensemble.init_ensemble(cfg, members, ensemble.select_devices(cfg.train.devices))
-    writer = MetricsWriter(run.metrics_csv)
+    state = ensemble.init_ensemble(cfg, members, devices)
+    writer = _writer(run)
     init = ensemble.initial_probe(cfg, state)
     writer.write(chunk_rows(table, init.steps, init.metrics, init.probe_steps, init.probes, init.diverged_step))
     state = _train_loop(cfg, run, table, state, 0, writer, progress)
@@ -196,9 +224,10 @@ def resume_run(out: str | Path, overrides: dict | None = None, progress: bool = 
         raise RunDirError(f"{run.path}: already trained to step {start}; pass --steps N with N > {start} to "
                           f"train further")
     state = jax.device_put(state, ensemble.ensemble_sharding(len(members), ensemble.select_devices(cfg.train.devices)))
-    writer = MetricsWriter(run.metrics_csv, append=True)
+    writer = _writer(run, append=True)
     writer.truncate(int(ckpt_meta["metrics_bytes"]))
-    run.write_config(cfg, table, {"jax_version": jax.__version__, "device": device_description(),
-                                  "resumed_from_step": start})
+    if distributed.is_writer():
+        run.write_config(cfg, table, {"jax_version": jax.__version__, "device": device_description(),
+                                      "resumed_from_step": start})
     state = _train_loop(cfg, run, table, state, start, writer, progress)
     return _finish(cfg, run, table, state)

@@ -12,7 +12,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from induction_jax import model as model_lib
@@ -126,9 +125,6 @@ def chunk_plan(start: int, total: int, chunk_steps: int, eval_every: int) -> lis
 def chunk_length(plan_entry: tuple[int, int]) -> int:
     return plan_entry[0] * plan_entry[1]
 
-
-def to_host(tree) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in tree.items()}
 
 
 def train_member(cfg: RunConfig, seed, lr=None, weight_decay=None):

@@ -141,3 +141,29 @@ def test_induction_floor_known_cases():
     np.testing.assert_allclose(induction_floor(dup, 4), (np.log(2) + np.log(3)) / 3)
     x = np.asarray(repeated_sequences(jax.random.PRNGKey(0), 256, 25, 64))
     assert 0.2 < induction_floor(x, 25) < 0.4
+
+
+def test_layernorm_mlp_model_marks_weight_scores_not_applicable():
+    from induction_jax.config import ModelConfig
+    from induction_jax.model import init_params
+    cfg = ModelConfig(d_vocab=16, n_ctx=12, n_layers=2, n_heads=2, d_model=16, d_mlp=32, layer_norm=True)
+    params = stacked_params(init_params(cfg, jax.random.PRNGKey(0)), ensemble=False)
+    result = analyze_params(params, 6)
+    assert "LayerNorm" in result["not_applicable"] or "MLPs" in result["not_applicable"]
+    assert result["circuit"]["weight_based_not_applicable"] == result["not_applicable"]
+    assert "k_composition" not in result["scores"] and "ov_copying_score" not in result["scores"]
+    assert result["scores"]["induction_score"].shape == (1, 2, 2)
+    assert np.isfinite(result["scores"]["mean_ablation_delta"]).all()
+
+
+def test_one_layer_model_is_analysed_and_has_no_circuit(tmp_path):
+    from induction_jax.analysis.report import write_figures
+    from induction_jax.config import ModelConfig
+    from induction_jax.model import init_params
+    cfg = ModelConfig(d_vocab=16, n_ctx=12, n_layers=1, n_heads=2, d_model=16)
+    params = stacked_params(init_params(cfg, jax.random.PRNGKey(0)), ensemble=False)
+    result = analyze_params(params, 6)
+    row = result["circuit"]["members"][0]
+    assert row["checks"]["two_layers"] is False and not row["clean_circuit"] and not row["induction_circuit"]
+    figs = write_figures(result, params, 0, tmp_path)
+    assert "k_composition" not in figs and all(p.stat().st_size > 1000 for p in figs.values())

@@ -3,7 +3,6 @@ fall back, bad input gets a one-line error, exit code 2, and the run directory a
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -201,3 +200,36 @@ def test_diverging_member_is_flagged_and_the_others_finish_untouched(tmp_path, s
     rows_1 = ta["step"][ta["member"] == 1]
     assert rows_1.max() <= summary["members"][1]["diverged_step"] + 1
     assert RunDir(a.path).is_run()
+
+
+def test_phase_command_on_a_real_run(capsys, reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    assert main(["phase", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "in_context_score midpoint" in out or "every member censored" in out
+    stats = json.loads((run / "phase" / "stats.json").read_text())
+    assert set(stats) >= {"in_context_score", "induction_score", "prev_token_score", "formation_order"}
+    assert set(stats["formation_order"]) == {"onset", "peak_slope", "midpoint"}
+    header = (run / "phase" / "timings.csv").read_text().splitlines()[0]
+    assert header.startswith("member,seed,metric,s0,s1,censored,reason,onset,midpoint,end,peak_slope")
+    for name in ("in_context_score", "induction_score", "midpoint_distribution", "prev_vs_induction", "loss_bump"):
+        assert (run / "phase" / f"{name}.png").stat().st_size > 1000
+    assert "Phase change" in (run / "report.html").read_text()
+
+
+def test_analyze_command_writes_scores_circuit_figures_and_report(capsys, reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    assert main(["analyze", str(run), "--seed", "1"]) == 0
+    assert "induction circuit" in capsys.readouterr().out
+    rows = (run / "analysis" / "scores.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2 * 2 and rows[0].startswith("member,seed,layer,head,prev_token_score")
+    circuit = json.loads((run / "analysis" / "circuit.json").read_text())
+    assert circuit["n_members"] == 2 and circuit["figure_member"] == 1
+    assert {"prev_token_head", "induction_head", "checks", "clean_circuit"} <= set(circuit["members"][0])
+    for name in ("attention_patterns", "head_scores", "k_composition", "full_ov_induction_head",
+                 "ov_eigenvalues", "ablations", "ensemble_scores", "positional_qk_prev_token_head"):
+        assert (run / "analysis" / f"{name}.png").stat().st_size > 1000
+    html = (run / "report.html").read_text()
+    assert "Circuit per member" in html and html.count("data:image/png;base64") >= 9

@@ -87,3 +87,15 @@ def test_non_finite_member_is_frozen_and_others_untouched(short):
     assert int(s_bad.diverged_step[1]) == 0 and int(s_bad.diverged_step[0]) == -1
     np.testing.assert_array_equal(np.asarray(s_bad.params["W_Q"][1]), np.asarray(poisoned.params["W_Q"][1]))
     np.testing.assert_allclose(m_bad["loss"][0], m_clean["loss"][0], rtol=1e-6)
+
+
+def test_sweep_member_equals_single_run_with_same_lr_and_seed(short):
+    members = ensemble.Members.grid(short.replace(seeds=2), [3e-3, 1e-2], [0.0, 0.05])
+    assert len(members) == 8
+    _, metrics = collect(short, members)
+    i = 7                                         # lr 1e-2, weight decay 0.05, seed 1
+    assert (members.lr[i], members.weight_decay[i], members.seed[i]) == (1e-2, 0.05, 1)
+    single = jax.jit(functools.partial(train_lib.train_member, short.replace(lr=1e-2, weight_decay=0.05)))
+    _, s_metrics, _ = single(jnp.uint32(1))
+    np.testing.assert_allclose(metrics["loss"][i], s_metrics["loss"], rtol=2e-5, atol=2e-5)
+    assert not np.allclose(metrics["loss"][6], metrics["loss"][7])     # seeds differ

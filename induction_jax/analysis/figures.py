@@ -38,21 +38,31 @@ def attention_grid(patterns_ELHTS, member: int, half_length: int, path: Path, ci
     return save(fig, path)
 
 
-def score_bars(scores: dict, member: int, path: Path) -> Path:
-    """Previous-token and induction score of every head as bars."""
-    prev, ind = scores["prev_token_score"][member], scores["induction_score"][member]
-    L, H = prev.shape
+def _paired_bars(a_LH, b_LH, labels: tuple[str, str], colors: tuple[str, str], ylabel: str, title: str,
+                 path: Path, threshold: float | None = None, ylim=None) -> Path:
+    """Two values per head as side-by-side bars, heads labelled L{layer}H{head}."""
+    L, H = a_LH.shape
     x = np.arange(L * H)
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * L * H), 3.8))
-    ax.bar(x - 0.2, prev.ravel(), 0.4, label="previous-token score", color="tab:blue")
-    ax.bar(x + 0.2, ind.ravel(), 0.4, label="induction score", color="tab:orange")
-    ax.axhline(0.5, color="k", ls=":", lw=1)
+    ax.bar(x - 0.2, a_LH.ravel(), 0.4, label=labels[0], color=colors[0])
+    ax.bar(x + 0.2, b_LH.ravel(), 0.4, label=labels[1], color=colors[1])
+    if threshold is not None:
+        ax.axhline(threshold, color="k", ls=":", lw=1)
     ax.set_xticks(x, _head_labels(L, H))
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("mean attention")
-    ax.set_title(f"Attention-pattern scores per head, member {member}")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend()
     return save(fig, path)
+
+
+def score_bars(scores: dict, member: int, path: Path) -> Path:
+    """Previous-token and induction score of every head as bars."""
+    return _paired_bars(scores["prev_token_score"][member], scores["induction_score"][member],
+                        ("previous-token score", "induction score"), ("tab:blue", "tab:orange"),
+                        "mean attention", f"Attention-pattern scores per head, member {member}", path,
+                        threshold=0.5, ylim=(0, 1.05))
 
 
 def positional_qk(pos_ELHTS, member: int, head, path: Path) -> Path:
@@ -122,17 +132,9 @@ def ov_eigenvalues(eig_ELHK, scores: dict, member: int, path: Path) -> Path:
 
 
 def ablation_bars(scores: dict, member: int, path: Path) -> Path:
-    zero, mean = scores["zero_ablation_delta"][member], scores["mean_ablation_delta"][member]
-    L, H = zero.shape
-    x = np.arange(L * H)
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * L * H), 3.8))
-    ax.bar(x - 0.2, zero.ravel(), 0.4, label="zero-ablation", color="tab:gray")
-    ax.bar(x + 0.2, mean.ravel(), 0.4, label="mean-ablation", color="tab:red")
-    ax.set_xticks(x, _head_labels(L, H))
-    ax.set_ylabel("increase of loss_second_half (nats)")
-    ax.set_title(f"Ablating one head at a time, member {member}")
-    ax.legend()
-    return save(fig, path)
+    return _paired_bars(scores["zero_ablation_delta"][member], scores["mean_ablation_delta"][member],
+                        ("zero-ablation", "mean-ablation"), ("tab:gray", "tab:red"),
+                        "increase of loss_second_half (nats)", f"Ablating one head at a time, member {member}", path)
 
 
 def ensemble_distributions(scores: dict, path: Path) -> Path:

@@ -72,7 +72,7 @@ def identify(scores: dict[str, np.ndarray], baseline: dict | None, thresholds: T
         if "joint_ablation_induction_heads" in scores:
             row["n_induction_heads"] = int(scores["n_induction_heads"][e])
             row["ablation_all_induction_heads"] = float(scores["joint_ablation_induction_heads"][e])
-            shared = {k: checks[k] for k in ("prev_token_score", "induction_score",
+            shared = {k: checks[k] for k in ("two_layers", "prev_token_score", "induction_score",
                                              "k_composition_above_baseline", "ov_copying_positive") if k in checks}
             if "mean_ablation_delta" in scores:
                 shared["ablating_prev_token_head_hurts"] = row["ablation_prev_token_head"] > t.circuit_ablation_nats

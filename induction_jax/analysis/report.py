@@ -41,12 +41,13 @@ def write_figures(result: dict, params: dict, member: int, out: Path) -> dict[st
         figs |= {
             "positional_qk_prev_token_head": figures.positional_qk(
                 x["positional_qk"], member, row["prev_token_head"], out / "positional_qk_prev_token_head.png"),
-            "k_composition": figures.k_composition(s["k_composition"], result["baseline"], member,
-                                                   out / "k_composition.png"),
             "full_ov_induction_head": figures.full_ov(params, member, row["induction_head"],
                                                       out / "full_ov_induction_head.png"),
             "ov_eigenvalues": figures.ov_eigenvalues(x["ov_eigenvalues"], s, member, out / "ov_eigenvalues.png"),
         }
+        if params["W_Q"].shape[1] >= 2:      # composition needs an earlier and a later layer
+            figs["k_composition"] = figures.k_composition(s["k_composition"], result["baseline"], member,
+                                                          out / "k_composition.png")
     return figs
 
 
@@ -125,10 +126,11 @@ def _phase_html(stats: dict) -> str:
                                                                            "ci95_low", "ci95_high")) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("curve", "timing", "n", "censored", "mean", "std", "median", "IQR",
                                              "CV", "CI95 low", "CI95 high"))
-    order = stats.get("formation_order", {}).get("counts", {})
-    return (f"<table><tr>{head}</tr>{''.join(rows)}</table><p>previous-token head forms before / with / after "
-            f"the induction head: {order.get('before')} / {order.get('with')} / {order.get('after')} "
-            f"(censored {order.get('censored')}).</p>")
+    orders = "".join(f"<li>by {html.escape(by)}: {o['counts']['before']} / {o['counts']['with']} / "
+                     f"{o['counts']['after']} (censored {o['counts']['censored']})</li>"
+                     for by, o in stats.get("formation_order", {}).items())
+    return (f"<table><tr>{head}</tr>{''.join(rows)}</table><p>Previous-token head forms before / with / after "
+            f"the induction head (within one probe interval counts as with):</p><ul>{orders}</ul>")
 
 
 def write_report(run: RunDir) -> Path:

@@ -39,7 +39,7 @@ def stacked_params(params: dict, ensemble: bool = True) -> dict[str, np.ndarray]
 
 def load_run_params(run_dir: str | Path, step: int | None = None) -> dict[str, np.ndarray]:
     """The stacked params of every member from a run's checkpoint (latest, or `step`)."""
-    from induction_jax.checkpoint import CheckpointError, Checkpoints
+    from induction_jax.checkpoint import Checkpoints
     from induction_jax.rundir import RunDir, RunDirError
 
     run = RunDir(Path(run_dir))
@@ -53,7 +53,4 @@ def load_run_params(run_dir: str | Path, step: int | None = None) -> dict[str, n
         if step is not None and step not in steps:
             raise RunDirError(f"checkpoint step {step}: not in {run.path}; available: "
                               f"{', '.join(map(str, steps))}")
-        try:
-            return stacked_params(ckpt.restore_params(step if step is not None else steps[-1]))
-        except CheckpointError:
-            raise
+        return stacked_params(ckpt.restore_params(step if step is not None else steps[-1]))

@@ -90,7 +90,8 @@ def logistic_fit(steps: np.ndarray, values_EN: np.ndarray, n_t0: int = 200, n_wi
     t0s = np.linspace(t[0], t[-1], n_t0)
     dt = np.median(np.diff(t)) if len(t) > 1 else 1.0
     ws = np.geomspace(max(dt / 4, 1e-3), span / 2, n_width)
-    g = 1.0 / (1.0 + np.exp(-(t[None, None, :] - t0s[:, None, None]) / ws[None, :, None]))  # [t0, w, N]
+    with np.errstate(over="ignore"):      # exp overflow is the saturated logistic: g = 0 there
+        g = 1.0 / (1.0 + np.exp(-(t[None, None, :] - t0s[:, None, None]) / ws[None, :, None]))  # [t0, w, N]
     y = np.nan_to_num(values_EN)
     ok = np.isfinite(values_EN).astype(float)
     n = ok.sum(-1)[:, None, None]

@@ -29,8 +29,11 @@ def time_curves(table: dict, n_members: int, window: int = 5) -> dict[str, Timin
 
 def phase_stats(timings: dict[str, Timing], eval_every: int, members: dict) -> dict:
     stats = {name: {k: summarize(getattr(t, k)) for k in TIMINGS} for name, t in timings.items()}
-    stats["formation_order"] = formation_order(timings["prev_token_score"].midpoint,
-                                               timings["induction_score"].midpoint, eval_every)
+    # By onset and by peak slope as well as by midpoint: a curve that jumps and then creeps up
+    # (the previous-token score here) has a late midpoint though it forms with the other.
+    stats["formation_order"] = {
+        k: formation_order(getattr(timings["prev_token_score"], k), getattr(timings["induction_score"], k),
+                           eval_every) for k in ("onset", "peak_slope", "midpoint")}
     lag = timings["in_context_score"].midpoint - timings["induction_score"].midpoint
     lag = lag[np.isfinite(lag)]
     stats["in_context_minus_induction_midpoint"] = {

@@ -1,0 +1,40 @@
+"""Several processes (hosts) training one ensemble: `jax.distributed` with the same mesh.
+
+Every process runs the same program; the ensemble axis is sharded over the devices of all
+processes (one global mesh named `ensemble`), each process computes its own members, the
+per-chunk metrics are all-gathered so every process holds the whole table, and process 0
+alone writes the run directory's files (Orbax checkpoints are written by all, cooperatively).
+On CPUs the cross-process collectives use gloo.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Join a multi-process run (call before any other JAX work: even asking for the backend
+    starts it). gloo serves the CPU client's collectives and leaves accelerators alone."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run directory's files (process 0)."""
+    return jax.process_index() == 0
+
+
+def to_host(tree) -> dict[str, np.ndarray]:
+    """Global (possibly multi-process) arrays as full numpy arrays on every process."""
+    if jax.process_count() == 1:
+        return {k: np.asarray(v) for k, v in tree.items()}
+    from jax.experimental import multihost_utils
+    return {k: np.asarray(v) for k, v in multihost_utils.process_allgather(dict(tree), tiled=True).items()}
+
+
+def barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
