@@ -7,7 +7,7 @@ the achieved FLOP rate as a fraction of a large fp32 matmul measured in the same
 same device. Each size runs in a fresh process (clean compile time and peak memory); a second
 run of the largest size shows the persistent compilation cache.
 
-    python benchmarks/throughput.py [--sizes 1,2,4,8,16,32] [--steps 200] [--no-torch]
+    python benchmarks/throughput.py [--sizes 1,2,4,8,16,32] [--steps 50] [--no-torch]
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None = None) -> dict:
+def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None = None,
+           compile_only: bool = False) -> dict:
     """Runs in its own process: compile and time one ensemble size."""
     import functools
 
@@ -46,6 +47,8 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     tic = time.perf_counter()
     compiled = chunk.lower(state).compile()
     compile_s = time.perf_counter() - tic
+    if compile_only:
+        return {"members": size, "compile_s": compile_s}
     mem = compiled.memory_analysis()
     # Model FLOPs per step: XLA's cost analysis of a single member's compiled train step.
     single = jax.tree.map(lambda x: x[0], state)
@@ -105,8 +108,9 @@ def torch_reference(steps: int) -> dict | None:
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def run_worker(size: int, steps: int, cache_dir: str, eval_every: int | None = None) -> dict:
-    extra = ["--eval-every", str(eval_every)] if eval_every else []
+def run_worker(size: int, steps: int, cache_dir: str, eval_every: int | None = None,
+               compile_only: bool = False) -> dict:
+    extra = (["--eval-every", str(eval_every)] if eval_every else []) + (["--compile-only"] if compile_only else [])
     out = subprocess.run([sys.executable, __file__, "--worker", str(size), "--steps", str(steps),
                           "--cache-dir", cache_dir, *extra], capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -132,16 +136,17 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,2,4,8,16,32")
-    parser.add_argument("--steps", type=int, default=200, help="steps per timed chunk")
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed chunk (median of 3 chunks)")
     parser.add_argument("--torch-steps", type=int, default=300)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--eval-every", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, args.steps, args.cache_dir, args.eval_every)))
+        print(json.dumps(worker(args.worker, args.steps, args.cache_dir, args.eval_every, args.compile_only)))
         return
     import tempfile
 
@@ -160,7 +165,7 @@ def main() -> None:
               f"compile {r['compile_s']:5.1f} s  peak RSS {r['peak_rss_bytes'] / 2**30:5.2f} GiB  "
               f"{r['achieved_flops_per_s'] / 1e9:6.1f} GFLOP/s = {r['fraction_of_matmul_peak']:.0%} of matmul peak",
               flush=True)
-    again = run_worker(sizes[-1], args.steps, cache_dir)
+    again = run_worker(sizes[-1], args.steps, cache_dir, compile_only=True)
     print(f"second identical run, {sizes[-1]} members: compile {again['compile_s']:.2f} s (persistent cache)")
     # The in-training probes (every 10 steps by default) against a chunk with one probe at its end.
     probe_size = 8 if 8 in sizes else sizes[-1]

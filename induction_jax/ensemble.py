@@ -114,8 +114,11 @@ class ChunkResult:
     seconds: float
 
 
-def initial_probe(cfg: RunConfig, state: train_lib.MemberState) -> ChunkResult:
-    probes = distributed.to_host(_compiled_probe(cfg)(state.params, state.probe_key))
+def initial_probe(cfg: RunConfig, state: train_lib.MemberState, group: int | None = None) -> ChunkResult:
+    """The probes at step 0, `group` members per call (like the chunks, for bounded memory)."""
+    probe = _compiled_probe(cfg)
+    probes = distributed.to_host(_run_grouped(lambda s: probe(s.params, s.probe_key), state,
+                                              group or len(state.step)))
     E = len(state.step)
     return ChunkResult(np.zeros(0, int), {k: np.zeros((E, 0)) for k in train_lib.STEP_METRICS},
                        np.zeros(1, int), {k: v[:, None] for k, v in probes.items()},
@@ -126,12 +129,15 @@ def diverged_steps(state: train_lib.MemberState) -> np.ndarray:
     return distributed.to_host({"d": state.diverged_step})["d"]
 
 
-def available_memory_bytes(device) -> int:
-    """What one device may use: the accelerator's limit, or half the host's RAM on a CPU."""
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+def available_memory_bytes(devices) -> int:
+    """What the ensemble may use: 80% of each accelerator's limit, or 40% of the host's RAM in
+    all on a CPU (whose devices share it)."""
+    local = [d for d in devices if d.process_index == jax.process_index()] or jax.local_devices()
+    stats = local[0].memory_stats() if hasattr(local[0], "memory_stats") else None
     if stats and stats.get("bytes_limit"):
-        return int(stats["bytes_limit"] * 0.8)
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+        return int(stats["bytes_limit"] * 0.8) * len(devices)
+    # XLA's memory analysis misses some runtime allocations: keep well inside the RAM.
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.4) * jax.process_count()
 
 
 def rough_member_bytes(cfg: RunConfig) -> int:
@@ -164,7 +170,7 @@ def plan_groups(cfg: RunConfig, n_members: int, devices, log=print) -> int:
             raise ResourceError(f"member_group={cfg.train.member_group}: larger than the ensemble "
                                 f"({n_members} members); allowed: 0 (auto) to {n_members}")
         return cfg.train.member_group
-    avail = available_memory_bytes(jax.local_devices()[0]) * n_dev
+    avail = available_memory_bytes(devices)
     if rough_member_bytes(cfg) * n_members * 4 < avail:
         return n_members        # clearly fits: skip the compile that measures it
     per_member = member_bytes(cfg)

@@ -81,8 +81,13 @@ def _catch_signals():
             signal.signal(s, h)
 
 
+def _plan_groups(cfg: RunConfig, members: dict) -> int:
+    return ensemble.plan_groups(cfg, len(members["seed"]), ensemble.select_devices(cfg.train.devices),
+                                log=lambda m: print(m, file=sys.stderr))
+
+
 def _train_loop(cfg: RunConfig, run: RunDir, members: dict, state, start: int, writer: MetricsWriter,
-                progress: bool):
+                progress: bool, group: int):
     """Train from `start`, checkpointing every `checkpoint_every` steps and on a signal."""
     t = cfg.train
     bar = ProgressBar(t.steps, start=start, members=len(members["seed"])) if progress else None
@@ -112,8 +117,6 @@ def _train_loop(cfg: RunConfig, run: RunDir, members: dict, state, start: int, w
                 raise Interrupted(f"interrupted by {name} at step {step} of {t.steps}; checkpoint saved. "
                                   f"Resume with: induction-jax train --resume {run.path}", caught[0])
 
-        group = ensemble.plan_groups(cfg, len(members["seed"]), ensemble.select_devices(t.devices),
-                                     log=lambda m: print(m, file=sys.stderr))
         state = ensemble.train(cfg, state, start, on_chunk, group=group)
         if bar is not None:
             bar.close()
@@ -168,9 +171,10 @@ def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
     ensemble.enable_compilation_cache()
     state = ensemble.init_ensemble(cfg, members, devices)
     writer = _writer(run)
-    init = ensemble.initial_probe(cfg, state)
+    group = _plan_groups(cfg, table)
+    init = ensemble.initial_probe(cfg, state, group)
     writer.write(chunk_rows(table, init.steps, init.metrics, init.probe_steps, init.probes, init.diverged_step))
-    state = _train_loop(cfg, run, table, state, 0, writer, progress)
+    state = _train_loop(cfg, run, table, state, 0, writer, progress, group)
     return _finish(cfg, run, table, state)
 
 
@@ -229,5 +233,5 @@ def resume_run(out: str | Path, overrides: dict | None = None, progress: bool = 
     if distributed.is_writer():
         run.write_config(cfg, table, {"jax_version": jax.__version__, "device": device_description(),
                                       "resumed_from_step": start})
-    state = _train_loop(cfg, run, table, state, start, writer, progress)
+    state = _train_loop(cfg, run, table, state, start, writer, progress, _plan_groups(cfg, table))
     return _finish(cfg, run, table, state)
