@@ -195,12 +195,21 @@ def _groups(n: int, size: int) -> list[slice]:
 
 
 def _run_grouped(fn, state, group: int):
-    """Apply a compiled chunk to member groups one after another (bounded memory)."""
+    """Apply a compiled chunk to member groups one after another (bounded memory).
+
+    Between groups the whole state lives on the host, and each group is placed on the devices
+    with its own even sharding: slicing the device-sharded ensemble at boundaries that cut
+    across shards needs cross-device collectives, which deadlocked on the CPU backend.
+    """
     n = len(state.step)
     if group >= n:
         return fn(state)
-    outs = [fn(jax.tree.map(lambda x, s=s: x[s], state)) for s in _groups(n, group)]
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
+    host = jax.device_get(state)
+    outs = []
+    for s in _groups(n, group):
+        part = jax.tree.map(lambda x, s=s: x[s], host)
+        outs.append(jax.device_get(fn(shard(part, ensemble_sharding(s.stop - s.start)))))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
 def train(cfg: RunConfig, state: train_lib.MemberState, start: int,

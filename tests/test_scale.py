@@ -29,11 +29,12 @@ def test_cpu_cores_are_exposed_as_devices():
 
 
 def assert_same_training(a, b):
+    """Equal to float32 rounding: the same per-member math, compiled for other batch shapes."""
     (s1, m1), (s2, m2) = a, b
     for k in m1:
         np.testing.assert_allclose(m1[k], m2[k], rtol=1e-5, atol=1e-6)
     for k in s1.params:
-        np.testing.assert_allclose(s1.params[k], s2.params[k], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(s1.params[k], s2.params[k], rtol=1e-4, atol=1e-5)
 
 
 def test_sharded_equals_unsharded(setup):
