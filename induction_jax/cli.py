@@ -13,6 +13,7 @@ from induction_jax import __version__
 from induction_jax.config import SECTIONS, ConfigError, RunConfig
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 
 
 class CliError(RuntimeError):
@@ -58,15 +59,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             raise CliError(f"--config {path}: not valid JSON ({e})") from None
         # A run's own config.json wraps the config; a plain config file is the config itself.
         base = RunConfig.from_dict(obj["config"] if isinstance(obj, dict) and "kind" in obj else obj)
-    overrides = {name: getattr(args, name) for name in _field_names() if getattr(args, name, None) is not None}
-    return base.replace(**overrides)
+    return base.replace(**_flag_overrides(args))
 
 
 def _field_names() -> list[str]:
     return [f.name for klass in SECTIONS.values() for f in dataclasses.fields(klass)]
 
 
-EXIT_DIVERGED = 3
+def _flag_overrides(args: argparse.Namespace) -> dict:
+    """The config fields given as flags (not the defaults)."""
+    return {name: getattr(args, name) for name in _field_names() if getattr(args, name, None) is not None}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -80,8 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.out or args.overwrite:
             raise CliError("--resume RUN_DIR: continues that run with its own config; it takes no "
                            "--config, --out or --overwrite")
-        overrides = {name: getattr(args, name) for name in _field_names() if getattr(args, name) is not None}
-        run = resume_run(args.resume, overrides, progress=not args.no_progress)
+        run = resume_run(args.resume, _flag_overrides(args), progress=not args.no_progress)
     else:
         cfg = config_from_args(args)
         out = Path(args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"))
