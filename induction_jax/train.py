@@ -18,6 +18,7 @@ from induction_jax import model as model_lib
 from induction_jax.config import RunConfig
 from induction_jax.data import sample_batch
 from induction_jax.losses import split_losses, token_losses
+from induction_jax.probes import probe_metrics
 
 STEP_METRICS = ("loss", "loss_first_half", "loss_second_half")
 
@@ -89,8 +90,6 @@ def run_chunk(cfg: RunConfig, state: MemberState, n_evals: int, eval_every: int)
     Structuring the chunk this way keeps the probe out of the per-step body (a
     `lax.cond` there would run both branches once vmapped).
     """
-    from induction_jax.probes import probe_metrics
-
     def interval(s, _):
         s, step_metrics = run_steps(cfg, s, eval_every)
         return s, (step_metrics, probe_metrics(cfg, s.params, s.probe_key))
