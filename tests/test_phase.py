@@ -83,3 +83,12 @@ def test_formation_order():
     o = formation_order(np.array([100, 500, 300, np.nan]), np.array([300, 500, 100, 200]), 50)
     assert o["per_member"] == ["before", "with", "after", "censored"]
     assert o["median_lag_induction_minus_prev"] == 0.0
+
+
+def test_collapse_is_censored_not_timed():
+    # formed at 600, then collapsed far below its start at 2000 (a loss blow-up)
+    y = logistic(STEPS, 600, 30, 0, 4) - logistic(STEPS, 2000, 30, 0, 40)
+    t = detect(STEPS, np.vstack([y, logistic(STEPS, 900, 40)]), "in_context_score")
+    assert t.censored.tolist() == [True, False]
+    assert "collapse" in t.reason[0] and np.isnan(t.midpoint[0])
+    assert not detect(STEPS, logistic(STEPS, 900, 40, 4.0, 0.1)[None], "probe_loss_second_half").censored[0]

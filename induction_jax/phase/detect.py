@@ -22,6 +22,10 @@ class PhaseError(ValueError):
 MIN_RISE = {"in_context_score": 1.0, "induction_score": 0.2, "prev_token_score": 0.2,
             "probe_loss_second_half": 1.0, "loss_second_half": 1.0}
 FRACTIONS = {"onset": 0.1, "midpoint": 0.5, "end": 0.9}
+# The direction a formation moves each curve: scores rise, losses fall. A move the other way
+# (a trained member collapsing) is censored, not timed as a phase change.
+DIRECTION = {"in_context_score": 1, "induction_score": 1, "prev_token_score": 1,
+             "probe_loss_second_half": -1, "loss_second_half": -1}
 
 
 def moving_average(values_EN: np.ndarray, window: int) -> np.ndarray:
@@ -137,6 +141,8 @@ def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int
             reasons.append("no finite values")
         elif abs(rise[e]) < min_rise:
             reasons.append(f"no transition: rise {rise[e]:+.3g} below {min_rise:g}")
+        elif metric in DIRECTION and np.sign(rise[e]) != DIRECTION[metric]:
+            reasons.append(f"moves the wrong way ({rise[e]:+.3g}): a collapse, not a formation")
         elif not np.isfinite(out["end"][e]):
             reasons.append("transition not finished by the last step")
         else:
