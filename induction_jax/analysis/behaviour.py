@@ -58,6 +58,20 @@ def _second_half_loss(p, tokens_BT, half_length, **kwargs):
     return split_losses(token_losses(logits, tokens_BT), half_length)["loss_second_half"]
 
 
+def _mean_ablated_loss(p, tokens_BT, half_length, heads_LH, mean_LHD):
+    """loss_second_half with the heads marked in `heads_LH` replaced by their mean output."""
+    L, H, D = mean_LHD.shape
+    B, T = tokens_BT.shape
+    replace_LBTHD = jnp.broadcast_to((heads_LH[..., None] * mean_LHD)[:, None, None], (L, B, T, H, D))
+    return _second_half_loss(p, tokens_BT, half_length, head_mask_LH=1.0 - heads_LH,
+                             head_replace_LBTHD=replace_LBTHD)
+
+
+def _mean_head_outputs(p, tokens_BT):
+    """Each head's output averaged over batch and positions, `[L, H, D]`."""
+    return apply(p, tokens_BT, return_activations=True)[1].head_out_BLTHD.mean((0, 2))
+
+
 @functools.partial(jax.jit, static_argnames=("half_length",))
 def ablations(params: dict, tokens_BT: jax.Array, half_length: int) -> dict[str, jax.Array]:
     """Increase of loss_second_half when one head's output is replaced by zero, or by its mean
@@ -65,19 +79,13 @@ def ablations(params: dict, tokens_BT: jax.Array, half_length: int) -> dict[str,
 
     def member(p):
         clean = _second_half_loss(p, tokens_BT, half_length)
-        _, acts = apply(p, tokens_BT, return_activations=True)
-        mean_LHD = acts.head_out_BLTHD.mean((0, 2))
+        mean_LHD = _mean_head_outputs(p, tokens_BT)
         L, H = mean_LHD.shape[:2]
-        B, T = tokens_BT.shape
         eye = jnp.eye(L * H).reshape(L * H, L, H)
 
         def ablate(onehot_LH):
-            mask = 1.0 - onehot_LH
-            zero = _second_half_loss(p, tokens_BT, half_length, head_mask_LH=mask)
-            replace_LBTHD = jnp.broadcast_to((onehot_LH[..., None] * mean_LHD)[:, None, None],
-                                             (L, B, T, H, mean_LHD.shape[-1]))
-            mean = _second_half_loss(p, tokens_BT, half_length, head_mask_LH=mask,
-                                     head_replace_LBTHD=replace_LBTHD)
+            zero = _second_half_loss(p, tokens_BT, half_length, head_mask_LH=1.0 - onehot_LH)
+            mean = _mean_ablated_loss(p, tokens_BT, half_length, onehot_LH, mean_LHD)
             return zero - clean, mean - clean
 
         zero, mean = jax.lax.map(ablate, eye)
@@ -131,12 +139,6 @@ def joint_mean_ablation(params: dict, tokens_BT: jax.Array, half_length: int, he
 
     def member(p, heads_LH):
         clean = _second_half_loss(p, tokens_BT, half_length)
-        _, acts = apply(p, tokens_BT, return_activations=True)
-        mean_LHD = acts.head_out_BLTHD.mean((0, 2))
-        L, H, D = mean_LHD.shape
-        B, T = tokens_BT.shape
-        replace = jnp.broadcast_to((heads_LH[..., None] * mean_LHD)[:, None, None], (L, B, T, H, D))
-        return _second_half_loss(p, tokens_BT, half_length, head_mask_LH=1.0 - heads_LH,
-                                 head_replace_LBTHD=replace) - clean
+        return _mean_ablated_loss(p, tokens_BT, half_length, heads_LH, _mean_head_outputs(p, tokens_BT)) - clean
 
     return jax.vmap(member)(params, heads_ELH)

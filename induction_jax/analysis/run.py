@@ -37,8 +37,7 @@ def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, se
     scores |= behaviour.to_numpy(behaviour.ablations(jparams, tokens, half_length))
     scores["direct_logit_attribution"] = np.asarray(
         behaviour.direct_logit_attribution(jparams, tokens, half_length))
-    extra = {"patterns": np.asarray(behaviour.mean_patterns(jparams, tokens[:1])),
-             "probe_tokens": np.asarray(tokens[0])}
+    extra = {"patterns": np.asarray(behaviour.mean_patterns(jparams, tokens[:1]))}
     baseline, not_applicable = None, None
     try:
         circuits.check_weight_based(params)
@@ -55,11 +54,11 @@ def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, se
         extra["positional_qk"] = np.asarray(pos)
         d_head = params["W_Q"].shape[-1]
         baseline = circuits.composition_baseline(params["W_Q"].shape[-2], d_head)
-        k = comp["k_composition"]
-        scores["max_k_composition_in"] = np.nanmax(np.where(np.isnan(k), -np.inf, k), axis=(1, 2))
-        scores["max_k_composition_out"] = np.nanmax(np.where(np.isnan(k), -np.inf, k), axis=(3, 4))
-        for name in ("max_k_composition_in", "max_k_composition_out"):
-            scores[name] = np.where(np.isinf(scores[name]), np.nan, scores[name])
+        # Largest K-composition into / out of each head; NaN where it has no partner layer.
+        k = np.where(np.isnan(comp["k_composition"]), -np.inf, comp["k_composition"])
+        for name, axes in (("max_k_composition_in", (1, 2)), ("max_k_composition_out", (3, 4))):
+            m = k.max(axis=axes)
+            scores[name] = np.where(np.isinf(m), np.nan, m)
     # All heads in layers after layer 0 whose induction score passes the threshold, per member.
     L = scores["induction_score"].shape[1]
     later = (np.arange(L) > 0)[None, :, None]
