@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None = None,
-           compile_only: bool = False) -> dict:
+           compile_only: bool = False, member_loop: str = "auto") -> dict:
     """Runs in its own process: compile and time one ensemble size."""
     import functools
 
@@ -40,10 +40,11 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     if cache_dir:
         ensemble.enable_compilation_cache(cache_dir)
     every = eval_every or steps
-    cfg = RunConfig().replace(seeds=size, min_half_length=25, eval_every=every, chunk_steps=steps)
+    cfg = RunConfig().replace(seeds=size, min_half_length=25, eval_every=every, chunk_steps=steps,
+                              member_loop=member_loop)
     members = ensemble.Members.from_config(cfg)
     state = ensemble.init_ensemble(cfg, members)
-    chunk = ensemble._compiled_chunk(cfg, steps // every, every)
+    chunk = ensemble.compiled_chunk(cfg, steps // every, every, state)
     tic = time.perf_counter()
     compiled = chunk.lower(state).compile()
     compile_s = time.perf_counter() - tic
@@ -57,14 +58,14 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     state, _, _ = compiled(state)                      # warm-up
     jax.block_until_ready(state)
     times = []
-    for _ in range(3):
+    for _ in range(5):
         tic = time.perf_counter()
         state, metrics, _ = compiled(state)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - tic)
     best = float(np.median(times))
     model_steps = size * steps / best
-    return {"members": size, "steps_timed": steps, "seconds_per_chunk": best, "compile_s": compile_s,
+    return {"members": size, "member_loop": ensemble.member_loop(cfg), "steps_timed": steps, "seconds_per_chunk": best, "compile_s": compile_s,
             "model_steps_per_s": model_steps, "tokens_per_s": model_steps * cfg.data.batch_size * cfg.data.seq_len,
             "flops_per_model_step": float(step_cost["flops"]),
             "achieved_flops_per_s": float(step_cost["flops"]) * model_steps,
@@ -109,8 +110,9 @@ def torch_reference(steps: int) -> dict | None:
 
 
 def run_worker(size: int, steps: int, cache_dir: str, eval_every: int | None = None,
-               compile_only: bool = False) -> dict:
+               compile_only: bool = False, member_loop: str = "auto") -> dict:
     extra = (["--eval-every", str(eval_every)] if eval_every else []) + (["--compile-only"] if compile_only else [])
+    extra += ["--member-loop", member_loop]
     out = subprocess.run([sys.executable, __file__, "--worker", str(size), "--steps", str(steps),
                           "--cache-dir", cache_dir, *extra], capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -123,7 +125,9 @@ def plot(results: dict, path: Path) -> None:
 
     sizes = [r["members"] for r in results["jax"]]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.plot(sizes, [r["model_steps_per_s"] for r in results["jax"]], "o-", label="induction-jax (vmap + sharding)")
+    loop = results["jax"][0]["member_loop"]
+    ax.plot(sizes, [r["model_steps_per_s"] for r in results["jax"]], "o-",
+            label=f"induction-jax ({loop} over members, sharded over devices)")
     if results.get("torch"):
         ax.axhline(results["torch"]["model_steps_per_s"], color="tab:red", ls="--",
                    label="PyTorch loop (one model after another)")
@@ -136,17 +140,21 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,2,4,8,16,32")
-    parser.add_argument("--steps", type=int, default=50, help="steps per timed chunk (median of 3 chunks)")
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed chunk (median of 5 chunks)")
     parser.add_argument("--torch-steps", type=int, default=300)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--eval-every", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--member-loop", default="auto", choices=("auto", "vmap", "map"),
+                        help="how members share a device (TrainConfig.member_loop); the other loop is "
+                             "measured too, at one size, for the ratio")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, args.steps, args.cache_dir, args.eval_every, args.compile_only)))
+        print(json.dumps(worker(args.worker, args.steps, args.cache_dir, args.eval_every, args.compile_only,
+                                args.member_loop)))
         return
     import tempfile
 
@@ -158,22 +166,28 @@ def main() -> None:
     print(f"matmul peak (fp32 {peak['n']}^2 on {jax.devices()[0].platform}): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s")
     rows = []
     for size in sizes:
-        r = run_worker(size, args.steps, cache_dir)
+        r = run_worker(size, args.steps, cache_dir, member_loop=args.member_loop)
         r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / peak["flops_per_s"]
         rows.append(r)
         print(f"{size:5d} members: {r['model_steps_per_s']:8.1f} model-steps/s  {r['tokens_per_s'] / 1e6:6.2f} Mtok/s  "
               f"compile {r['compile_s']:5.1f} s  peak RSS {r['peak_rss_bytes'] / 2**30:5.2f} GiB  "
               f"{r['achieved_flops_per_s'] / 1e9:6.1f} GFLOP/s = {r['fraction_of_matmul_peak']:.0%} of matmul peak",
               flush=True)
-    again = run_worker(sizes[-1], args.steps, cache_dir, compile_only=True)
+    print(f"member loop: {rows[0]['member_loop']}")
+    again = run_worker(sizes[-1], args.steps, cache_dir, compile_only=True, member_loop=args.member_loop)
     print(f"second identical run, {sizes[-1]} members: compile {again['compile_s']:.2f} s (persistent cache)")
     # The in-training probes (every 10 steps by default) against a chunk with one probe at its end.
     probe_size = 8 if 8 in sizes else sizes[-1]
     plain = next(r for r in rows if r["members"] == probe_size)
-    probed = run_worker(probe_size, args.steps, cache_dir, eval_every=10)
+    probed = run_worker(probe_size, args.steps, cache_dir, eval_every=10, member_loop=args.member_loop)
     probe_cost = plain["model_steps_per_s"] / probed["model_steps_per_s"] - 1
     print(f"probes every 10 steps, {probe_size} members: {probed['model_steps_per_s']:.1f} model-steps/s, "
           f"{probe_cost:+.1%} time against probing once per {args.steps} steps")
+    # The other member loop at the same size, measured now, for the ratio between the two.
+    other_loop = "vmap" if plain["member_loop"] == "map" else "map"
+    other = run_worker(probe_size, args.steps, cache_dir, member_loop=other_loop)
+    print(f"member loop {other_loop}, {probe_size} members: {other['model_steps_per_s']:.1f} model-steps/s; "
+          f"{plain['member_loop']} / {other_loop} = {plain['model_steps_per_s'] / other['model_steps_per_s']:.2f}x")
     torch_row = None if args.no_torch else torch_reference(args.torch_steps)
     if torch_row:
         print(f"PyTorch {torch_row['torch_version']} loop ({torch_row['threads']} threads): "
@@ -187,6 +201,7 @@ def main() -> None:
                "matmul_peak": peak, "jax": rows, "second_run": again, "torch": torch_row,
                "probes_every_10_steps": {"members": probe_size, "model_steps_per_s": probed["model_steps_per_s"],
                                          "extra_time_fraction": probe_cost},
+               "other_member_loop": other,
                "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,9 @@ def _bool_arg(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+FLAG_TYPES = {"int": int, "float": float, "bool": _bool_arg, "str": str}
+
+
 def add_config_flags(parser: argparse.ArgumentParser, lists: bool = False) -> None:
     """One flag per config field (`--n-layers`, `--lr`, ...), help text with its default.
 
@@ -35,9 +38,10 @@ def add_config_flags(parser: argparse.ArgumentParser, lists: bool = False) -> No
     for section, klass in SECTIONS.items():
         group = parser.add_argument_group(f"{section} config")
         for f in dataclasses.fields(klass):
-            kind = {"int": int, "float": float, "bool": _bool_arg}[str(f.type)]
+            kind = FLAG_TYPES[str(f.type)]
             flag = "--" + f.name.replace("_", "-")
-            metavar = {"int": "N", "float": "X", "bool": "BOOL"}[str(f.type)]
+            choices = f.metadata.get("choices")
+            metavar = "{" + ",".join(choices) + "}" if choices else {"int": "N", "float": "X", "bool": "BOOL"}[str(f.type)]
             if lists:
                 group.add_argument(flag, dest=f"list_{f.name}", type=str, default=None, metavar=metavar + ",...",
                                    help=f"{f.metadata['help']} (default: {f.default})")
@@ -186,7 +190,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for name in _field_names():
         text = getattr(args, f"list_{name}", None)
         if text is not None and name not in ("lr", "weight_decay"):
-            kind = {"int": int, "float": float, "bool": _bool_arg}[_field_type(name)]
+            kind = FLAG_TYPES[_field_type(name)]
             shape_lists[name] = _parse_list("--" + name.replace("_", "-"), text, kind)
     base = config_from_args(args)
     out = Path(args.out or time.strftime("runs/sweep-%Y%m%d-%H%M%S"))

@@ -138,6 +138,10 @@ class TrainConfig:
     member_group: int = _field(0, "members trained together per compiled call; 0 = as many as fit in "
                                "memory (estimated per member), larger ensembles run in groups", lo=0,
                                hi=100_000_000)
+    member_loop: str = _field("auto", "how the members on one device train: 'vmap' batches them into one "
+                              "program (best on GPU/TPU), 'map' runs them one after another inside it "
+                              "(best on CPU, where one member's activations stay in cache); auto = map "
+                              "on CPU, vmap elsewhere", choices=("auto", "vmap", "map"))
 
     def __post_init__(self):
         _check_fields(self)

@@ -44,6 +44,15 @@ def test_sharded_equals_unsharded(setup):
     assert_same_training(run(cfg, members, devices=jax.devices()[:1]), run(cfg, members))
 
 
+def test_member_loop_map_equals_vmap(setup):
+    """Members one after another on each device (`map`, the CPU default) or batched (`vmap`)."""
+    cfg, members = setup
+    assert ensemble.member_loop(cfg.replace(member_loop="auto")) == (
+        "map" if jax.default_backend() == "cpu" else "vmap")
+    assert_same_training(run(cfg.replace(member_loop="map"), members),
+                         run(cfg.replace(member_loop="vmap"), members))
+
+
 def test_member_groups_equal_one_call(setup):
     cfg, members = setup
     assert_same_training(run(cfg, members), run(cfg, members, group=2))
