@@ -142,6 +142,9 @@ class TrainConfig:
                               "program (best on GPU/TPU), 'map' runs them one after another inside it "
                               "(best on CPU, where one member's activations stay in cache); auto = map "
                               "on CPU, vmap elsewhere", choices=("auto", "vmap", "map"))
+    compute_dtype: str = _field("float32", "dtype of the training forward and backward pass; parameters, "
+                                "AdamW state, softmax and loss stay float32, and probes and analysis "
+                                "always run in float32", choices=("float32", "bfloat16"))
 
     def __post_init__(self):
         _check_fields(self)

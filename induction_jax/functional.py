@@ -37,10 +37,11 @@ def causal_mask(n: int) -> jax.Array:
 
 
 def _attention_core_fwd(q_BHTK, k_BHSK, v_BHSK):
+    """Products in the inputs' dtype; the softmax always in float32 (for a bfloat16 compute mode)."""
     T, d_head = q_BHTK.shape[-2], q_BHTK.shape[-1]
-    scores_BHTS = jnp.einsum("bhtk,bhsk->bhts", q_BHTK, k_BHSK) / jnp.sqrt(jnp.float32(d_head)).astype(q_BHTK.dtype)
-    scores_BHTS = jnp.where(causal_mask(T), scores_BHTS, jnp.finfo(scores_BHTS.dtype).min)
-    pattern_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
+    scores_BHTS = jnp.einsum("bhtk,bhsk->bhts", q_BHTK, k_BHSK).astype(jnp.float32) / jnp.sqrt(jnp.float32(d_head))
+    scores_BHTS = jnp.where(causal_mask(T), scores_BHTS, jnp.finfo(jnp.float32).min)
+    pattern_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(q_BHTK.dtype)
     return jnp.einsum("bhts,bhsk->bhtk", pattern_BHTS, v_BHSK), pattern_BHTS
 
 
@@ -72,10 +73,13 @@ def _attention_core_vjp_fwd(q_BHTK, k_BHSK, v_BHSK):
 def _attention_core_vjp_bwd(residuals, cotangents):
     q_BHTK, k_BHSK, v_BHSK, pattern_BHTS = residuals
     dz_BHTK, dpattern_BHTS = cotangents
-    scale = (1.0 / jnp.sqrt(jnp.float32(q_BHTK.shape[-1]))).astype(q_BHTK.dtype)
-    dpattern_BHTS = jnp.einsum("bhtk,bhsk->bhts", dz_BHTK, v_BHSK) + dpattern_BHTS
-    # softmax backward; masked entries have pattern 0, hence score gradient 0
-    dscores_BHTS = pattern_BHTS * (dpattern_BHTS - (dpattern_BHTS * pattern_BHTS).sum(-1, keepdims=True))
+    dtype = q_BHTK.dtype
+    scale = (1.0 / jnp.sqrt(jnp.float32(q_BHTK.shape[-1]))).astype(dtype)
+    dpattern_BHTS = (jnp.einsum("bhtk,bhsk->bhts", dz_BHTK, v_BHSK).astype(jnp.float32)
+                     + dpattern_BHTS.astype(jnp.float32))
+    # softmax backward (float32); masked entries have pattern 0, hence score gradient 0
+    p_BHTS = pattern_BHTS.astype(jnp.float32)
+    dscores_BHTS = (p_BHTS * (dpattern_BHTS - (dpattern_BHTS * p_BHTS).sum(-1, keepdims=True))).astype(dtype)
     dq_BHTK = jnp.einsum("bhts,bhsk->bhtk", dscores_BHTS, k_BHSK) * scale
     dk_BHKS = jnp.einsum("bhkt,bhts->bhks", _minor_transpose(q_BHTK), dscores_BHTS) * scale
     dv_BHKS = jnp.einsum("bhkt,bhts->bhks", _minor_transpose(dz_BHTK), pattern_BHTS)

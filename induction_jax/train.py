@@ -56,6 +56,11 @@ def init_member(cfg: RunConfig, seed: jax.Array, lr: jax.Array, weight_decay: ja
 
 
 def loss_fn(cfg: RunConfig, params: dict, tokens_BT: jax.Array, period_B: jax.Array):
+    """Mean next-token loss. With `compute_dtype` bfloat16 the float32 parameters are cast for
+    the forward pass (their gradients come back in float32 through the cast)."""
+    dtype = jnp.dtype(cfg.train.compute_dtype)
+    if dtype != jnp.float32:
+        params = jax.tree.map(lambda p: p.astype(dtype), params)
     logits_BTV = model_lib.forward(cfg.model, params, tokens_BT)
     metrics = split_losses(token_losses(logits_BTV, tokens_BT), cfg.data.half_length, period_B)
     return metrics["loss"], metrics
