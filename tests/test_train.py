@@ -103,8 +103,8 @@ def test_sweep_member_equals_single_run_with_same_lr_and_seed(short):
 
 def test_bfloat16_compute_forms_the_same_circuit(small_cfg):
     """The bfloat16 compute mode (float32 params, AdamW, softmax and loss) trains the same
-    circuit as float32: the same heads, the same checks passed and failed, scores within 0.05
-    and a similar loss (measured: scores agree to about 0.001 after 600 steps)."""
+    circuit as float32: every head's attention scores within 0.05, the same previous-token head,
+    the same checks passed and failed, a similar loss."""
     from induction_jax.analysis.run import analyze_params
 
     members = ensemble.Members.from_config(small_cfg)
@@ -114,10 +114,13 @@ def test_bfloat16_compute_forms_the_same_circuit(small_cfg):
         chunks = []
         state = ensemble.train(cfg, ensemble.init_ensemble(cfg, members), 0, lambda s, r: chunks.append(r))
         loss = np.concatenate([c.metrics["loss_second_half"] for c in chunks], 1)[:, -25:].mean(1)
-        results[dtype] = loss, analyze_params(jax.device_get(state.params), cfg.data.half_length)["circuit"]
-    (loss32, c32), (loss16, c16) = results["float32"], results["bfloat16"]
+        results[dtype] = loss, analyze_params(jax.device_get(state.params), cfg.data.half_length)
+    (loss32, a32), (loss16, a16) = results["float32"], results["bfloat16"]
     assert np.all(loss16 < 0.6) and np.all(np.abs(loss16 - loss32) < 0.15), (loss32, loss16)
-    for a, b in zip(c32["members"], c16["members"]):
+    # Every head's scores, not only the best one: the induction work is shared by near-equal
+    # heads, whose order may flip.
+    for score in ("prev_token_score", "induction_score"):
+        np.testing.assert_allclose(a16["scores"][score], a32["scores"][score], atol=0.05)
+    for a, b in zip(a32["circuit"]["members"], a16["circuit"]["members"]):
         assert a["prev_token_head"] == b["prev_token_head"]
-        print(a, b)
-        assert a["induction_circuit"] == b["induction_circuit"] is True
+        assert a["shared_checks"] == b["shared_checks"]
