@@ -106,24 +106,32 @@ def _state_mesh(state) -> Mesh:
     return Mesh(np.asarray(devices[:1]), ("ensemble",))
 
 
+def _over_members(cfg: RunConfig, fn, mesh: Mesh | None, donate: bool):
+    """`fn` of one member, compiled for the whole ensemble: `vmap`, or (`map`) `shard_map` over
+    the mesh with a `lax.map` over each device's members. Both compute the same per-member
+    math; `map` keeps one member's activations in cache on a CPU (measured: 1.29x the
+    model-steps/s of `vmap` at 8 members on a 2-core CPU, benchmarks/throughput.py)."""
+    donate_argnums = (0,) if donate else ()
+    if member_loop(cfg) == "vmap":
+        return jax.jit(jax.vmap(fn), donate_argnums=donate_argnums)
+    spec = PartitionSpec("ensemble")
+    return jax.jit(jax.shard_map(lambda xs: jax.lax.map(fn, xs), mesh=mesh, in_specs=spec, out_specs=spec),
+                   donate_argnums=donate_argnums)
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_chunk(cfg: RunConfig, n_evals: int, eval_every: int, mesh: Mesh | None = None):
-    """The compiled chunk for the whole ensemble: `vmap` of the member's chunk, or (`map`)
-    `shard_map` over the mesh with a `lax.map` over each device's members. Both compute the
-    same per-member math; `map` keeps one member's activations in cache on a CPU
-    (measured: ~1.25x the model-steps/s of `vmap` on a 2-core CPU, benchmarks/throughput.py)."""
     chunk = functools.partial(train_lib.run_chunk, cfg, n_evals=n_evals, eval_every=eval_every)
-    if member_loop(cfg) == "vmap":
-        return jax.jit(jax.vmap(chunk), donate_argnums=0)
-    spec = PartitionSpec("ensemble")
-    return jax.jit(jax.shard_map(lambda s: jax.lax.map(chunk, s), mesh=mesh, in_specs=spec, out_specs=spec),
-                   donate_argnums=0)
+    return _over_members(cfg, chunk, mesh, donate=True)
+
+
+def _mesh_for(cfg: RunConfig, state) -> Mesh | None:
+    return _state_mesh(state) if member_loop(cfg) == "map" else None
 
 
 def compiled_chunk(cfg: RunConfig, n_evals: int, eval_every: int, state):
-    """`_compiled_chunk` for this state's layout (the mesh matters only to `map`)."""
-    mesh = _state_mesh(state) if member_loop(cfg) == "map" else None
-    return _compiled_chunk(cfg, n_evals, eval_every, mesh)
+    """The compiled chunk for this state's layout (the mesh matters only to `map`)."""
+    return _compiled_chunk(cfg, n_evals, eval_every, _mesh_for(cfg, state))
 
 
 def run_chunk(cfg: RunConfig, n_evals: int, eval_every: int, state):
@@ -131,8 +139,12 @@ def run_chunk(cfg: RunConfig, n_evals: int, eval_every: int, state):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_probe(cfg: RunConfig):
-    return jax.jit(jax.vmap(functools.partial(probe_metrics, cfg)))
+def _compiled_probe(cfg: RunConfig, mesh: Mesh | None):
+    return _over_members(cfg, lambda p: probe_metrics(cfg, *p), mesh, donate=False)
+
+
+def run_probe(cfg: RunConfig, state):
+    return _compiled_probe(cfg, _mesh_for(cfg, state))((state.params, state.probe_key))
 
 
 @dataclass
@@ -151,8 +163,7 @@ class ChunkResult:
 
 def initial_probe(cfg: RunConfig, state: train_lib.MemberState, group: int | None = None) -> ChunkResult:
     """The probes at step 0, `group` members per call (like the chunks, for bounded memory)."""
-    probe = _compiled_probe(cfg)
-    probes = distributed.to_host(_run_grouped(lambda s: probe(s.params, s.probe_key), state,
+    probes = distributed.to_host(_run_grouped(functools.partial(run_probe, cfg), state,
                                               group or len(state.step)))
     E = len(state.step)
     return ChunkResult(np.zeros(0, int), {k: np.zeros((E, 0)) for k in train_lib.STEP_METRICS},
