@@ -224,8 +224,13 @@ def plan_groups(cfg: RunConfig, n_members: int, devices, log=print) -> int:
         return cfg.train.member_group
     avail = available_memory_bytes(devices)
     rough_member, rough_device = rough_member_bytes(cfg)
-    if (rough_member * n_members + rough_device * n_dev) * 4 < avail:
-        return n_members        # clearly fits: skip the compile that measures it
+    rough_total = rough_member * n_members + rough_device * n_dev
+    if rough_total * 4 < avail:     # clearly fits: skip the compile that measures it
+        if n_members >= 256:
+            log(f"memory estimate (rough): {rough_member / 2**20:.1f} MiB per member + "
+                f"{rough_device / 2**20:.1f} MiB per device; {n_members} members need about "
+                f"{rough_total / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB available: one group")
+        return n_members
     per_member, per_device = member_bytes(cfg)
     if per_member == 0:
         return n_members
