@@ -1,6 +1,8 @@
-"""Ensembles: `vmap` of the single-member run over seeds and per-member hyperparameters.
+"""Ensembles: the single-member run over seeds and per-member hyperparameters, sharded over
+the devices on a 1-D `ensemble` mesh; on each device `vmap`ped (accelerators) or `lax.map`ped
+(CPU), see `member_loop`.
 
-`jit`, `vmap` and donation are applied here, where the functions are composed.
+`jit`, `vmap`/`shard_map` and donation are applied here, where the functions are composed.
 """
 
 from __future__ import annotations
