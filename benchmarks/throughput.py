@@ -65,7 +65,8 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
         times.append(time.perf_counter() - tic)
     best = float(np.median(times))
     model_steps = size * steps / best
-    return {"members": size, "member_loop": ensemble.member_loop(cfg), "steps_timed": steps, "seconds_per_chunk": best, "compile_s": compile_s,
+    return {"members": size, "member_loop": ensemble.member_loop(cfg), "steps_timed": steps,
+            "seconds_per_chunk": best, "compile_s": compile_s,
             "model_steps_per_s": model_steps, "tokens_per_s": model_steps * cfg.data.batch_size * cfg.data.seq_len,
             "flops_per_model_step": float(step_cost["flops"]),
             "achieved_flops_per_s": float(step_cost["flops"]) * model_steps,
