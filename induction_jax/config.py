@@ -87,10 +87,11 @@ class DataConfig:
     """Repeated random sequences: P random tokens, then the same P again (length 2P)."""
 
     half_length: int = _field(25, "P, length of the random half; sequences are 2P long", lo=2, hi=50_000)
-    min_half_length: int = _field(0, "shortest period of a training sequence: each draws its own "
-                                  "P_b in [min_half_length, P] after T-2P_b filler tokens, which "
-                                  "removes the positional shortcut; = half_length gives the fixed-P "
-                                  "reference task (probes always use it); 0 = ceil(2P/5)",
+    min_half_length: int = _field(0, "shortest period of a training sequence: each repeats its own "
+                                  "P_b in [min_half_length, P] random tokens from position 0 "
+                                  "(x[t] = x[t mod P_b]), which removes the positional shortcut; "
+                                  "= half_length gives the fixed-P reference task (probes always use "
+                                  "it); 0 = ceil(2P/5)",
                                   lo=0, hi=50_000)
     batch_size: int = _field(64, "sequences per training step", lo=1, hi=1_000_000)
     replace: bool = _field(True, "draw the half with replacement (reference); off = no token repeats "

@@ -100,6 +100,19 @@ class RunDir:
         write_json_atomic(self.config_json, meta)
 
 
+def json_safe(obj):
+    """`obj` with numpy scalars as Python numbers and non-finite floats as None (JSON null)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """Write to a temporary file and rename, so a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")

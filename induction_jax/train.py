@@ -130,7 +130,6 @@ def chunk_length(plan_entry: tuple[int, int]) -> int:
     return plan_entry[0] * plan_entry[1]
 
 
-
 def train_member(cfg: RunConfig, seed, lr=None, weight_decay=None):
     """A whole run as one pure function of its seed: `jax.jit(jax.vmap(...))(seeds)` trains many.
 

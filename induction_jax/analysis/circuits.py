@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from induction_jax.analysis.factored import FactoredMatrix, copying_score
+from induction_jax.functional import causal_mask
 
 
 class NotApplicable(ValueError):
@@ -43,7 +44,7 @@ def positional_qk_pattern(params: dict, n_positions: int | None = None) -> jax.A
     k = jnp.einsum("esd,elhdk->elhsk", W_pos, params["W_K"])
     scores = jnp.einsum("elhtk,elhsk->elhts", q, k) / jnp.sqrt(jnp.float32(params["W_Q"].shape[-1]))
     T = W_pos.shape[1]
-    scores = jnp.where(jnp.tril(jnp.ones((T, T), bool)), scores, -jnp.inf)
+    scores = jnp.where(causal_mask(T), scores, -jnp.inf)
     return jax.nn.softmax(scores, axis=-1)
 
 

@@ -8,24 +8,10 @@ import html
 import json
 from pathlib import Path
 
-import numpy as np
-
 from induction_jax.analysis import figures
 from induction_jax.analysis.run import analyze_params, scores_table
 from induction_jax.analysis.weights import load_run_params
-from induction_jax.rundir import RunDir, RunDirError, write_json_atomic
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
+from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic
 
 
 def write_figures(result: dict, params: dict, member: int, out: Path) -> dict[str, Path]:
@@ -72,7 +58,7 @@ def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
         r["seed"] = int(seeds[r["member"]])
     circuit["figure_member"] = member or 0
     write_figures(result, params, member or 0, out)
-    write_json_atomic(out / "circuit.json", _json_safe(circuit))
+    write_json_atomic(out / "circuit.json", json_safe(circuit))
     write_report(run)
     return out
 

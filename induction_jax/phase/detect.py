@@ -22,6 +22,8 @@ class PhaseError(ValueError):
 MIN_RISE = {"in_context_score": 1.0, "induction_score": 0.2, "prev_token_score": 0.2,
             "probe_loss_second_half": 1.0, "loss_second_half": 1.0}
 FRACTIONS = {"onset": 0.1, "midpoint": 0.5, "end": 0.9}
+# The per-member timings a `Timing` holds, in the order of the tables.
+TIMINGS = (*FRACTIONS, "peak_slope", "logistic_midpoint", "logistic_width")
 # The direction a formation moves each curve: scores rise, losses fall. A move the other way
 # (a trained member collapsing) is censored, not timed as a phase change.
 DIRECTION = {"in_context_score": 1, "induction_score": 1, "prev_token_score": 1,
@@ -68,7 +70,7 @@ class Timing:
             row = {"member": e, "seed": int(seeds[e]), "metric": self.metric,
                    "s0": float(self.s0[e]), "s1": float(self.s1[e]), "censored": bool(self.censored[e]),
                    "reason": self.reason[e]}
-            for name in ("onset", "midpoint", "end", "peak_slope", "logistic_midpoint", "logistic_width"):
+            for name in TIMINGS:
                 v = getattr(self, name)[e]
                 row[name] = None if not np.isfinite(v) else float(v)
             rows.append(row)
@@ -126,8 +128,7 @@ def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int
     N = s.shape[-1]
     n0, n1 = max(1, int(round(0.05 * N))), max(1, int(round(0.10 * N)))
     s0 = np.nanmean(s[:, :n0], -1)
-    last = np.array([row[np.isfinite(row)][-n1:].mean() if np.isfinite(row).any() else np.nan for row in s])
-    s1 = last
+    s1 = np.array([row[np.isfinite(row)][-n1:].mean() if np.isfinite(row).any() else np.nan for row in s])
     rise = s1 - s0
     direction = np.where(rise >= 0, 1.0, -1.0)
     progress = (s - s0[:, None]) / np.where(np.abs(rise) > 0, rise, 1.0)[:, None]

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from induction_jax.phase import figures
-from induction_jax.phase.detect import PhaseError, Timing, detect
+from induction_jax.phase.detect import TIMINGS, PhaseError, Timing, detect
 from induction_jax.phase.stats import formation_order, summarize
-from induction_jax.rundir import RunDir, metric_matrix, read_metrics, write_json_atomic
+from induction_jax.rundir import RunDir, json_safe, metric_matrix, read_metrics, write_json_atomic
 
 CURVES = ("in_context_score", "induction_score", "prev_token_score")
-TIMINGS = ("onset", "midpoint", "end", "peak_slope", "logistic_midpoint", "logistic_width")
 
 
 def time_curves(table: dict, n_members: int, window: int = 5) -> dict[str, Timing]:
@@ -67,7 +66,7 @@ def phase_run(run_dir: str | Path, window: int = 5) -> Path:
     stats = phase_stats(timings, cfg.train.eval_every, members)
     stats["censored"] = {name: [{"member": e, "reason": t.reason[e]} for e in range(E) if t.censored[e]]
                          for name, t in timings.items()}
-    write_json_atomic(out / "stats.json", _clean(stats))
+    write_json_atomic(out / "stats.json", json_safe(stats))
     write_phase_figures(run, table, timings, members, out)
     from induction_jax.analysis.report import write_report
     write_report(run)
@@ -99,14 +98,3 @@ def write_phase_figures(run: RunDir, table, timings, members, out: Path) -> dict
         figs["timing_by_lr"] = figures.timing_by_group(groups, out / "timing_by_lr.png", "learning rate")
     return figs
 
-
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
