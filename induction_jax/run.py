@@ -162,16 +162,16 @@ def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
     devices = ensemble.select_devices(cfg.train.devices)   # a device count that cannot work fails first
     members = members or ensemble.Members.from_config(cfg)
     ensemble.ensemble_sharding(len(members), devices)
+    table = members.table()
+    group = _plan_groups(cfg, table)            # a member group that cannot work fails before writing
     if distributed.is_writer():
         run.prepare_new(overwrite)
     distributed.barrier("prepared")
-    table = members.table()
     if distributed.is_writer():
         run.write_config(cfg, table, {"jax_version": jax.__version__, "device": device_description()})
     ensemble.enable_compilation_cache()
     state = ensemble.init_ensemble(cfg, members, devices)
     writer = _writer(run)
-    group = _plan_groups(cfg, table)
     init = ensemble.initial_probe(cfg, state, group)
     writer.write(chunk_rows(table, init.steps, init.metrics, init.probe_steps, init.probes, init.diverged_step))
     state = _train_loop(cfg, run, table, state, 0, writer, progress, group)

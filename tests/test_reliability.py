@@ -118,6 +118,8 @@ def _bad(capsys, *args) -> str:
     (["--lr", "0"], "lr=0.0"),
     (["--half-length", "40"], "must fit the context n_ctx=50"),
     (["--devices", "999"], "devices=999"),
+    (["--seeds", "4", "--member-group", "8"], "member_group=8: larger than the ensemble"),
+    (["--member-loop", "pmap"], "member_loop='pmap': must be one of auto, vmap, map"),
 ])
 def test_bad_config_writes_nothing(capsys, tmp_path, flags, fragment):
     out = tmp_path / "run"
@@ -130,6 +132,9 @@ def test_existing_run_is_not_overwritten(capsys, reference, tmp_path):
     shutil.copytree(reference, out)
     before = tree_digest(out)
     assert "already holds a run" in _bad(capsys, "train", "--out", str(out), "--steps", "5")
+    assert tree_digest(out) == before
+    # --overwrite with a member group that cannot work fails before anything is removed
+    assert "member_group=99" in _bad(capsys, "train", "--out", str(out), "--overwrite", "--member-group", "99")
     assert tree_digest(out) == before
 
 
