@@ -302,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     from induction_jax.rundir import RunDirError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "bench":      # its options belong to benchmarks/throughput.py
+        args.bench_args = unknown + args.bench_args
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except (ConfigError, CliError, RunDirError, WeightsError, PhaseError, ResourceError) as e:

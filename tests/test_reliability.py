@@ -127,6 +127,15 @@ def test_bad_config_writes_nothing(capsys, tmp_path, flags, fragment):
     assert not out.exists()
 
 
+def test_bench_options_pass_through_and_unknown_train_options_fail(capfd, tmp_path):
+    assert main(["bench", "--sizes", "1", "--no-torch", "--help"]) == 0
+    assert "usage: throughput.py" in capfd.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path / "run"), "--sizes", "1"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --sizes 1" in capfd.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_existing_run_is_not_overwritten(capsys, reference, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
