@@ -111,7 +111,7 @@ def _state_mesh(state) -> Mesh:
 def _over_members(cfg: RunConfig, fn, mesh: Mesh | None, donate: bool):
     """`fn` of one member, compiled for the whole ensemble: `vmap`, or (`map`) `shard_map` over
     the mesh with a `lax.map` over each device's members. Both compute the same per-member
-    math; `map` keeps one member's activations in cache on a CPU (measured: 1.29x the
+    math; `map` keeps one member's activations in cache on a CPU (measured: 1.16-1.34x the
     model-steps/s of `vmap` at 8 members on a 2-core CPU, benchmarks/throughput.py)."""
     donate_argnums = (0,) if donate else ()
     if member_loop(cfg) == "vmap":
