@@ -1,7 +1,10 @@
 """Attention-pattern scores (SCIENCE.md), on patterns `[..., T, S]` with any leading axes.
 
-Scores on repeated sequences use the fixed offsets of the task; the token-equality
-versions (TransformerLens' head_detector) work on arbitrary sequences.
+Scores on repeated sequences use the fixed offsets of the task. The token-equality
+versions (`*_by_tokens`) work on arbitrary sequences and normalise over the "rows with a
+target": sum(A * D) / sum(A) over the query rows that have at least one target position,
+summed over batch and rows before dividing. That is not TransformerLens' head_detector;
+the `*_tl` functions reproduce its `detect_head` ("mul" measure) exactly.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ def duplicate_token_score(pattern_TS: jnp.ndarray, half_length: int) -> jnp.ndar
 def _masked_score(pattern_BHTS: jnp.ndarray, target_BTS: jnp.ndarray) -> jnp.ndarray:
     """sum(A * D) / sum(A) over the rows that have a target, per head: `[B,H,T,S] -> [H]`.
 
-    Summed over batch and rows before dividing, as TransformerLens' head_detector does per
-    sequence; rows without any target position are left out of both sums.
+    "Rows with a target": summed over batch and rows before dividing, and rows without any
+    target position are left out of both sums (TransformerLens' detect_head keeps every row
+    and averages per-sequence ratios instead: see `_tl_score`).
     """
     has_target_BT = target_BTS.any(-1)
     A = pattern_BHTS * has_target_BT[:, None, :, None]
@@ -81,3 +85,66 @@ def prefix_matching_score(pattern_BHTS: jnp.ndarray, tokens_BT: jnp.ndarray, per
     target_BTS = shifted & _lower(T, strict=True)                         # key k = j+1 < i
     mass_BHT = (pattern_BHTS * target_BTS[:, None]).sum(-1)
     return mass_BHT[:, :, period:].mean((0, 2))
+
+
+# TransformerLens-exact scores: `transformer_lens.head_detector.detect_head` with its defaults
+# (error_measure="mul", exclude_bos=False, exclude_current_token=False) on a list of sequences.
+
+
+def _tl_score(pattern_BxTS: jnp.ndarray, detection_BTS: jnp.ndarray, exclude_bos: bool,
+              exclude_current_token: bool) -> jnp.ndarray:
+    """Mean over sequences of sum(A * D) / sum(A) over ALL rows: `[B,...,T,S] -> [...]`.
+
+    detect_head scores one sequence as (A * D).sum() / A.sum() over the whole T x S pattern
+    (so rows without a target add to the denominator only), and a list of sequences as the
+    mean of those per-sequence scores. The exclusions zero A's first column / diagonal first.
+    """
+    A = pattern_BxTS
+    T, S = A.shape[-2:]
+    if exclude_bos:
+        A = jnp.where(jnp.arange(S) == 0, 0.0, A)
+    if exclude_current_token:
+        A = jnp.where(jnp.eye(T, S, dtype=bool), 0.0, A)
+    D = detection_BTS.reshape(detection_BTS.shape[:1] + (1,) * (A.ndim - 3) + detection_BTS.shape[1:])
+    per_sequence = (A * D).sum((-2, -1)) / A.sum((-2, -1))
+    return per_sequence.mean(0)
+
+
+def previous_token_detection_tl(T: int) -> jnp.ndarray:
+    """TransformerLens' previous-token detection pattern `[T,T]`: ones at (i, i-1)."""
+    return jnp.eye(T, k=-1)
+
+
+def duplicate_token_detection_tl(tokens_BT: jnp.ndarray) -> jnp.ndarray:
+    """TransformerLens' duplicate-token detection pattern `[B,T,T]`: ones at j < i with x[j] == x[i]."""
+    T = tokens_BT.shape[-1]
+    same_BTS = tokens_BT[:, :, None] == tokens_BT[:, None, :]
+    return (same_BTS & _lower(T, strict=True)).astype(jnp.float32)
+
+
+def induction_detection_tl(tokens_BT: jnp.ndarray) -> jnp.ndarray:
+    """TransformerLens' induction detection pattern `[B,T,T]`: the duplicate pattern shifted right
+    by one key, i.e. ones at 1 <= j <= i with x[j-1] == x[i] (j = i when x[i-1] == x[i])."""
+    dup_BTS = duplicate_token_detection_tl(tokens_BT)
+    return jnp.concatenate([jnp.zeros_like(dup_BTS[..., :1]), dup_BTS[..., :-1]], axis=-1)
+
+
+def previous_token_score_tl(pattern_BxTS: jnp.ndarray, tokens_BT: jnp.ndarray | None = None, *,
+                            exclude_bos: bool = False, exclude_current_token: bool = False) -> jnp.ndarray:
+    """TransformerLens' previous_token_head score per head, `[B,...,T,S] -> [...]` (tokens unused)."""
+    B, T = pattern_BxTS.shape[0], pattern_BxTS.shape[-2]
+    detection_BTS = jnp.broadcast_to(previous_token_detection_tl(T), (B, T, T))
+    return _tl_score(pattern_BxTS, detection_BTS, exclude_bos, exclude_current_token)
+
+
+def duplicate_token_score_tl(pattern_BxTS: jnp.ndarray, tokens_BT: jnp.ndarray, *,
+                             exclude_bos: bool = False, exclude_current_token: bool = False) -> jnp.ndarray:
+    """TransformerLens' duplicate_token_head score per head, `[B,...,T,S] -> [...]`."""
+    return _tl_score(pattern_BxTS, duplicate_token_detection_tl(tokens_BT), exclude_bos,
+                     exclude_current_token)
+
+
+def induction_score_tl(pattern_BxTS: jnp.ndarray, tokens_BT: jnp.ndarray, *,
+                       exclude_bos: bool = False, exclude_current_token: bool = False) -> jnp.ndarray:
+    """TransformerLens' induction_head score per head, `[B,...,T,S] -> [...]`."""
+    return _tl_score(pattern_BxTS, induction_detection_tl(tokens_BT), exclude_bos, exclude_current_token)

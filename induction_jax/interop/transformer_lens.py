@@ -1,0 +1,258 @@
+"""One model in and out of TransformerLens 3.x (`HookedTransformer`), weights unchanged.
+
+Circuit layout is TransformerLens' own layout per layer (`blocks.{l}.attn.W_Q [H,D,K]`,
+`W_O [H,K,D]`, `embed.W_E [V,D]`, `pos_embed.W_pos [n_ctx,D]`, `unembed.W_U [D,V]`), so
+the conversion only splits or stacks the layer axis and adds TransformerLens' zero
+biases. The exported config makes TransformerLens compute exactly `functional.apply`:
+attention-only, no normalisation, learned absolute positions, causal softmax of
+q.k / sqrt(d_head).
+
+An export directory loads into plain TransformerLens in two lines:
+
+    model = HookedTransformer(HookedTransformerConfig(**json.load(open(f"{d}/config.json"))))
+    model.load_state_dict(torch.load(f"{d}/state_dict.pt"))
+
+Use `load_state_dict`, not `load_and_process_state_dict`: the latter's default
+`center_unembed=True` shifts every logit by a per-position constant (the softmax is
+unchanged, the logits are not).
+
+torch and transformer_lens are imported inside the functions, so the package imports
+without them; they come with the `tl` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from induction_jax.analysis.weights import WeightsError, stacked_params
+
+CONFIG_FILE = "config.json"
+STATE_FILE = "state_dict.pt"
+# TransformerLens' per-head weights, in our names and theirs.
+HEAD_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O")
+ALLOWED = ("attention-only (attn_only=True), normalization_type=None, positional_embedding_type="
+           "'standard', causal attention scaled by 1/sqrt(d_head), d_vocab_out == d_vocab")
+
+
+class MissingDependency(WeightsError, ImportError):
+    """torch or transformer_lens is not installed (the `tl` extra)."""
+
+
+def _require_tl():
+    """(torch, transformer_lens), or a one-line error naming the extra that installs them."""
+    try:
+        import torch
+        import transformer_lens
+    except ImportError as e:
+        raise MissingDependency(f"TransformerLens interop needs torch and transformer-lens "
+                                f"({e.name} is missing): pip install -e \".[tl]\"") from None
+    return torch, transformer_lens
+
+
+def _new_model(config: dict, **overrides):
+    """A `HookedTransformer` from config kwargs, without its deprecation warning (3.x only)."""
+    _, tl = _require_tl()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return tl.HookedTransformer(tl.HookedTransformerConfig(**(config | overrides)))
+
+
+def _single_params(params: dict) -> dict[str, np.ndarray]:
+    """One member's weights as float32 numpy, refusing what TransformerLens' export cannot hold."""
+    extra = [n for n in ("W_in", "ln1_w") if n in params]
+    if extra:
+        what = "MLPs (W_in)" if "W_in" in extra else "LayerNorm (ln1_w)"
+        raise WeightsError(f"params: has {what}; TransformerLens export supports attention-only models "
+                           f"without LayerNorm")
+    if np.ndim(params.get("W_E")) == 3:
+        raise WeightsError(f"params: W_E has shape {np.shape(params['W_E'])}, an ensemble; the "
+                           f"TransformerLens export takes one member (params[name][member])")
+    p = {k: v[0].astype(np.float32) for k, v in stacked_params(params, ensemble=False).items()}
+    V, D = p["W_E"].shape
+    L, H, _, K = p["W_Q"].shape
+    expected = {"W_pos": (p["W_pos"].shape[0], D), "W_Q": (L, H, D, K), "W_K": (L, H, D, K),
+                "W_V": (L, H, D, K), "W_O": (L, H, K, D), "W_U": (D, V)}
+    for name, shape in expected.items():
+        if p[name].shape != shape:
+            raise WeightsError(f"params[{name!r}]: shape {p[name].shape}, expected {shape} from "
+                               f"W_E {p['W_E'].shape} and W_Q {p['W_Q'].shape}")
+    return p
+
+
+def _config(p: dict[str, np.ndarray], model_cfg=None) -> dict:
+    """`HookedTransformerConfig` kwargs (JSON-safe) for one member's params; shapes come from the
+    weights, and `model_cfg` (a `ModelConfig`, optional) must agree with them."""
+    V, D = p["W_E"].shape
+    L, H, _, K = p["W_Q"].shape
+    n_ctx = p["W_pos"].shape[0]
+    if model_cfg is not None:
+        if not model_cfg.attn_only or model_cfg.layer_norm:
+            what = "MLPs (d_mlp > 0)" if not model_cfg.attn_only else "LayerNorm (layer_norm=true)"
+            raise WeightsError(f"model config: has {what}; TransformerLens export supports attention-only "
+                               f"models without LayerNorm")
+        found = {"d_vocab": V, "n_ctx": n_ctx, "n_layers": L, "n_heads": H, "d_model": D, "d_head": K}
+        for name, value in found.items():
+            if getattr(model_cfg, name) != value:
+                raise WeightsError(f"model config: {name}={getattr(model_cfg, name)} but the weights have "
+                                   f"{name}={value}")
+    return {
+        "model_name": "induction_jax", "n_layers": L, "n_heads": H, "d_model": D, "d_head": K,
+        "d_vocab": V, "d_vocab_out": V, "n_ctx": n_ctx,
+        "attn_only": True, "normalization_type": None, "positional_embedding_type": "standard",
+        "attention_dir": "causal", "use_attn_scale": True, "attn_scale": math.sqrt(K),
+        # Unused by an attention-only model but required by the config; jax.nn.gelu's default
+        # is the tanh approximation, TransformerLens' "gelu_new".
+        "act_fn": "gelu_new",
+        # Our sequences have no BOS token: to_tokens on a user's tokenizer must not add one.
+        "default_prepend_bos": False,
+    }
+
+
+def to_transformer_lens(params: dict, model_cfg=None) -> tuple[dict, dict]:
+    """One member's circuit-layout params (no ensemble axis) as (config kwargs, state dict).
+
+    The state dict has TransformerLens' names and layouts, zero biases, and the buffers
+    (`IGNORE`, `mask`) of the installed TransformerLens version, so `load_state_dict`
+    accepts it with `strict=True`.
+    """
+    p = _single_params(params)
+    config = _config(p, model_cfg)     # refuses what cannot be exported before torch is needed
+    torch, _ = _require_tl()
+    L, H, _, K = p["W_Q"].shape
+    D, V = p["W_U"].shape
+    weights = {"embed.W_E": p["W_E"], "pos_embed.W_pos": p["W_pos"], "unembed.W_U": p["W_U"],
+               "unembed.b_U": np.zeros(V, np.float32)}
+    for layer in range(L):
+        prefix = f"blocks.{layer}.attn."
+        for name in HEAD_WEIGHTS:
+            weights[prefix + name] = p[name][layer]
+        for name in ("b_Q", "b_K", "b_V"):
+            weights[prefix + name] = np.zeros((H, K), np.float32)
+        weights[prefix + "b_O"] = np.zeros(D, np.float32)
+    # The buffers and the exact key set come from the installed version itself, so a
+    # TransformerLens release that renames anything fails here, not at the user's load.
+    model = _new_model(config, device="cpu", init_weights=False)
+    reference = model.state_dict()
+    param_names = set(reference) - {name for name, _ in model.named_buffers()}
+    if param_names != set(weights):
+        diff = sorted(param_names ^ set(weights))
+        raise WeightsError(f"TransformerLens {_tl_version()}: unexpected parameter names "
+                           f"({', '.join(diff[:4])}); this export was written for TransformerLens 3.x")
+    state = {}
+    for key, ref in reference.items():
+        if key not in weights:
+            state[key] = ref.detach().clone()
+            continue
+        state[key] = torch.tensor(weights[key])
+        if state[key].shape != ref.shape:
+            raise WeightsError(f"{key}: shape {tuple(state[key].shape)}, TransformerLens expects "
+                               f"{tuple(ref.shape)}")
+    return config, state
+
+
+def _tl_version() -> str:
+    from importlib.metadata import version
+    return version("transformer-lens")
+
+
+def save_transformer_lens(params: dict, model_cfg, out_dir: str | Path) -> Path:
+    """Write `config.json` (the config kwargs) and `state_dict.pt` (`torch.save`) to `out_dir`."""
+    torch, _ = _require_tl()
+    config, state = to_transformer_lens(params, model_cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    torch.save(state, out / STATE_FILE)
+    return out
+
+
+def load_transformer_lens(out_dir: str | Path, device: str | None = None):
+    """The `HookedTransformer` saved by `save_transformer_lens` (device: TransformerLens' default)."""
+    torch, _ = _require_tl()
+    out = Path(out_dir)
+    for name in (CONFIG_FILE, STATE_FILE):
+        if not (out / name).is_file():
+            raise WeightsError(f"{out}: no {name} (not a TransformerLens export directory)")
+    config = json.loads((out / CONFIG_FILE).read_text())
+    model = _new_model(config, **({} if device is None else {"device": device}))
+    model.load_state_dict(torch.load(out / STATE_FILE, map_location="cpu", weights_only=True))
+    return model
+
+
+def _cfg_get(cfg, name: str, default=None):
+    return cfg.get(name, default) if isinstance(cfg, Mapping) else getattr(cfg, name, default)
+
+
+def _unsupported(cfg, keys) -> list[str]:
+    """What a TransformerLens model has that our forward pass (and circuit layout) cannot express."""
+    has = []
+    if not _cfg_get(cfg, "attn_only", False) or any(".mlp." in k for k in keys):
+        has.append(f"MLPs (attn_only=False, d_mlp={_cfg_get(cfg, 'd_mlp')})")
+    norm = _cfg_get(cfg, "normalization_type", "LN")
+    if norm is not None or any(".ln1." in k or k.startswith("ln_final.") for k in keys):
+        has.append(f"LayerNorm (normalization_type={norm!r})")
+    pos = _cfg_get(cfg, "positional_embedding_type", "standard")
+    if pos != "standard":
+        has.append(f"positional_embedding_type={pos!r}")
+    if _cfg_get(cfg, "attention_dir", "causal") != "causal":
+        has.append(f"attention_dir={_cfg_get(cfg, 'attention_dir')!r}")
+    d_head = _cfg_get(cfg, "d_head")
+    scale = _cfg_get(cfg, "attn_scale", -1.0)
+    if (not _cfg_get(cfg, "use_attn_scale", True) or _cfg_get(cfg, "scale_attn_by_inverse_layer_idx", False)
+            or (scale != -1.0 and not math.isclose(scale, math.sqrt(d_head)))):
+        has.append("an attention scale other than 1/sqrt(d_head)")
+    if _cfg_get(cfg, "n_key_value_heads") is not None:
+        has.append("grouped-query attention (n_key_value_heads)")
+    for name in ("attn_scores_soft_cap", "output_logits_soft_cap"):
+        if (_cfg_get(cfg, name, -1.0) or -1.0) > 0:
+            has.append(name)
+    if _cfg_get(cfg, "use_attention_sinks", False):
+        has.append("attention sinks")
+    d_vocab, d_vocab_out = _cfg_get(cfg, "d_vocab"), _cfg_get(cfg, "d_vocab_out", -1)
+    if d_vocab_out not in (-1, d_vocab):
+        has.append(f"d_vocab_out={d_vocab_out} != d_vocab={d_vocab}")
+    return has
+
+
+def from_transformer_lens(model_or_state_dict, cfg=None) -> dict[str, np.ndarray]:
+    """Circuit-layout params (float32 numpy, no ensemble axis) of an attention-only TransformerLens model.
+
+    Takes a `HookedTransformer`, or its state dict with `cfg` (a `HookedTransformerConfig` or
+    its kwargs). Biases are dropped, with a warning where one is nonzero: the weight-based
+    scores, like TransformerLens' own `QK`/`OV` FactoredMatrix, read only the weights.
+    """
+    torch, _ = _require_tl()
+    if isinstance(model_or_state_dict, Mapping):
+        if cfg is None:
+            raise WeightsError("from_transformer_lens: a state dict needs its cfg "
+                               "(HookedTransformerConfig or its kwargs)")
+        state = model_or_state_dict
+    elif hasattr(model_or_state_dict, "state_dict") and hasattr(model_or_state_dict, "cfg"):
+        state, cfg = model_or_state_dict.state_dict(), cfg or model_or_state_dict.cfg
+    else:
+        raise WeightsError(f"from_transformer_lens: expected a HookedTransformer or a state dict, "
+                           f"got {type(model_or_state_dict).__name__}")
+    has = _unsupported(cfg, state.keys())
+    if has:
+        raise WeightsError(f"TransformerLens model: has {'; '.join(has)}; allowed: {ALLOWED}")
+
+    def get(key: str) -> np.ndarray:
+        if key not in state:
+            raise WeightsError(f"TransformerLens state dict: missing {key}")
+        return state[key].detach().to("cpu", torch.float32).numpy().copy()
+
+    n_layers = _cfg_get(cfg, "n_layers")
+    params = {"W_E": get("embed.W_E"), "W_pos": get("pos_embed.W_pos"), "W_U": get("unembed.W_U")}
+    for name in HEAD_WEIGHTS:
+        params[name] = np.stack([get(f"blocks.{layer}.attn.{name}") for layer in range(n_layers)])
+    biases = [k for k in state if k.rsplit(".", 1)[-1].startswith("b_") and bool(state[k].ne(0).any())]
+    if biases:
+        warnings.warn(f"from_transformer_lens: dropped nonzero biases ({', '.join(biases[:3])}"
+                      f"{', ...' if len(biases) > 3 else ''}); our forward pass has none", stacklevel=2)
+    return params
