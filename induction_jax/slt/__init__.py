@@ -1,0 +1,15 @@
+"""Singular learning theory: the local learning coefficient (LLC) of a parameter snapshot.
+
+`sampler` draws SGLD chains from the localised tempered posterior around w* (pure JAX,
+vmappable over chains, members, snapshots and step sizes); `llc` turns their loss traces
+into the estimate; `diagnostics` says whether to trust it.
+"""
+
+from induction_jax.slt.diagnostics import (EpsSweep, chain_diagnostics, eps_figure, eps_sensitivity,
+                                           stability, sweep_eps, trace_figure)
+from induction_jax.slt.llc import llc_estimate
+from induction_jax.slt.sampler import ChainResult, SampleResult, SGLDConfig, sample, sgld_chain
+
+__all__ = ["ChainResult", "EpsSweep", "SGLDConfig", "SampleResult", "chain_diagnostics", "eps_figure",
+           "eps_sensitivity", "llc_estimate", "sample", "sgld_chain", "stability", "sweep_eps",
+           "trace_figure"]

@@ -1,0 +1,187 @@
+"""SGLD draws from the localised tempered posterior around a parameter snapshot w*.
+
+The posterior is p(w) ~ exp(-n_beta L_n(w) - gamma/2 ||w - w*||^2). One step, on a minibatch
+of m of the n items:
+
+    w <- w - (eps / 2) (n_beta grad L_m(w) + gamma (w - w*)) + N(0, eps)
+
+A chain is a pure function of its key (one `lax.scan`); `sample` is `vmap` of it over chains.
+Nothing here is jitted: the caller composes `jit`/`vmap` over members, snapshots or step
+sizes, so a whole grid of estimates is one compiled program with no per-chain Python loop.
+
+The trace records the *minibatch* loss L_m(w_t) at the state before step t (as devinterp
+does), not L_n(w_t). The batch of step t is drawn from `fold_in(key, t)`, independently of
+w_t (which depends only on earlier batches), so E[L_m(w_t) | w_t] = L_n(w_t) exactly: the
+trace mean is an unbiased estimate of E[L_n(w)] along the chain. It costs nothing (the value
+comes with the gradient), where L_n at every draw would cost n/m extra forward passes per
+step; the price is extra per-draw variance, which averages out over the draws.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from induction_jax.config import ConfigError, _check_fields, _field
+
+LossFn = Callable[[Any, Any], jax.Array]
+
+
+@dataclass(frozen=True)
+class SGLDConfig:
+    """SGLD for the local learning coefficient.
+
+    The defaults are provisional placeholders, not measured: the step size, localisation and
+    chain length that give a stable estimate depend on the model and are to be chosen by an
+    eps sweep (`diagnostics.eps_sensitivity`) on the real model.
+    """
+
+    eps: float = _field(1e-3, "SGLD step size (the noise variance per step)", lo=0.0, hi=1e6,
+                        lo_open=True)
+    gamma: float = _field(100.0, "localisation strength: the pull toward w* (0 = none)", lo=0.0, hi=1e12)
+    n_beta: float = _field(0.0, "inverse temperature times n; 0 = n / ln n for the n dataset items",
+                           lo=0.0, hi=1e15)
+    chains: int = _field(8, "independent chains, all started at w*", lo=1, hi=1_000_000)
+    draws: int = _field(1000, "SGLD steps per chain, each recording one loss (burn-in included)",
+                        lo=1, hi=100_000_000)
+    burn_in: int = _field(200, "first draws of each chain discarded by the estimators", lo=0, hi=100_000_000)
+    batch_size: int = _field(64, "minibatch size m, drawn without replacement from the n items at "
+                             "every step; must be <= n", lo=1, hi=100_000_000)
+
+    def __post_init__(self):
+        _check_fields(self)
+        if self.draws <= self.burn_in:
+            raise ConfigError(f"draws={self.draws}: must be > burn_in={self.burn_in}")
+
+    def check_items(self, n: int) -> None:
+        """Raise a one-line `ConfigError` if this config cannot sample from n items."""
+        if self.batch_size > n:
+            raise ConfigError(f"batch_size={self.batch_size}: must be <= the {n} dataset items")
+        if self.n_beta == 0 and n < 2:
+            raise ConfigError(f"n_beta=0 (n / ln n): needs >= 2 dataset items, got {n}")
+
+    def n_beta_for(self, n: int) -> float:
+        """The inverse temperature: `n_beta`, or n / ln n when it is 0."""
+        return self.n_beta or n / math.log(n)
+
+
+class ChainResult(NamedTuple):
+    """One chain's record, one entry per draw ([draws]; [chains, draws] from `sample`)."""
+
+    loss: jax.Array      # minibatch loss L_m(w_t) at the state before step t (t = 0 is w*)
+    sq_dist: jax.Array   # ||w_t - w*||^2 over all parameters, at the same state
+
+
+class SampleResult(NamedTuple):
+    """`sample`'s output: the chains and the constants the estimators and diagnostics need."""
+
+    chains: ChainResult   # leaves [chains, draws]
+    init_loss: jax.Array  # L_n(w*) on the full dataset
+    n_beta: jax.Array
+    gamma: jax.Array
+    eps: jax.Array
+    n_free: jax.Array     # number of weights the chains move (the masked-in count), float
+
+
+def num_items(dataset) -> int:
+    sizes = {x.shape[0] for x in jax.tree.leaves(dataset)}
+    if len(sizes) != 1:
+        raise ConfigError(f"dataset: every leaf must share the leading item axis, got sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _moves(w_star, mask):
+    """The boolean pytree of weights a chain may move (None = all), broadcast to the params."""
+    if mask is None:
+        return None
+    return jax.tree.map(lambda p, mk: jnp.broadcast_to(jnp.asarray(mk) != 0, p.shape), w_star, mask)
+
+
+def n_free(w_star, mask=None) -> jax.Array:
+    """How many weights the chains move."""
+    moves = _moves(w_star, mask)
+    if moves is None:
+        return jnp.float32(sum(p.size for p in jax.tree.leaves(w_star)))
+    return sum(jnp.sum(m, dtype=jnp.float32) for m in jax.tree.leaves(moves))
+
+
+def full_loss(loss_fn: LossFn, params, dataset, chunk: int) -> jax.Array:
+    """L_n(params): the mean loss over all n items, in equal chunks of `chunk` when they divide n
+    (the mean of equal-sized chunk means is the mean; chunks bound the memory of a large n)."""
+    n = num_items(dataset)
+    if chunk >= n or n % chunk:
+        return loss_fn(params, dataset)
+    chunks = jax.tree.map(lambda x: x.reshape(n // chunk, chunk, *x.shape[1:]), dataset)
+    return jnp.mean(jax.lax.map(lambda b: loss_fn(params, b), chunks))
+
+
+def sgld_chain(key, loss_fn: LossFn, w_star, dataset, cfg: SGLDConfig, mask=None, eps=None) -> ChainResult:
+    """One chain of `cfg.draws` SGLD steps from w*, as one `lax.scan`.
+
+    `loss_fn(params, batch)` is the mean loss over a batch; `dataset` a pytree of arrays with a
+    leading axis of n items. `mask` (optional) has the structure of the params with 0/1 leaves
+    broadcastable to them: only masked-in weights move (drift and noise both), the rest stay
+    exactly at w* (the refined LLC of one head or layer). `eps` overrides `cfg.eps` and may be
+    traced, so a caller can `vmap` over step sizes (a traced eps is not validated: keep it > 0).
+    """
+    n = num_items(dataset)
+    cfg.check_items(n)
+    m = cfg.batch_size
+    eps = cfg.eps if eps is None else eps
+    n_beta, gamma = cfg.n_beta_for(n), cfg.gamma
+    noise_sd = jnp.sqrt(eps)
+    moves = _moves(w_star, mask)
+
+    leaves, treedef = jax.tree.flatten(w_star)
+    offsets = np.cumsum([0] + [p.size for p in leaves])
+    n_draw = int(offsets[-1]) + (n if m < n else 0)
+
+    def unflatten(z):
+        return treedef.unflatten([z[a:b].reshape(p.shape).astype(p.dtype)
+                                  for a, b, p in zip(offsets[:-1], offsets[1:], leaves)])
+
+    def minibatch(z_n):
+        if m == n:      # the whole dataset: no need to permute it
+            return dataset
+        # The m largest of n iid normals: every m-subset is equally likely (exchangeability);
+        # `top_k` is several times faster on a CPU than the sort inside `random.choice(replace=False)`.
+        idx = jax.lax.top_k(z_n, m)[1]
+        return jax.tree.map(lambda x: x[idx], dataset)
+
+    def step(w, t):
+        # One normal draw per step gives the noise and the batch: XLA compiles a vmapped
+        # threefry call slowly, and a transformer has many leaves.
+        z = jax.random.normal(jax.random.fold_in(key, t), (n_draw,), jnp.float32)
+        loss, grads = jax.value_and_grad(loss_fn)(w, minibatch(z[int(offsets[-1]):]))
+        sq_dist = sum(jnp.sum(jnp.square(p - p0)) for p, p0 in zip(jax.tree.leaves(w), leaves))
+        delta = jax.tree.map(lambda p, p0, g, zp: -0.5 * eps * (n_beta * g + gamma * (p - p0)) + noise_sd * zp,
+                             w, w_star, grads, unflatten(z))
+        if moves is not None:
+            # `where`, not a product: a non-finite gradient of a frozen weight must not leak in.
+            delta = jax.tree.map(lambda d, mv: jnp.where(mv, d, jnp.zeros_like(d)), delta, moves)
+        w = jax.tree.map(lambda p, d: p + d, w, delta)
+        return w, ChainResult(loss, sq_dist)
+
+    _, trace = jax.lax.scan(step, w_star, jnp.arange(cfg.draws))
+    return trace
+
+
+def sample(key, loss_fn: LossFn, w_star, dataset, cfg: SGLDConfig, mask=None, eps=None) -> SampleResult:
+    """`cfg.chains` chains (chain c uses `jax.random.split(key, chains)[c]`), vmapped, plus L_n(w*).
+
+    Pure and traceable: `jax.jit(jax.vmap(...))` over w_star and dataset (members, snapshots)
+    or over `eps` works as for any JAX function, with `loss_fn` and `cfg` static.
+    """
+    n = num_items(dataset)
+    cfg.check_items(n)
+    eps = cfg.eps if eps is None else eps
+    keys = jax.random.split(key, cfg.chains)
+    chains = jax.vmap(lambda k: sgld_chain(k, loss_fn, w_star, dataset, cfg, mask, eps))(keys)
+    return SampleResult(chains, full_loss(loss_fn, w_star, dataset, cfg.batch_size),
+                        jnp.float32(cfg.n_beta_for(n)), jnp.float32(cfg.gamma),
+                        jnp.asarray(eps, jnp.float32), n_free(w_star, mask))
