@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
+from matplotlib.patches import Rectangle
 
+from induction_jax.phase.survival import kaplan_meier, survival_at
 from induction_jax.plots import plt, save
 
 
@@ -101,4 +104,103 @@ def prev_vs_induction(prev_mid, ind_mid, path: Path) -> Path:
         ax.legend()
     ax.set_xlabel("previous-token score midpoint step"), ax.set_ylabel("induction score midpoint step")
     ax.set_title("Which head forms first?")
+    return save(fig, path)
+
+
+def survival_and_ecdf(groups: dict, path: Path, label: str) -> Path:
+    """Kaplan-Meier curves of formation with 95% bands, one per group (censored members marked +),
+    beside the ECDF of the observed times of each group."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.cm.tab10(np.arange(len(groups)) % 10)
+    for (name, (times, observed)), c in zip(groups.items(), colors):
+        t_E, obs_E = np.asarray(times, float), np.asarray(observed, bool)
+        km = kaplan_meier(t_E, obs_E)
+        x0 = min(0.0, float(km["steps"][0]))
+        x = np.concatenate([[x0], km["steps"]])
+        n_c = int((~obs_E).sum())
+        a.step(x, np.concatenate([[1.0], km["survival"]]), where="post", color=c,
+               label=f"{name} ({len(t_E)} members, {n_c} censored)")
+        a.fill_between(x, np.concatenate([[1.0], km["ci95_low"]]), np.concatenate([[1.0], km["ci95_high"]]),
+                       step="post", color=c, alpha=0.18, lw=0)
+        if n_c:
+            a.plot(t_E[~obs_E], survival_at(km, t_E[~obs_E]), "+", color=c, ms=10, mew=1.5)
+        v = np.sort(t_E[obs_E])
+        if len(v):
+            b.step(np.concatenate([[v[0]], v]), np.arange(len(v) + 1) / len(v), where="post", color=c,
+                   label=f"{name} ({len(v)} observed)")
+    a.set_xlabel(label), a.set_ylabel("fraction not yet started"), a.set_ylim(-0.02, 1.02)
+    a.set_title("Kaplan-Meier survival of formation (95% band, + censored)"), a.grid(alpha=0.3)
+    a.legend(fontsize=8)
+    b.set_xlabel(label), b.set_ylabel("fraction of observed members"), b.set_ylim(-0.02, 1.02)
+    b.set_title("ECDF of the observed times"), b.grid(alpha=0.3)
+    if b.lines:
+        b.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def variance_heatmap(matrix_IJ, init_levels, data_levels, decomposition: dict, path: Path,
+                     timing_name: str) -> Path:
+    """The timing as an init seed x data seed grid (censored cells blank and hatched), beside the
+    init / data / residual shares of its variance with their 95% CIs."""
+    x_IJ = np.asarray(matrix_IJ, float)
+    I, J = x_IJ.shape
+    cell = min(0.5, 9.0 / max(I, J))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(J * cell + 6.5, max(3.8, I * cell + 1.5)),
+                               gridspec_kw={"width_ratios": [max(J * cell, 2.5), 2.6]})
+    im = a.imshow(np.ma.masked_invalid(x_IJ), cmap="viridis", aspect="auto")
+    fig.colorbar(im, ax=a, label=timing_name)
+    finite = x_IJ[np.isfinite(x_IJ)]
+    mid = (finite.min() + finite.max()) / 2 if len(finite) else 0.0
+    fs = max(4.0, min(8.0, 90.0 / max(I, J)))
+    for i in range(I):
+        for j in range(J):
+            if np.isfinite(x_IJ[i, j]):
+                a.text(j, i, f"{x_IJ[i, j]:.0f}", ha="center", va="center", fontsize=fs,
+                       color="k" if x_IJ[i, j] > mid else "w")
+            else:
+                a.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", color="0.5", lw=0))
+    a.set_xticks(range(J), [str(v) for v in data_levels], fontsize=fs)
+    a.set_yticks(range(I), [str(v) for v in init_levels], fontsize=fs)
+    a.set_xlabel("data seed"), a.set_ylabel("init seed")
+    n_nan = int((~np.isfinite(x_IJ)).sum())
+    a.set_title(f"{timing_name} per member" + (f" ({n_nan} censored, hatched)" if n_nan else ""))
+    names = ("init", "data", "residual")
+    shares = decomposition.get("shares")
+    if shares is None:
+        b.text(0.5, 0.5, textwrap.fill(decomposition.get("reason") or "no decomposition", 28), ha="center",
+               va="center", transform=b.transAxes, fontsize=9)
+        b.set_xticks([]), b.set_yticks([])
+    else:
+        v = np.array([np.nan if shares[k] is None else shares[k] for k in names])
+        ci = decomposition.get("shares_ci95") or {}
+        lo = np.array([ci[k][0] if ci.get(k) else np.nan for k in names])
+        hi = np.array([ci[k][1] if ci.get(k) else np.nan for k in names])
+        b.bar(range(3), v, color=["tab:blue", "tab:orange", "tab:gray"], alpha=0.85)
+        b.errorbar(range(3), v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], fmt="none",
+                   ecolor="k", capsize=4)
+        b.set_xticks(range(3), ["init seed", "data seed", "residual\n(interaction\n+ noise)"])
+        b.set_ylim(0, 1.02), b.set_ylabel("share of variance"), b.grid(axis="y", alpha=0.3)
+    b.set_title("Variance shares (95% bootstrap CI)")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def predictors(table: list, path: Path) -> Path:
+    """Spearman rho of each predictor with the timing, with its 95% CI, as dots and whiskers."""
+    n = len(table)
+    fig, ax = plt.subplots(figsize=(6.5, max(2.2, 0.45 * n + 1.2)))
+    ax.axvline(0, color="k", lw=1)
+    for y, row in enumerate(table):
+        if row.get("rho") is None:
+            ax.text(0.02, y, "not defined", va="center", fontsize=8, color="0.4")
+            continue
+        if row.get("ci95_low") is not None and row.get("ci95_high") is not None:
+            ax.plot([row["ci95_low"], row["ci95_high"]], [y, y], color="tab:blue", lw=2)
+        ax.plot([row["rho"]], [y], "o", color="tab:blue", ms=7)
+    ax.set_yticks(range(n), [f"{r['name']} (n={r.get('n', '?')})" for r in table])
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_xlim(-1.05, 1.05), ax.set_xlabel("Spearman rho with 95% bootstrap CI"), ax.grid(axis="x", alpha=0.3)
+    ax.set_title("What goes with the timing")
+    fig.tight_layout()
     return save(fig, path)
