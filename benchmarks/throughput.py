@@ -33,7 +33,8 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     import jax
     import numpy as np
 
-    from induction_jax import ensemble, train as train_lib
+    from induction_jax import ensemble, memory, train as train_lib
+    from induction_jax.members import Members
     from induction_jax.config import RunConfig
     from induction_jax.run import device_description
 
@@ -42,11 +43,12 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     every = eval_every or steps
     cfg = RunConfig().replace(seeds=size, min_half_length=25, eval_every=every, chunk_steps=steps,
                               member_loop=member_loop)
-    members = ensemble.Members.from_config(cfg)
+    members = Members.from_config(cfg)
     state = ensemble.init_ensemble(cfg, members)
     chunk = ensemble.compiled_chunk(cfg, steps // every, every, state)
     tic = time.perf_counter()
-    compiled = chunk.lower(state).compile()
+    n_active = jax.numpy.int32(steps // every)
+    compiled = chunk.lower(state, n_active).compile()
     compile_s = time.perf_counter() - tic
     if compile_only:
         return {"members": size, "compile_s": compile_s}
@@ -55,17 +57,17 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     single = jax.tree.map(lambda x: x[0], state)
     step_cost = jax.jit(functools.partial(train_lib.train_step, cfg)).lower(single).compile().cost_analysis()
     step_cost = step_cost[0] if isinstance(step_cost, list) else step_cost
-    state, _, _ = compiled(state)                      # warm-up
+    state, _, _ = compiled(state, n_active)            # warm-up
     jax.block_until_ready(state)
     times = []
     for _ in range(5):
         tic = time.perf_counter()
-        state, metrics, _ = compiled(state)
+        state, metrics, _ = compiled(state, n_active)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - tic)
     best = float(np.median(times))
     model_steps = size * steps / best
-    return {"members": size, "member_loop": ensemble.member_loop(cfg), "steps_timed": steps,
+    return {"members": size, "member_loop": memory.member_loop(cfg), "steps_timed": steps,
             "seconds_per_chunk": best, "compile_s": compile_s,
             "model_steps_per_s": model_steps, "tokens_per_s": model_steps * cfg.data.batch_size * cfg.data.seq_len,
             "flops_per_model_step": float(step_cost["flops"]),

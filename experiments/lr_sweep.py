@@ -10,7 +10,7 @@ import json
 
 from induction_jax.analysis.report import analyze_run
 from induction_jax.config import RunConfig
-from induction_jax.ensemble import Members
+from induction_jax.members import Members
 from induction_jax.phase.run import phase_run
 from induction_jax.run import train_run
 

@@ -2,7 +2,7 @@
 
 import os as _os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # On a CPU, expose every core as a JAX device so the ensemble axis can be sharded across them
 # (one small model keeps only one core busy). This must happen before JAX starts its backends;

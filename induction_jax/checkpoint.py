@@ -1,28 +1,82 @@
-"""Orbax checkpoints of the whole ensemble state (async saves, the last few kept)."""
+"""Orbax checkpoints of the whole ensemble state, each with an integrity digest of its arrays.
+
+Orbax stores arrays compressed, but a flipped byte can still decompress to wrong numbers
+without complaint (measured: a resumed run then reported a false divergence, or ended with
+a parameter of 4.85e7). So every save records a BLAKE2b digest of the host bytes of the
+state and of the params in the checkpoint's JSON meta, and every restore recomputes it. A
+mismatch is treated like any unreadable checkpoint: reported in one line, moved aside to
+`checkpoints_broken/`, and the previous checkpoint used.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import hashlib
+import logging
 import os
+import sys
+from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from induction_jax.train import MemberState
+from induction_jax import distributed
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted: unreadable, or its arrays do not match their digest."""
+
+
+def tree_digest(tree) -> str:
+    """BLAKE2b of every leaf's path, dtype, shape and bytes, in tree order."""
+    h = hashlib.blake2b(digest_size=16)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence what a failing Orbax / TensorStore read prints on the way out (asyncio's
+    'Exception ignored in coroutine' and 'Event loop is closed' tracebacks, absl warnings):
+    the caller reports the failure in one line instead."""
+    loggers = [logging.getLogger(n) for n in ("absl", "asyncio", "orbax", "jax")]
+    levels = [lg.level for lg in loggers]
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda *_: None
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        gc.collect()              # collect the failed read's coroutines while the hook is quiet
+        sys.unraisablehook = hook
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 class Checkpoints:
     """`save` writes the stacked state, the stacked params (for the analysis, readable with no
-    template) and a JSON meta; `restore` falls back past broken checkpoints."""
+    template) and a JSON meta holding both digests; restores verify them."""
 
-    def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str | Path, max_to_keep: int = 3, async_save: bool = True):
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                enable_async_checkpointing=async_save, create=True)
         handlers = {"state": ocp.StandardCheckpointHandler(), "params": ocp.StandardCheckpointHandler(),
                     "meta": ocp.JsonCheckpointHandler()}
-        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
+        self.directory = Path(directory)
+        with quiet():
+            self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                                 item_handlers=handlers)
 
-    def save(self, step: int, state: MemberState, meta: dict) -> None:
+    def save(self, step: int, state, meta: dict) -> None:
+        host = distributed.host_copy(state)
+        meta = {**meta, "digest": {"state": tree_digest(host), "params": tree_digest(host.params)}}
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), params=ocp.args.StandardSave(state.params),
             meta=ocp.args.JsonSave(meta)), force=True)
@@ -30,20 +84,41 @@ class Checkpoints:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def restore_state(self, step: int, template: MemberState) -> tuple[MemberState, dict]:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        return out.state, out.meta
+    def read_meta(self, step: int) -> dict:
+        try:
+            with quiet():
+                return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+        except Exception as e:  # noqa: BLE001 - any failure to read means "not a good checkpoint"
+            raise CheckpointError(f"its meta is unreadable ({type(e).__name__})") from None
 
-    def restore_params(self, step: int) -> dict[str, np.ndarray]:
-        """The params alone, onto one local device whatever topology saved them (for analysis)."""
-        meta = self.manager.item_metadata(step)["params"]
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), dict(meta),
-                                is_leaf=lambda m: hasattr(m, "shape"))
-        out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
-        return jax.tree.map(np.asarray, dict(out.params))
+    def restore_state(self, step: int, template) -> tuple[object, dict]:
+        """The state (laid out like `template`) and its meta, digest verified."""
+        meta = self.read_meta(step)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        try:
+            with quiet():
+                state = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract))).state
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"its arrays are unreadable ({type(e).__name__})") from None
+        _verify(distributed.host_copy(state), meta, "state")
+        return state, meta
+
+    def restore_params(self, step: int) -> tuple[dict[str, np.ndarray], dict]:
+        """The params alone and the meta, onto one local device whatever topology saved them."""
+        meta = self.read_meta(step)
+        try:
+            with quiet():
+                item = self.manager.item_metadata(step)["params"]
+                device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+                abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                        dict(item), is_leaf=lambda m: hasattr(m, "shape"))
+                out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"its params are unreadable ({type(e).__name__})") from None
+        params = jax.tree.map(np.asarray, dict(out.params))
+        _verify(params, meta, "params")
+        return params, meta
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -57,3 +132,35 @@ class Checkpoints:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _verify(tree, meta: dict, item: str) -> None:
+    want = meta.get("digest", {}).get(item)
+    if want is None:
+        raise CheckpointError(f"it records no digest of its {item}")
+    if tree_digest(tree) != want:
+        raise CheckpointError(f"its {item} do not match their digest (the files were altered or damaged)")
+
+
+def restore_latest_good(ckpt: Checkpoints, run_path: Path, restore: Callable[[int], tuple],
+                        log=lambda m: print(m, file=sys.stderr)) -> tuple:
+    """`restore(step)` for the newest checkpoint that restores and verifies; each one that does
+    not is reported in one line and moved aside to RUN_DIR/checkpoints_broken/."""
+    from induction_jax.rundir import RunDir, RunDirError
+
+    steps = ckpt.steps()
+    for step in reversed(steps):
+        try:
+            return restore(step)
+        except CheckpointError as e:
+            log(f"induction-jax: checkpoint step {step} in {ckpt.directory} cannot be used: {e}; "
+                f"using the previous one")
+            aside = RunDir(run_path).owned_dir("checkpoints_broken")
+            aside.mkdir(exist_ok=True)
+            target = aside / str(step)
+            if target.exists():
+                target = aside / f"{step}.{os.getpid()}"
+            (ckpt.directory / str(step)).rename(target)
+            ckpt.manager.reload()
+            log(f"induction-jax: moved it to {target}")
+    raise RunDirError(f"{run_path}: no usable checkpoint (tried steps {steps or 'none'})")

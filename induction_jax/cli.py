@@ -14,6 +14,7 @@ from induction_jax.config import SECTIONS, ConfigError, RunConfig
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+EXIT_STORAGE = 4
 
 
 class CliError(RuntimeError):
@@ -62,7 +63,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         except ValueError as e:
             raise CliError(f"--config {path}: not valid JSON ({e})") from None
         # A run's own config.json wraps the config; a plain config file is the config itself.
-        base = RunConfig.from_dict(obj["config"] if isinstance(obj, dict) and "kind" in obj else obj)
+        if isinstance(obj, dict) and "kind" in obj:
+            from induction_jax.rundir import RUN_KIND
+            if obj["kind"] != RUN_KIND or not isinstance(obj.get("config"), dict):
+                raise CliError(f"--config {path}: \"kind\": {obj['kind']!r} is not an induction-jax config; "
+                               f"expected a run's config.json or an object with sections "
+                               f"{', '.join(SECTIONS)}")
+            obj = obj["config"]
+        base = RunConfig.from_dict(obj)
     return base.replace(**_flag_overrides(args))
 
 
@@ -105,23 +113,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_circuits(out_dir)
         print(f"report: {run.path / 'report.html'}")
     print(f"run directory: {run.path}")
-    if summary["n_diverged"]:
-        where = ", ".join(f"seed {m['seed']} at step {m['diverged_step']}" for m in summary["members"]
-                          if m["diverged_step"] is not None)
-        print(f"induction-jax train: {summary['n_diverged']} of {summary['n_members']} members diverged "
-              f"(non-finite loss or gradient; their updates stopped there): {where}", file=sys.stderr)
-        return EXIT_DIVERGED
-    return 0
+    return EXIT_DIVERGED if _report_divergence(run.path, "train") else 0
+
+
+def _report_divergence(run_dir: Path, command: str) -> bool:
+    """Name the diverged members of a run on stderr; whether any diverged."""
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    if not summary["n_diverged"]:
+        return False
+    where = "; ".join(f"{m['label']} at step {m['diverged_step']}" for m in summary["members"]
+                      if m["diverged_step"] is not None)
+    print(f"induction-jax {command}: {summary['n_diverged']} of {summary['n_members']} members of {run_dir} "
+          f"diverged ({summary['divergence_rule']}; their updates stopped there): {where}", file=sys.stderr)
+    return True
 
 
 def _print_circuits(analysis_dir: Path) -> None:
     circuit = json.loads((analysis_dir / "circuit.json").read_text())
     print(f"induction circuit (previous-token head + induction heads, K-composing) in "
           f"{circuit['n_induction_circuit']} of {circuit['n_members']} members; the textbook two-head form "
-          f"(one induction head, every other head dispensable) in {circuit['n_clean']}")
+          f"(one induction head, every other head dispensable) in {circuit['n_clean']}"
+          f" (checkpoint step {circuit['checkpoint_step']} of {circuit['steps']})")
     for r in circuit["members"]:
         failed = [k for k, ok in r.get("shared_checks", r["checks"]).items() if not ok]
-        print(f"  seed {r['seed']}: previous-token L{r['prev_token_head'][0]}H{r['prev_token_head'][1]} "
+        print(f"  {r['label']}: previous-token L{r['prev_token_head'][0]}H{r['prev_token_head'][1]} "
               f"({r['prev_token_score']:.2f}), best induction L{r['induction_head'][0]}H{r['induction_head'][1]} "
               f"({r['induction_score']:.2f}) of {r.get('n_induction_heads', '?')} induction heads"
               + (f"; fails: {', '.join(failed)}" if failed else ""))
@@ -130,7 +145,7 @@ def _print_circuits(analysis_dir: Path) -> None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from induction_jax.analysis.report import analyze_run
 
-    out_dir = analyze_run(args.run_dir, args.seed)
+    out_dir = analyze_run(args.run_dir, args.member)
     _print_circuits(out_dir)
     print(f"analysis: {out_dir}")
     print(f"report: {Path(args.run_dir) / 'report.html'}")
@@ -164,28 +179,36 @@ def _print_phase(phase_dir: Path) -> None:
 
 
 def _parse_list(flag: str, text: str, kind) -> list:
+    """A comma-separated list of distinct values (one-line errors for a bad or repeated entry)."""
     items = [t.strip() for t in text.split(",")]
     try:
         values = [kind(t) for t in items if t]
-    except ValueError:
+    except (ValueError, argparse.ArgumentTypeError):
         values = []
     if not values or len(values) != len(items):
-        raise CliError(f"{flag} {text!r}: must be a comma-separated list of numbers, e.g. 3e-4,1e-3,3e-3")
+        raise CliError(f"{flag} {text!r}: must be a comma-separated list of values, e.g. 3e-4,1e-3,3e-3")
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if repeated:
+        raise CliError(f"{flag} {text!r}: {repeated[0]} is listed twice; each value must appear once")
     return values
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """lr x weight-decay x seeds as one vmapped ensemble per shape; shape-changing lists
-    (any other config flag given as a list) as separate compiled runs under --out."""
+    """lr x weight-decay x (init seed, data seed) as one compiled ensemble per shape; shape-changing
+    lists (any other config flag given as a list) as separate compiled runs under --out."""
     import itertools
 
+    from induction_jax import ensemble, memory
     from induction_jax.analysis.report import analyze_run
-    from induction_jax.ensemble import Members
+    from induction_jax.members import Members, parse_seed_range
     from induction_jax.phase.run import phase_run
+    from induction_jax.rundir import RunDir, RunDirError
     from induction_jax.run import train_run
 
     lrs = _parse_list("--lr", args.list_lr, float) if args.list_lr is not None else None
     wds = _parse_list("--weight-decay", args.list_weight_decay, float) if args.list_weight_decay is not None else None
+    init_seeds = parse_seed_range("--init-seeds", args.init_seeds) if args.init_seeds is not None else None
+    data_seeds = parse_seed_range("--data-seeds", args.data_seeds) if args.data_seeds is not None else None
     shape_lists = {}
     for name in _field_names():
         text = getattr(args, f"list_{name}", None)
@@ -195,23 +218,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = config_from_args(args)
     out = Path(args.out or time.strftime("runs/sweep-%Y%m%d-%H%M%S"))
     combos = [dict(zip(shape_lists, vals)) for vals in itertools.product(*shape_lists.values())] or [{}]
-    # Validate every configuration before anything is written.
-    cfgs = [base.replace(**combo) for combo in combos]
+    # Validate every configuration, member table and memory plan before anything is written.
     for lr in lrs or []:
         base.replace(lr=lr)
     for wd in wds or []:
         base.replace(weight_decay=wd)
-    for combo, cfg in zip(combos, cfgs):
+    plans = []
+    for combo in combos:
+        cfg = base.replace(**combo)
         varied = {k: v for k, v in combo.items() if len(shape_lists[k]) > 1}
         run_dir = out if len(combos) == 1 else out / "_".join(f"{k}-{v}" for k, v in varied.items())
-        members = Members.grid(cfg, lrs or [cfg.train.lr], wds or [cfg.train.weight_decay])
-        print(f"sweep: {len(members)} members ({len(lrs or [1])} lr x {len(wds or [1])} weight decay x "
-              f"{cfg.train.seeds} seeds) {combo or ''} -> {run_dir}")
+        members = Members.grid(cfg, lrs, wds, init_seeds, data_seeds)
+        memory.plan_groups(cfg, len(members), ensemble.select_devices(cfg.train.devices), log=lambda m: None)
+        if RunDir(run_dir).is_run() and not args.overwrite:
+            raise RunDirError(f"{run_dir}: already holds a run; pass --overwrite to replace it, or choose "
+                              f"another --out")
+        plans.append((combo, cfg, run_dir, members))
+    diverged = False
+    for combo, cfg, run_dir, members in plans:
+        design = (f"{len(lrs or [1])} lr x {len(wds or [1])} weight decay x "
+                  + (f"{len(set(members.init_seed))} init seeds x {len(set(members.data_seed))} data seeds"
+                     if members.crossed else f"{len(set(members.init_seed))} seeds"))
+        print(f"sweep: {len(members)} members ({design}) {combo or ''} -> {run_dir}")
         train_run(cfg, run_dir, overwrite=args.overwrite, members=members, progress=not args.no_progress)
         _print_circuits(analyze_run(run_dir))
         _print_phase(phase_run(run_dir))
         print(f"run directory: {run_dir}")
-    return 0
+        diverged |= _report_divergence(run_dir, "sweep")
+    return EXIT_DIVERGED if diverged else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -262,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Write RUN_DIR/analysis/ (scores.csv, circuit.json, figures) "
                                          "and RUN_DIR/report.html.")
     analyze.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'induction-jax train'")
-    analyze.add_argument("--seed", type=int, default=None, metavar="K",
-                         help="member index whose single-model figures are drawn (default: 0)")
+    analyze.add_argument("--member", type=int, default=None, metavar="K",
+                         help="the member (row of the run's members table, 0-based) whose single-model "
+                              "figures are drawn (default: 0)")
     analyze.set_defaults(func=cmd_analyze)
 
     phase = sub.add_parser("phase", help="time the phase change in every member of a run",
@@ -283,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
     sweep.add_argument("--config", metavar="FILE", default=None, help="start from this config JSON")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--init-seeds", metavar="RANGE", default=None,
+                       help="init seeds (initial weights), e.g. 0-7 or 0,3,5; crossed with --data-seeds "
+                            "(default: the --seeds range)")
+    sweep.add_argument("--data-seeds", metavar="RANGE", default=None,
+                       help="data seeds (training batches), e.g. 0-7; crossed with --init-seeds "
+                            "(default: the --seeds range)")
     add_config_flags(sweep, lists=True)
     sweep.set_defaults(func=cmd_sweep)
 
@@ -295,11 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from induction_jax import signals
+
+    old_handlers = signals.install()      # first: a signal at any moment stops the command cleanly
+    try:
+        return _main(argv)
+    finally:
+        signals.restore(old_handlers)
+
+
+def _main(argv: list[str] | None) -> int:
+    from induction_jax import signals
     from induction_jax.analysis.weights import WeightsError
+    from induction_jax.memory import ResourceError
     from induction_jax.phase.detect import PhaseError
-    from induction_jax.ensemble import ResourceError
-    from induction_jax.run import Interrupted
-    from induction_jax.rundir import RunDirError
+    from induction_jax.rundir import RunDirError, StorageError
 
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -309,15 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
+    except StorageError as e:
+        print(f"induction-jax {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_STORAGE
     except (ConfigError, CliError, RunDirError, WeightsError, PhaseError, ResourceError) as e:
         print(f"induction-jax {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except Interrupted as e:
+    except signals.Interrupted as e:
         print(f"induction-jax {args.command}: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print(f"induction-jax {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

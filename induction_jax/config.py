@@ -98,6 +98,10 @@ class DataConfig:
                            "inside a half (needs P <= V)")
     probe_batch_size: int = _field(64, "sequences in the fixed probe batch used for evaluation",
                                    lo=1, hi=1_000_000)
+    probe_seed: int = _field(0, "seed of the probe batch of reference sequences, shared by every member "
+                             "so that members are compared on the same sequences", lo=0, hi=2**31 - 1)
+    per_member_probes: bool = _field(False, "give each member its own probe batch, drawn from its data "
+                                     "seed, instead of the shared one")
 
     def __post_init__(self):
         _check_fields(self)
@@ -117,9 +121,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """AdamW on fresh batches; an ensemble of `seeds` members with seeds first_seed, first_seed+1, ..."""
+    """AdamW on fresh batches; an ensemble of `seeds` members with seeds first_seed, first_seed+1, ...
+    (the shorthand in which a member's init seed and data seed are the same)."""
 
-    seeds: int = _field(8, "ensemble size: members trained at once, one per seed", lo=1, hi=1_000_000)
+    seeds: int = _field(8, "ensemble size: members trained at once, one per seed (init seed = data seed)",
+                        lo=1, hi=1_000_000)
     first_seed: int = _field(0, "seed of member 0; member i has seed first_seed + i", lo=0, hi=2**31 - 1)
     steps: int = _field(2000, "optimiser steps per member", lo=1, hi=100_000_000)
     lr: float = _field(1e-2, "AdamW learning rate (SCIENCE.md reference 1e-3: see README)", lo=0.0, hi=10.0, lo_open=True)
@@ -128,8 +134,9 @@ class TrainConfig:
     b1: float = _field(0.9, "AdamW beta1", lo=0.0, hi=0.999999)
     b2: float = _field(0.999, "AdamW beta2", lo=0.0, hi=0.99999999)
     eps: float = _field(1e-8, "AdamW epsilon", lo=0.0, hi=1.0, lo_open=True)
-    chunk_steps: int = _field(250, "steps per compiled lax.scan chunk; metrics reach the host once "
-                              "per chunk (rounded to a multiple of eval_every)", lo=1, hi=1_000_000)
+    chunk_steps: int = _field(250, "most steps per compiled lax.scan call (rounded to a multiple of "
+                              "eval_every); each call runs as many of them as take about a second, so "
+                              "metrics and progress reach the host about once a second", lo=1, hi=1_000_000)
     eval_every: int = _field(10, "steps between in-training probes on the fixed probe batch",
                              lo=1, hi=1_000_000)
     checkpoint_every: int = _field(500, "steps between checkpoints of the whole ensemble state (taken at "
@@ -143,6 +150,9 @@ class TrainConfig:
                               "program (best on GPU/TPU), 'map' runs them one after another inside it "
                               "(best on CPU, where one member's activations stay in cache); auto = map "
                               "on CPU, vmap elsewhere", choices=("auto", "vmap", "map"))
+    divergence_loss: float = _field(10.0, "a member whose training loss exceeds this multiple of ln V, or is "
+                                    "not finite, has diverged: its updates stop at that step (healthy runs "
+                                    "stay below 1.5 ln V)", lo=1.0, hi=1e30, lo_open=True)
     compute_dtype: str = _field("float32", "dtype of the training forward and backward pass; parameters, "
                                 "AdamW state, softmax and loss stay float32, and probes and analysis "
                                 "always run in float32", choices=("float32", "bfloat16"))

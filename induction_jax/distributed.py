@@ -26,12 +26,17 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def to_host(tree) -> dict[str, np.ndarray]:
-    """Global (possibly multi-process) arrays as full numpy arrays on every process."""
+def host_copy(tree):
+    """A pytree of global (possibly multi-process) arrays as full numpy arrays on every process."""
     if jax.process_count() == 1:
-        return {k: np.asarray(v) for k, v in tree.items()}
+        return jax.tree.map(np.asarray, jax.device_get(tree))
     from jax.experimental import multihost_utils
-    return {k: np.asarray(v) for k, v in multihost_utils.process_allgather(dict(tree), tiled=True).items()}
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def to_host(tree) -> dict[str, np.ndarray]:
+    """A dict of global arrays as numpy arrays on every process."""
+    return dict(host_copy(dict(tree)))
 
 
 def barrier(name: str) -> None:

@@ -1,12 +1,13 @@
-"""Ensembles: the single-member run over seeds and per-member hyperparameters, sharded over
+"""Ensembles: the single-member run over every member's seeds and hyperparameters, sharded over
 the devices on a 1-D `ensemble` mesh; on each device `vmap`ped (accelerators) or `lax.map`ped
-(CPU), see `member_loop`.
+(CPU), see `memory.member_loop`.
 
 `jit`, `vmap`/`shard_map` and donation are applied here, where the functions are composed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -21,41 +22,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from induction_jax import distributed
 from induction_jax import train as train_lib
 from induction_jax.config import RunConfig
-from induction_jax.probes import PROBE_METRICS, probe_metrics
+from induction_jax.members import Members
+from induction_jax.memory import ResourceError, member_loop
+from induction_jax.probes import probe_metrics
 
-
-@dataclass(frozen=True)
-class Members:
-    """Who the ensemble's members are: one seed, lr and weight decay each."""
-
-    seed: np.ndarray
-    lr: np.ndarray
-    weight_decay: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.seed)
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig) -> "Members":
-        t = cfg.train
-        seeds = np.arange(t.first_seed, t.first_seed + t.seeds, dtype=np.int64)
-        return cls(seeds, np.full(t.seeds, t.lr), np.full(t.seeds, t.weight_decay))
-
-    @classmethod
-    def grid(cls, cfg: RunConfig, lrs, weight_decays) -> "Members":
-        """Every (lr, weight decay) crossed with every seed; seeds vary fastest."""
-        t = cfg.train
-        lr, wd, seed = np.meshgrid(np.asarray(lrs, float), np.asarray(weight_decays, float),
-                                   np.arange(t.first_seed, t.first_seed + t.seeds), indexing="ij")
-        return cls(seed.ravel(), lr.ravel(), wd.ravel())
-
-    def table(self) -> dict[str, list]:
-        return {"seed": self.seed.tolist(), "lr": self.lr.tolist(),
-                "weight_decay": self.weight_decay.tolist()}
-
-
-class ResourceError(RuntimeError):
-    """A device count or member group that cannot work (one line, with the estimate)."""
+# A compiled call runs as many probe intervals as take about this long, so progress, metrics
+# and signals reach the host about once a second whatever the ensemble size or device.
+CHUNK_SECONDS = 1.0
 
 
 def select_devices(requested: int = 0) -> list:
@@ -82,21 +55,32 @@ def shard(state, sharding: NamedSharding):
     return jax.device_put(state, sharding)
 
 
-def init_ensemble(cfg: RunConfig, members: Members, devices=None) -> train_lib.MemberState:
-    """Every member's initial state, stacked on a leading axis sharded across the devices."""
-    sharding = ensemble_sharding(len(members), devices)
-    init = jax.jit(jax.vmap(functools.partial(train_lib.init_member, cfg)), out_shardings=sharding)
-    args = (jnp.asarray(members.seed, jnp.uint32), jnp.asarray(members.lr, jnp.float32),
-            jnp.asarray(members.weight_decay, jnp.float32))
-    return init(*shard(args, sharding))
+def _member_args(members: Members):
+    return (jnp.asarray(members.init_seed, jnp.uint32), jnp.asarray(members.data_seed, jnp.uint32),
+            jnp.asarray(members.lr, jnp.float32), jnp.asarray(members.weight_decay, jnp.float32))
 
 
-def member_loop(cfg: RunConfig) -> str:
-    """'map' or 'vmap': how the members placed on one device share it (`TrainConfig.member_loop`)."""
-    loop = cfg.train.member_loop
-    if loop == "auto":
-        return "map" if jax.default_backend() == "cpu" else "vmap"
-    return loop
+def init_ensemble(cfg: RunConfig, members: Members, devices=None, group: int | None = None):
+    """Every member's initial state, stacked on a leading axis sharded across the devices.
+
+    With `group` smaller than the ensemble, members are initialised a group at a time into
+    host memory (numpy), so no more than one group's state is ever on the devices."""
+    init = functools.partial(train_lib.init_member, cfg)
+    if group is None or group >= len(members):
+        sharding = ensemble_sharding(len(members), devices)
+        return jax.jit(jax.vmap(init), out_shardings=sharding)(*shard(_member_args(members), sharding))
+    parts = []
+    for s in _groups(len(members), group):
+        sharding = ensemble_sharding(s.stop - s.start, devices)
+        compiled = jax.jit(jax.vmap(init), out_shardings=sharding)
+        parts.append(jax.device_get(compiled(*shard(_member_args(members.select(s)), sharding))))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
+def abstract_state(cfg: RunConfig, members: Members):
+    """The state's shapes and dtypes (a template for restoring a checkpoint), computing nothing."""
+    return jax.eval_shape(jax.vmap(functools.partial(train_lib.init_member, cfg)),
+                          *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in _member_args(members)))
 
 
 def _state_mesh(state) -> Mesh:
@@ -108,23 +92,30 @@ def _state_mesh(state) -> Mesh:
     return Mesh(np.asarray(devices[:1]), ("ensemble",))
 
 
-def _over_members(cfg: RunConfig, fn, mesh: Mesh | None, donate: bool):
-    """`fn` of one member, compiled for the whole ensemble: `vmap`, or (`map`) `shard_map` over
-    the mesh with a `lax.map` over each device's members. Both compute the same per-member
-    math; `map` keeps one member's activations in cache on a CPU (measured: 1.16-1.34x the
-    model-steps/s of `vmap` at 8 members on a 2-core CPU, benchmarks/throughput.py)."""
+def _over_members(cfg: RunConfig, fn, mesh: Mesh | None, donate: bool, n_shared: int = 0):
+    """`fn(member, *shared)` of one member, compiled for the whole ensemble: `vmap`, or (`map`)
+    `shard_map` over the mesh with a `lax.map` over each device's members. The `n_shared`
+    trailing arguments are the same for every member (replicated, not batched). Both compute
+    the same per-member math; `map` keeps one member's activations in cache on a CPU
+    (measured: 1.16-1.34x the model-steps/s of `vmap` at 8 members on a 2-core CPU)."""
     donate_argnums = (0,) if donate else ()
     if member_loop(cfg) == "vmap":
-        return jax.jit(jax.vmap(fn), donate_argnums=donate_argnums)
+        return jax.jit(jax.vmap(fn, in_axes=(0,) + (None,) * n_shared), donate_argnums=donate_argnums)
     spec = PartitionSpec("ensemble")
-    return jax.jit(jax.shard_map(lambda xs: jax.lax.map(fn, xs), mesh=mesh, in_specs=spec, out_specs=spec),
-                   donate_argnums=donate_argnums)
+
+    def per_device(xs, *shared):
+        return jax.lax.map(lambda x: fn(x, *shared), xs)
+
+    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(spec,) + (PartitionSpec(),) * n_shared,
+                                 out_specs=spec), donate_argnums=donate_argnums)
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled_chunk(cfg: RunConfig, n_evals: int, eval_every: int, mesh: Mesh | None = None):
-    chunk = functools.partial(train_lib.run_chunk, cfg, n_evals=n_evals, eval_every=eval_every)
-    return _over_members(cfg, chunk, mesh, donate=True)
+    def chunk(state, n_active):
+        return train_lib.run_chunk(cfg, state, n_active, n_evals=n_evals, eval_every=eval_every)
+
+    return _over_members(cfg, chunk, mesh, donate=True, n_shared=1)
 
 
 def _mesh_for(cfg: RunConfig, state) -> Mesh | None:
@@ -132,12 +123,14 @@ def _mesh_for(cfg: RunConfig, state) -> Mesh | None:
 
 
 def compiled_chunk(cfg: RunConfig, n_evals: int, eval_every: int, state):
-    """The compiled chunk for this state's layout (the mesh matters only to `map`)."""
+    """The compiled chunk for this state's layout (the mesh matters only to `map`):
+    `fn(state, n_active) -> (state, step metrics, probes)`."""
     return _compiled_chunk(cfg, n_evals, eval_every, _mesh_for(cfg, state))
 
 
-def run_chunk(cfg: RunConfig, n_evals: int, eval_every: int, state):
-    return compiled_chunk(cfg, n_evals, eval_every, state)(state)
+def run_chunk(cfg: RunConfig, chunk: train_lib.Chunk, state):
+    fn = compiled_chunk(cfg, chunk.n_evals, chunk.eval_every, state)
+    return fn(state, jnp.int32(chunk.n_active))
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,79 +170,6 @@ def diverged_steps(state: train_lib.MemberState) -> np.ndarray:
     return distributed.to_host({"d": state.diverged_step})["d"]
 
 
-def available_memory_bytes(devices) -> int:
-    """What the ensemble may use: 80% of each accelerator's limit, or 40% of the host's RAM in
-    all on a CPU (whose devices share it)."""
-    local = [d for d in devices if d.process_index == jax.process_index()] or jax.local_devices()
-    stats = local[0].memory_stats() if hasattr(local[0], "memory_stats") else None
-    if stats and stats.get("bytes_limit"):
-        return int(stats["bytes_limit"] * 0.8) * len(devices)
-    # XLA's memory analysis misses some runtime allocations: keep well inside the RAM.
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.4) * jax.process_count()
-
-
-def rough_member_bytes(cfg: RunConfig) -> tuple[int, int]:
-    """A quick upper-bound-style estimate (fp32): `(bytes per member, bytes per device)`.
-
-    Activations (attention patterns and residuals of forward and backward) count per member
-    under `vmap`, once per device under `map`; parameters and AdamW moments count per member."""
-    m, d = cfg.model, cfg.data
-    B, T = d.batch_size, d.seq_len
-    acts = m.n_layers * B * (m.n_heads * T * T * 3 + T * m.d_model * 8 + T * max(m.d_mlp, 1) * 2)
-    acts += B * T * m.d_vocab * 3
-    n_params = m.d_vocab * m.d_model * 2 + m.n_ctx * m.d_model + m.n_layers * 4 * m.d_model * m.d_model
-    state, acts = 4 * 4 * n_params, 4 * 2 * acts
-    return (state, acts) if member_loop(cfg) == "map" else (state + acts, 0)
-
-
-def member_bytes(cfg: RunConfig) -> tuple[int, int]:
-    """XLA's memory analysis of a one-member chunk: `(bytes per member, bytes per device)`.
-    Under `vmap` everything scales with the members; under `map` the temporaries do not."""
-    abstract = jax.eval_shape(lambda: init_ensemble(cfg, Members.from_config(cfg.replace(seeds=1)),
-                                                     jax.devices()[:1]))
-    n_evals = max(1, cfg.train.chunk_steps // cfg.train.eval_every)
-    mesh = Mesh(np.asarray(jax.devices()[:1]), ("ensemble",))
-    mem = _compiled_chunk(cfg, n_evals, cfg.train.eval_every, mesh).lower(abstract).compile().memory_analysis()
-    if mem is None:
-        return 0, 0
-    io, temp = int(mem.argument_size_in_bytes + mem.output_size_in_bytes), int(mem.temp_size_in_bytes)
-    return (io, temp) if member_loop(cfg) == "map" else (io + temp, 0)
-
-
-def plan_groups(cfg: RunConfig, n_members: int, devices, log=print) -> int:
-    """How many members train together per call: `member_group`, or as many as fit."""
-    n_dev = len(devices)
-    if cfg.train.member_group:
-        if cfg.train.member_group > n_members:
-            raise ResourceError(f"member_group={cfg.train.member_group}: larger than the ensemble "
-                                f"({n_members} members); allowed: 0 (auto) to {n_members}")
-        return cfg.train.member_group
-    avail = available_memory_bytes(devices)
-    rough_member, rough_device = rough_member_bytes(cfg)
-    rough_total = rough_member * n_members + rough_device * n_dev
-    if rough_total * 4 < avail:     # clearly fits: skip the compile that measures it
-        if n_members >= 256:
-            log(f"memory estimate (rough): {rough_member / 2**20:.1f} MiB per member + "
-                f"{rough_device / 2**20:.1f} MiB per device; {n_members} members need about "
-                f"{rough_total / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB available: one group")
-        return n_members
-    per_member, per_device = member_bytes(cfg)
-    if per_member == 0:
-        return n_members
-    if per_member + per_device > avail // n_dev:
-        raise ResourceError(f"one member needs about {(per_member + per_device) / 2**20:.0f} MiB, more "
-                            f"than the {avail / n_dev / 2**20:.0f} MiB available per device; reduce "
-                            f"batch_size, n_ctx or d_model")
-    fit = int((avail - per_device * n_dev) // per_member)
-    if fit >= n_members:
-        return n_members
-    group = max(n_dev, fit // n_dev * n_dev)
-    log(f"memory estimate: {per_member / 2**20:.1f} MiB per member + {per_device / 2**20:.1f} MiB per "
-        f"device; {n_members} members need {(per_member * n_members + per_device * n_dev) / 2**30:.1f} GiB "
-        f"> {avail / 2**30:.1f} GiB available: training in groups of {group}")
-    return group
-
-
 def _groups(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -274,28 +194,66 @@ def _run_grouped(fn, state, group: int):
 
 def train(cfg: RunConfig, state: train_lib.MemberState, start: int,
           on_chunk: Callable[[train_lib.MemberState, ChunkResult], None] | None = None,
-          group: int | None = None):
+          group: int | None = None, stops=(), chunk_seconds: float | None = CHUNK_SECONDS,
+          on_compile: Callable[[str], contextlib.AbstractContextManager] | None = None):
     """Train from step `start` to `cfg.train.steps`, handing each chunk's metrics to `on_chunk`.
 
-    `group` members train per compiled call (default: all of them at once)."""
+    `group` members train per compiled call (default: all of them at once). Each call ends at
+    the next of `stops` (checkpoint or snapshot steps) when it reaches it and otherwise runs
+    about `chunk_seconds` of training (None: always the full `chunk_steps`). The chunk length
+    changes no number: every length runs in the same compiled program. `on_compile(what)`
+    wraps the first call of each program, which compiles it.
+    """
     t = cfg.train
     step = start
     group = group or len(state.step)
-    for n_evals, every in train_lib.chunk_plan(start, t.steps, t.chunk_steps, t.eval_every):
+    stops = sorted(set(stops))
+    per_interval = None          # seconds per probe interval, measured
+    compiled = set()
+    while step < t.steps:
+        stop = next((s for s in stops if s > step), t.steps)
+        if chunk_seconds is None:
+            want = t.chunk_steps
+        elif per_interval is None:
+            want = 1                         # the first calls measure how long an interval takes
+        else:
+            want = max(1, int(chunk_seconds / per_interval))
+        chunk = train_lib.next_chunk(step, t.steps, t.chunk_steps, t.eval_every, stop, want)
+        program = (chunk.n_evals, chunk.eval_every)
+        new = program not in compiled
+        compiled.add(program)
         tic = time.perf_counter()
-        state, metrics, probes = _run_grouped(functools.partial(run_chunk, cfg, n_evals, every), state, group)
-        metrics, probes = distributed.to_host(metrics), distributed.to_host(probes)
-        n = n_evals * every
+        ctx = on_compile("the training step") if new and on_compile else contextlib.nullcontext()
+        with ctx:
+            state, metrics, probes = _run_grouped(functools.partial(run_chunk, cfg, chunk), state, group)
+            metrics, probes = distributed.to_host(metrics), distributed.to_host(probes)
+        seconds = time.perf_counter() - tic
+        if not new and chunk.eval_every == t.eval_every:
+            per_interval = seconds / chunk.n_active
+        n = chunk.steps
+        metrics = {k: v[:, :n] for k, v in metrics.items()}
+        probes = {k: v[:, :chunk.n_active] for k, v in probes.items()}
         result = ChunkResult(np.arange(step + 1, step + n + 1), metrics,
-                             step + every * np.arange(1, n_evals + 1), probes,
-                             diverged_steps(state), time.perf_counter() - tic)
+                             step + chunk.eval_every * np.arange(1, chunk.n_active + 1), probes,
+                             diverged_steps(state), seconds)
         step += n
         if on_chunk is not None:
             on_chunk(state, result)
     return state
 
 
-__all__ = ["Members", "ChunkResult", "init_ensemble", "initial_probe", "train", "PROBE_METRICS"]
+def measured_member_bytes(cfg: RunConfig) -> tuple[int, int]:
+    """XLA's memory analysis of a one-member chunk: `(bytes per member, bytes per device)`.
+    Under `vmap` everything scales with the members; under `map` the temporaries do not."""
+    abstract = abstract_state(cfg, Members.from_config(cfg.replace(seeds=1)))
+    n_evals = max(1, cfg.train.chunk_steps // cfg.train.eval_every)
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("ensemble",))
+    compiled = _compiled_chunk(cfg, n_evals, cfg.train.eval_every, mesh).lower(abstract, jnp.int32(1)).compile()
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return 0, 0
+    io, temp = int(mem.argument_size_in_bytes + mem.output_size_in_bytes), int(mem.temp_size_in_bytes)
+    return (io, temp) if member_loop(cfg) == "map" else (io + temp, 0)
 
 
 def enable_compilation_cache(cache_dir: str | None = None) -> str | None:

@@ -1,8 +1,11 @@
-"""A terminal progress bar for training: steps, steps/s, ETA, mean second-half loss."""
+"""A terminal progress bar for training: steps, steps/s, model-steps/s, ETA, second-half loss,
+and a ticking 'compiling' line while XLA compiles."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 
 
@@ -12,35 +15,63 @@ def _fmt_seconds(s: float) -> str:
 
 
 class ProgressBar:
-    """Redrawn in place on a terminal; one line per update otherwise (logs stay readable)."""
+    """Redrawn in place on a terminal; one line per update otherwise (logs stay readable).
+
+    The first call of a compiled program compiles it and trains one probe interval; rates and
+    the ETA are measured from the end of that call on (the first line shows none yet)."""
 
     def __init__(self, total: int, start: int = 0, members: int = 1, stream=None, width: int = 28):
         self.total, self.done, self.start, self.members = total, start, start, members
         self.stream = stream or sys.stderr
         self.width = width
         self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.t0 = time.perf_counter()
         self.first: tuple[float, int] | None = None
+        self._lock = threading.Lock()
+
+    def _write(self, line: str) -> None:
+        with self._lock:
+            self.stream.write(("\r\033[K" + line) if self.tty else line + "\n")
+            self.stream.flush()
+
+    @contextlib.contextmanager
+    def compiling(self, what: str):
+        """Say that `what` is compiling, with the elapsed time (every half second on a terminal)."""
+        tic = time.perf_counter()
+        stop = threading.Event()
+
+        def tick():
+            while not stop.wait(0.5 if self.tty else 10.0):
+                self._write(f"compiling {what} ... {time.perf_counter() - tic:.0f} s")
+
+        self._write(f"compiling {what} ...")
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join()
+            self._write(f"compiled {what} in {time.perf_counter() - tic:.1f} s")
+            if self.tty:
+                self.stream.write("\n")
 
     def update(self, done: int, loss_second_half: float) -> None:
         now = time.perf_counter()
         if self.first is None:
-            # The first chunk includes compilation: measure the rate from its end onward.
             self.first = (now, done)
-            rate = (done - self.start) / max(now - self.t0, 1e-9)
+            speed, eta = "-- steps/s", "--:--"
         else:
             rate = (done - self.first[1]) / max(now - self.first[0], 1e-9)
+            speed = f"{rate:.1f} steps/s ({rate * self.members:.0f} model-steps/s)"
+            eta = _fmt_seconds((self.total - done) / rate) if rate > 0 else "--:--"
         self.done = done
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
         filled = int(self.width * done / max(self.total, 1))
         bar = "#" * filled + "-" * (self.width - filled)
-        line = (f"train [{bar}] {done}/{self.total} steps | {rate:.1f} steps/s "
-                f"({rate * self.members:.0f} model-steps/s) | ETA {_fmt_seconds(eta) if rate else '--:--'}"
-                f" | loss_second_half {loss_second_half:.3f}")
-        self.stream.write(("\r" + line) if self.tty else line + "\n")
-        self.stream.flush()
+        self._write(f"train [{bar}] {done}/{self.total} steps | {speed} | ETA {eta} | "
+                    f"loss_second_half {loss_second_half:.3f}")
 
     def close(self) -> None:
         if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+            with self._lock:
+                self.stream.write("\n")
+                self.stream.flush()

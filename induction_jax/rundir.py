@@ -1,18 +1,28 @@
-"""The run directory: what a training run writes, and how it is read back.
+"""The run directory: what a run writes, who may write it, and how it is read back.
 
     RUN_DIR/config.json     full config, members, package / JAX versions, device
-    RUN_DIR/metrics.csv     long format, one row per (member, step)
-    RUN_DIR/checkpoints/    Orbax checkpoints of the stacked ensemble state
+    RUN_DIR/metrics.csv     long format, one row per (member, step)   (see metrics.py)
+    RUN_DIR/checkpoints/    Orbax checkpoints of the stacked ensemble state, with digests
     RUN_DIR/summary.json    per member: final losses, divergence
-    RUN_DIR/plots/loss.png  first- and second-half loss against step
+    RUN_DIR/plots/, analysis/, phase/, report.html   figures and analyses
+    RUN_DIR/.induction-jax-manifest   every file and folder the project wrote here
+
+Three rules keep a run directory from being corrupted, silently altered or deleted:
+- one writer at a time: commands that write hold an OS lock on the directory (`flock`,
+  released by the kernel when the process dies, so a crash leaves no stale lock);
+- `--overwrite` removes exactly what the manifest lists, never a file the user keeps there;
+- a directory is a run only if its config.json says so; any other directory holding a file a
+  run would write is refused.
 """
 
 from __future__ import annotations
 
-import io
+import errno
+import fcntl
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,19 +30,121 @@ import numpy as np
 
 from induction_jax import __version__
 from induction_jax.config import ConfigError, RunConfig
-from induction_jax.probes import PROBE_METRICS
-from induction_jax.train import STEP_METRICS
 
 RUN_KIND = "induction-jax run"
-ID_COLUMNS = ("member", "seed", "lr", "weight_decay", "step")
-METRIC_COLUMNS = ID_COLUMNS + STEP_METRICS + PROBE_METRICS
-# What a run writes; --overwrite removes exactly these and nothing else of the user's.
+# Config fields a resumed run may change (and that may differ between config.json and a checkpoint).
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints")
+MANIFEST = ".induction-jax-manifest"
+# Top-level names a run may write: a directory that is not a run but holds one of these is refused.
 RUN_ENTRIES = ("config.json", "metrics.csv", "summary.json", "checkpoints", "checkpoints_broken", "plots",
-               "analysis", "phase", "report.html")
+               "analysis", "phase", "report.html", MANIFEST)
 
 
 class RunDirError(RuntimeError):
-    """A run directory that is missing, foreign, already used, or broken (one-line message)."""
+    """A run directory that is missing, foreign, in use, already used, or broken (one-line message)."""
+
+
+class StorageError(RunDirError):
+    """A write that failed (full disk, read-only filesystem); nothing already written was lost."""
+
+
+def storage_error(e: OSError, path: Path) -> StorageError:
+    """One line for a failed write; a full disk says that the run can be resumed."""
+    if e.errno == errno.ENOSPC:
+        return StorageError(f"no space left on device while writing {path}; the run can be resumed once "
+                            f"space is freed")
+    return StorageError(f"{(e.strerror or str(e)).lower()} while writing {path}")
+
+
+def compatible(version: str) -> bool:
+    """Runs of the same release series: same major version, and for 0.x the same minor."""
+    mine, theirs = __version__.split("."), str(version).split(".")
+    n = 2 if mine[0] == "0" else 1
+    return theirs[:n] == mine[:n]
+
+
+def series() -> str:
+    parts = __version__.split(".")
+    return ".".join(parts[:2] if parts[0] == "0" else parts[:1]) + ".x"
+
+
+# Locks this process holds: realpath -> [fd, depth] (a command that trains then analyses
+# takes the lock once; flock on a second descriptor of the same directory would block itself).
+_HELD: dict[str, list[int]] = {}
+
+
+def _lock_holder(path: Path) -> str:
+    """Who holds the flock on `path`, read from /proc/locks (Linux); a generic phrase elsewhere."""
+    try:
+        st = os.stat(path)
+        key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "FLOCK" in fields and key in fields:
+                pid = fields[fields.index(key) - 1]
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                    cmd = " ".join(a.rsplit("/", 1)[-1] if i < 2 else a for i, a in enumerate(cmd.split()))
+                except OSError:
+                    cmd = "?"
+                return f"pid {pid} ({cmd})"
+    except OSError:
+        pass
+    return "another process"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write to a temporary file and rename, so a reader never sees half a file; a failed write
+    removes the temporary file and leaves the old file as it was."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(e, path) from None
+
+
+def write_text_atomic(path: Path, text: str | bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        (tmp.write_bytes if isinstance(text, bytes) else tmp.write_text)(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(e, path) from None
+
+
+def json_safe(obj):
+    """`obj` with numpy scalars as Python numbers and non-finite floats as None (JSON null)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+class OutputDir:
+    """A folder of a run's outputs: `out / "name.png"` records the file in the manifest and
+    returns its path, so `--overwrite` later removes exactly what was written."""
+
+    def __init__(self, run: "RunDir", name: str):
+        self.run, self.name = run, name
+        self.path = run.path / name
+
+    def __truediv__(self, filename: str) -> Path:
+        return self.run.output(f"{self.name}/{filename}")
 
 
 @dataclass(frozen=True)
@@ -44,7 +156,9 @@ class RunDir:
     summary_json = property(lambda self: self.path / "summary.json")
     checkpoints = property(lambda self: self.path / "checkpoints")
     plots = property(lambda self: self.path / "plots")
+    manifest = property(lambda self: self.path / MANIFEST)
 
+    # ---- reading -------------------------------------------------------------------------
     def is_run(self) -> bool:
         try:
             return json.loads(self.config_json.read_text()).get("kind") == RUN_KIND
@@ -62,9 +176,14 @@ class RunDir:
             meta = json.loads(self.config_json.read_text())
         except ValueError as e:
             raise RunDirError(f"{self.config_json}: not valid JSON ({e})") from None
+        except OSError as e:
+            raise RunDirError(f"{self.config_json}: cannot be read ({e.strerror})") from None
         if not isinstance(meta, dict) or meta.get("kind") != RUN_KIND:
             raise RunDirError(f"{self.path}: config.json was not written by induction-jax "
                               f"(no \"kind\": \"{RUN_KIND}\")")
+        if not compatible(meta.get("version", "")):
+            raise RunDirError(f"{self.path}: written by induction-jax {meta.get('version')}, which this version "
+                              f"({__version__}) cannot read; allowed: runs of {series()}")
         return meta
 
     def read_config(self) -> RunConfig:
@@ -75,134 +194,160 @@ class RunDir:
             raise RunDirError(f"{self.config_json}: config cannot be read by induction-jax "
                               f"{__version__}: {e}") from None
 
-    def members(self) -> dict[str, list]:
-        return self.read_meta()["members"]
+    def members(self):
+        """The run's `Members`, validated (an empty or ragged table is a one-line error)."""
+        from induction_jax.members import Members
 
-    def prepare_new(self, overwrite: bool) -> None:
-        """Make the directory ready for a new run; refuse to replace a run unless asked."""
+        try:
+            return Members.from_table(self.read_meta().get("members"))
+        except ConfigError as e:
+            raise RunDirError(f"{self.config_json}: {e}") from None
+
+    # ---- one writer at a time -------------------------------------------------------------
+    @contextmanager
+    def lock(self):
+        """Hold the directory's write lock (reentrant within a process); a second writer gets
+        a one-line error naming the holder."""
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            _HELD[key][1] += 1
+            try:
+                yield self
+            finally:
+                _HELD[key][1] -= 1
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise RunDirError(f"{self.path}: cannot be opened ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirError(f"{self.path}: in use by {_lock_holder(self.path)}; one command writes a run at "
+                              f"a time: wait for it to finish or stop it") from None
+        _HELD[key] = [fd, 1]
+        try:
+            yield self
+        finally:
+            del _HELD[key]
+            os.close(fd)          # closing the descriptor releases the flock
+
+    def locked(self) -> bool:
+        return os.path.realpath(self.path) in _HELD
+
+    # ---- what a run writes ----------------------------------------------------------------
+    def _recorded(self) -> list[str]:
+        try:
+            return [line for line in self.manifest.read_text().splitlines() if line]
+        except FileNotFoundError:
+            return []
+
+    def record(self, relpath: str) -> None:
+        """Add `relpath` (a file, or a folder ending in '/' that the project owns whole) to the
+        manifest, with one O_APPEND write (whole lines even if the process dies)."""
+        if relpath in self._recorded():
+            return
+        try:
+            fd = os.open(self.manifest, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, (relpath + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise storage_error(e, self.manifest) from None
+
+    def output(self, relpath: str) -> Path:
+        """The path of an output file, recorded in the manifest, its folder created."""
+        path = self.path / relpath
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"{path.parent}: cannot be created ({e.strerror})") from None
+        self.record(relpath)
+        return path
+
+    def output_dir(self, name: str) -> OutputDir:
+        return OutputDir(self, name)
+
+    def owned_dir(self, name: str) -> Path:
+        """A folder the project owns whole (checkpoints): recorded with a trailing '/'."""
+        self.record(name.rstrip("/") + "/")
+        return self.path / name
+
+    def remove_outputs(self) -> list[str]:
+        """Delete what the manifest lists and the folders that leaves empty; keep everything
+        else. Returns what was kept in folders the run had written to."""
+        root = self.path.resolve()
+        entries = self._recorded()
+        folders = set()
+        for entry in entries:
+            target = (self.path / entry).resolve()
+            if root not in target.parents:
+                continue                      # never outside the run directory
+            if entry.endswith("/"):
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+            folders.update(p for p in target.parents if root in p.parents)
+        kept = []
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            try:
+                folder.rmdir()
+            except OSError:
+                if folder.is_dir():
+                    kept += [str(p.relative_to(root)) for p in folder.iterdir()]
+        self.manifest.unlink(missing_ok=True)
+        return kept
+
+    def create(self) -> None:
+        """Make the directory (and its parents) for a new run."""
         if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"{self.path}: exists and is not a directory")
-        if self.is_run() or self.metrics_csv.exists() or self.checkpoints.exists():
+            raise RunDirError(f"{self.path}: exists and is not a directory; choose another --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"{self.path}: cannot create the run directory ({e.strerror}); choose another "
+                              f"--out") from None
+        if not os.access(self.path, os.W_OK):
+            raise RunDirError(f"{self.path}: not writable (permission denied or a read-only filesystem); "
+                              f"choose another --out")
+
+    def prepare_new(self, overwrite: bool) -> list[str]:
+        """Make the (locked) directory ready for a new run. Refuses to replace a run unless asked,
+        and refuses a directory that is not a run but holds a file a run would write."""
+        if self.is_run():
             if not overwrite:
                 raise RunDirError(f"{self.path}: already holds a run; pass --overwrite to replace it, "
                                   f"or choose another --out")
-            for name in RUN_ENTRIES:
-                p = self.path / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-        self.path.mkdir(parents=True, exist_ok=True)
+            if not self.manifest.is_file():
+                raise RunDirError(f"{self.path}: holds a run without a file manifest (written by an older "
+                                  f"induction-jax); remove it by hand or choose another --out")
+            return self.remove_outputs()
+        clash = [name for name in RUN_ENTRIES if (self.path / name).exists()]
+        if clash:
+            raise RunDirError(f"{self.path}: not an induction-jax run (no config.json of ours), but holds "
+                              f"{clash[0]}, which a run would overwrite; choose another --out")
+        return []
 
-    def write_config(self, cfg: RunConfig, members: dict, extra: dict) -> None:
+    def write_config(self, cfg: RunConfig, members, extra: dict) -> None:
         meta = {"kind": RUN_KIND, "version": __version__, "config": cfg.to_dict(),
-                "members": members, **extra}
-        write_json_atomic(self.config_json, meta)
+                "members": members.table(), **extra}
+        write_json_atomic(self.output("config.json"), meta)
 
-
-def json_safe(obj):
-    """`obj` with numpy scalars as Python numbers and non-finite floats as None (JSON null)."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write to a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
-def chunk_rows(members: dict, steps: np.ndarray, metrics: dict, probe_steps: np.ndarray,
-               probes: dict, diverged_step: np.ndarray) -> np.ndarray:
-    """`[rows, len(METRIC_COLUMNS)]` floats for one chunk, member-major; NaN where not measured.
-
-    A diverged member's rows stop at the step whose loss or gradient was not finite.
-    """
-    all_steps = np.union1d(steps, probe_steps).astype(int)
-    E, n = len(members["seed"]), len(all_steps)
-    table = np.full((E, n, len(METRIC_COLUMNS)), np.nan)
-    table[..., 0] = np.arange(E)[:, None]
-    for col, key in ((1, "seed"), (2, "lr"), (3, "weight_decay")):
-        table[..., col] = np.asarray(members[key], float)[:, None]
-    table[..., 4] = all_steps[None, :]
-    for names, at, values in ((STEP_METRICS, steps, metrics), (PROBE_METRICS, probe_steps, probes)):
-        idx = np.searchsorted(all_steps, at)
-        for name in names:
-            table[:, idx, METRIC_COLUMNS.index(name)] = values[name]
-    keep = (diverged_step[:, None] < 0) | (all_steps[None, :] <= diverged_step[:, None] + 1)
-    return table[keep]
-
-
-def format_rows(table: np.ndarray) -> str:
-    buf = io.StringIO()
-    fmt = ["%d", "%d", "%.6g", "%.6g", "%d"] + ["%.6g"] * (len(METRIC_COLUMNS) - len(ID_COLUMNS))
-    np.savetxt(buf, table, fmt=fmt, delimiter=",")
-    return buf.getvalue()
-
-
-class MetricsWriter:
-    """Appends whole chunks to metrics.csv, each with a single write() system call and an fsync,
-    so a killed process leaves whole rows (at worst a whole chunk missing)."""
-
-    def __init__(self, path: Path, append: bool = False):
-        self.path = path
-        if not append:
-            self._append((",".join(METRIC_COLUMNS) + "\n").encode(), truncate=True)
-
-    def _append(self, data: bytes, truncate: bool = False) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
-        fd = os.open(self.path, flags, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def write(self, table: np.ndarray) -> None:
-        self._append(format_rows(table).encode())
-
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-    def truncate(self, n_bytes: int) -> None:
-        """Drop what was written after a checkpoint (rows that the resumed run re-computes)."""
-        if self.size() < n_bytes:
-            raise RunDirError(f"{self.path}: shorter ({self.size()} bytes) than its checkpoint recorded "
-                              f"({n_bytes}); the metrics were modified or lost")
-        os.truncate(self.path, n_bytes)
-
-
-def read_metrics(path: Path) -> dict[str, np.ndarray]:
-    """metrics.csv as columns of one flat table (NaN where a metric was not measured)."""
-    try:
-        with open(path) as f:
-            header = f.readline().strip().split(",")
-        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{path}: cannot be read as a metrics table ({e})") from None
-    if not set(ID_COLUMNS) <= set(header) or data.shape[1:] != (len(header),):
-        raise RunDirError(f"{path}: not an induction-jax metrics table (columns {header})")
-    return {name: data[:, i] for i, name in enumerate(header)}
-
-
-def metric_matrix(table: dict[str, np.ndarray], name: str, n_members: int):
-    """One metric as `(steps [n], values [E, n])` over the steps where it was measured.
-
-    Members that stopped early (divergence) are NaN-padded after their last row.
-    """
-    have = ~np.isnan(table[name])
-    steps = np.unique(table["step"][have]).astype(int)
-    values = np.full((n_members, len(steps)), np.nan)
-    member = table["member"][have].astype(int)
-    values[member, np.searchsorted(steps, table["step"][have].astype(int))] = table[name][have]
-    return steps, values
+    def check_trained_with(self, recorded: dict, may_differ: tuple[str, ...] = ()) -> None:
+        """Refuse a config.json that no longer says what the run was trained with (`recorded`:
+        the config and members a checkpoint stored). Only `may_differ` fields may change."""
+        meta = self.read_meta()
+        for section, fields in recorded.get("config", {}).items():
+            now = meta.get("config", {}).get(section, {})
+            for name, value in fields.items():
+                if name not in may_differ and now.get(name) != value:
+                    raise RunDirError(f"{self.config_json}: edited after training ({section}.{name} is "
+                                      f"{now.get(name)!r}, the run was trained with {value!r}); restore it or "
+                                      f"start a new run")
+        if "members" in recorded and meta.get("members") != recorded["members"]:
+            column = next((k for k in recorded["members"] if meta.get("members", {}).get(k) != recorded["members"][k]),
+                          "members")
+            raise RunDirError(f"{self.config_json}: edited after training (the members table's {column} column "
+                              f"differs from what the run was trained with); restore it or start a new run")

@@ -1,13 +1,16 @@
-"""Training: a whole run is a pure function of a seed; an ensemble is `vmap` of it.
+"""Training: a whole run is a pure function of its seeds; an ensemble is `vmap` of it.
 
-Keys are split by purpose at the top (init, data, probe), and the batch of step `s` is
-drawn from `fold_in(data_key, s)`, so member `i` of any ensemble, chunked or resumed in
-any way, sees exactly the numbers of the single run with seed `i`.
+Keys are split by purpose at the top: the initial weights from `init_seed`, the training
+batches from `data_seed` (the batch of step `s` is drawn from `fold_in(data_key, s)`), the
+probe batch from the shared `probe_seed` (or, with `per_member_probes`, from `data_seed`).
+So member (a, b) of any ensemble, chunked or resumed in any way, sees exactly the numbers
+of the single run with init seed a and data seed b.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -31,7 +34,7 @@ class MemberState(NamedTuple):
     step: jax.Array            # int32, steps done
     data_key: jax.Array
     probe_key: jax.Array
-    diverged_step: jax.Array   # int32, -1 while finite; else the step whose loss or grads were not
+    diverged_step: jax.Array   # int32, -1 while healthy; else the step whose loss or grads diverged
 
 
 def optimizer(cfg: RunConfig) -> optax.GradientTransformation:
@@ -41,13 +44,17 @@ def optimizer(cfg: RunConfig) -> optax.GradientTransformation:
                                                  b1=t.b1, b2=t.b2, eps=t.eps)
 
 
-def member_keys(seed: jax.Array):
-    init_key, data_key, probe_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-    return init_key, data_key, probe_key
+def member_keys(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array):
+    """`(init_key, data_key, probe_key)`: purpose i of the split of its own seed. With
+    init_seed = data_seed = s and per-member probes these are the three keys of seed s."""
+    purpose = lambda seed, i: jax.random.split(jax.random.PRNGKey(seed), 3)[i]  # noqa: E731
+    probe_seed = data_seed if cfg.data.per_member_probes else jnp.uint32(cfg.data.probe_seed)
+    return purpose(init_seed, 0), purpose(data_seed, 1), purpose(probe_seed, 2)
 
 
-def init_member(cfg: RunConfig, seed: jax.Array, lr: jax.Array, weight_decay: jax.Array) -> MemberState:
-    init_key, data_key, probe_key = member_keys(seed)
+def init_member(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array, lr: jax.Array,
+                weight_decay: jax.Array) -> MemberState:
+    init_key, data_key, probe_key = member_keys(cfg, init_seed, data_seed)
     params = model_lib.init_params(cfg.model, init_key)
     opt_state = optimizer(cfg).init(params)
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
@@ -66,14 +73,20 @@ def loss_fn(cfg: RunConfig, params: dict, tokens_BT: jax.Array, period_B: jax.Ar
     return metrics["loss"], metrics
 
 
+def divergence_limit(cfg: RunConfig) -> float:
+    """The training loss above which a member has diverged: `divergence_loss` x ln V."""
+    return cfg.train.divergence_loss * math.log(cfg.model.d_vocab)
+
+
 def train_step(cfg: RunConfig, state: MemberState) -> tuple[MemberState, dict]:
-    """One AdamW step on a fresh batch. A non-finite loss or gradient freezes the member."""
+    """One AdamW step on a fresh batch. A loss or gradient that is not finite, or a loss above
+    `divergence_limit` (a finite blow-up), freezes the member at that step."""
     batch = sample_batch(jax.random.fold_in(state.data_key, state.step), cfg.data, cfg.model.d_vocab)
     grads, metrics = jax.grad(functools.partial(loss_fn, cfg), has_aux=True)(state.params, *batch)
     updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    finite = (jnp.isfinite(metrics["loss"]) & (metrics["loss"] <= divergence_limit(cfg))
+              & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])))
     alive = state.diverged_step < 0
     keep = finite & alive
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
@@ -88,58 +101,71 @@ def run_steps(cfg: RunConfig, state: MemberState, n_steps: int) -> tuple[MemberS
     return jax.lax.scan(lambda s, _: train_step(cfg, s), state, None, length=n_steps)
 
 
-def run_chunk(cfg: RunConfig, state: MemberState, n_evals: int, eval_every: int):
-    """`n_evals` x (`eval_every` steps, then a probe), all in one compiled scan.
+def run_chunk(cfg: RunConfig, state: MemberState, n_active: jax.Array | int, n_evals: int, eval_every: int):
+    """Up to `n_evals` x (`eval_every` steps, then a probe) in one compiled scan; only the first
+    `n_active` intervals run, the rest pass the state through.
 
-    Returns the new state, step metrics `[n_evals * eval_every]` and probes `[n_evals]`.
-    Structuring the chunk this way keeps the probe out of the per-step body (a
-    `lax.cond` there would run both branches once vmapped).
+    Returns the new state, step metrics `[n_evals * eval_every]` and probes `[n_evals]` (zeros
+    after the active part). `n_active` is a runtime value shared by every member, so one
+    compiled program serves every chunk length (the host picks it to report every second or
+    to stop at a checkpoint) and, not being batched, its `cond` stays a branch under `vmap`.
+    Keeping the probe out of the per-step body keeps a batched `cond` (which would run both
+    branches) out of the step.
     """
-    def interval(s, _):
-        s, step_metrics = run_steps(cfg, s, eval_every)
-        return s, (step_metrics, probe_metrics(cfg, s.params, s.probe_key))
+    def interval(s, i):
+        def active(s):
+            s, step_metrics = run_steps(cfg, s, eval_every)
+            return s, (step_metrics, probe_metrics(cfg, s.params, s.probe_key))
 
-    state, (step_metrics, probes) = jax.lax.scan(interval, state, None, length=n_evals)
+        def skip(s):
+            return s, jax.tree.map(jnp.zeros_like, jax.eval_shape(active, s)[1])
+
+        return jax.lax.cond(i < n_active, active, skip, s)
+
+    state, (step_metrics, probes) = jax.lax.scan(interval, state, jnp.arange(n_evals))
     return state, jax.tree.map(lambda x: x.reshape(-1), step_metrics), probes
 
 
-def chunk_plan(start: int, total: int, chunk_steps: int, eval_every: int) -> list[tuple[int, int]]:
-    """(n_evals, eval_every) per chunk, covering steps start..total with probes every
-    `eval_every` steps and at the end. At most three distinct shapes, so three compiles."""
-    chunk_evals = max(1, chunk_steps // eval_every)
-    plan, step = [], start
-    while step < total:
-        remaining = total - step
-        # Re-align to the probe grid after a resume from an off-grid step.
-        off_grid = step % eval_every
-        if off_grid:
-            n = min(eval_every - off_grid, remaining)
-            plan.append((1, n))
-        elif remaining >= eval_every:
-            k = min(chunk_evals, remaining // eval_every)
-            plan.append((k, eval_every))
-            n = k * eval_every
-        else:
-            plan.append((1, remaining))
-            n = remaining
-        step += n
-    return plan
+class Chunk(NamedTuple):
+    """One compiled call: a scan of `n_evals` probe intervals of `eval_every` steps, of which
+    the first `n_active` run."""
+
+    n_evals: int
+    eval_every: int
+    n_active: int
+
+    @property
+    def steps(self) -> int:
+        return self.n_active * self.eval_every
 
 
-def chunk_length(plan_entry: tuple[int, int]) -> int:
-    return plan_entry[0] * plan_entry[1]
+def next_chunk(step: int, total: int, chunk_steps: int, eval_every: int, stop: int, want: int) -> Chunk:
+    """The call that continues from `step`: up to `want` intervals of the full-size program
+    (`chunk_steps`), ending at `stop` (the next checkpoint or snapshot) where the probe grid
+    allows. Off the grid (a resume from an off-grid step) or for a last partial interval, a
+    one-interval program re-aligns or finishes: at most three programs, so three compiles."""
+    remaining = total - step
+    off_grid = step % eval_every
+    if off_grid:
+        return Chunk(1, min(eval_every - off_grid, remaining), 1)
+    if remaining < eval_every:
+        return Chunk(1, remaining, 1)
+    max_evals = max(1, chunk_steps // eval_every)
+    room = (min(stop, total) - step) // eval_every
+    return Chunk(max_evals, eval_every, max(1, min(want, max_evals, room)))
 
 
-def train_member(cfg: RunConfig, seed, lr=None, weight_decay=None):
-    """A whole run as one pure function of its seed: `jax.jit(jax.vmap(...))(seeds)` trains many.
+def train_member(cfg: RunConfig, init_seed, data_seed=None, lr=None, weight_decay=None):
+    """A whole run as one pure function of its seeds: `jax.jit(jax.vmap(...))(seeds)` trains
+    many. `data_seed` defaults to `init_seed` (the single-seed shorthand).
 
     Returns the final state, step metrics `[steps]` and probes `[steps // eval_every]`.
     """
     t = cfg.train
-    state = init_member(cfg, seed, t.lr if lr is None else lr,
-                        t.weight_decay if weight_decay is None else weight_decay)
+    state = init_member(cfg, init_seed, init_seed if data_seed is None else data_seed,
+                        t.lr if lr is None else lr, t.weight_decay if weight_decay is None else weight_decay)
     n_evals, rem = divmod(t.steps, t.eval_every)
-    state, metrics, probes = run_chunk(cfg, state, n_evals, t.eval_every)
+    state, metrics, probes = run_chunk(cfg, state, n_evals, n_evals, t.eval_every)
     if rem:
         state, tail = run_steps(cfg, state, rem)
         metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), metrics, tail)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from induction_jax.phase.detect import PhaseError, detect, logistic_fit, moving_average
+from induction_jax.phase.detect import (PhaseError, _first_crossing, _peak_vertex, detect, logistic_fit,
+                                        moving_average)
 from induction_jax.phase.stats import formation_order, summarize
 
 STEPS = np.arange(0, 3001, 25)
@@ -92,3 +93,60 @@ def test_collapse_is_censored_not_timed():
     assert t.censored.tolist() == [True, False]
     assert "collapse" in t.reason[0] and np.isnan(t.midpoint[0])
     assert not detect(STEPS, logistic(STEPS, 900, 40, 4.0, 0.1)[None], "probe_loss_second_half").censored[0]
+
+
+def test_midpoint_is_timed_between_probe_points():
+    # Realistic probes: the in-context score rises 0 -> 4 nats over a logistic width of 30 steps,
+    # probed every 10 steps with sd 0.05 noise; true midpoints fall anywhere between probes.
+    rng = np.random.default_rng(0)
+    steps = np.arange(0, 801, 10)
+    mids = rng.uniform(300, 500, 400)
+    y = logistic(steps[None], mids[:, None], 30.0) + rng.normal(0, 0.05, (400, len(steps)))
+    t = detect(steps, y, "in_context_score")
+    assert not t.censored.any() and t.probe_interval == 10.0
+    new_mae = np.mean(np.abs(t.midpoint - mids)) / t.probe_interval
+    # the old rule: the first probe point at or past the threshold of the same smoothed curve
+    progress = (t.smoothed - t.s0[:, None]) / (t.s1 - t.s0)[:, None]
+    old = steps[np.argmax(progress >= 0.5, axis=-1)]
+    old_mae = np.mean(np.abs(old - mids)) / t.probe_interval
+    assert new_mae < 0.2 and old_mae > 0.35, (new_mae, old_mae)     # measured: 0.068 and 0.479
+    assert abs(np.mean(t.midpoint - mids)) < 0.05 * t.probe_interval  # no lag behind the truth
+    assert np.mean(t.midpoint % 10 != 0) > 0.9                       # off the grid
+
+
+def test_crossing_interpolates_between_the_bracketing_probes():
+    steps = np.array([0, 10, 20, 50])                        # non-uniform spacing
+    p = np.array([[0.0, 0.2, 0.6, 1.0],                      # 0.5 between 10 and 20: 10 + 0.3/0.4 * 10
+                  [0.0, 0.2, 0.4, 0.8],                      # between 20 and 50: 20 + 0.1/0.4 * 30
+                  [0.7, 0.8, 0.9, 1.0],                      # already there at the first probe
+                  [0.0, 0.1, 0.2, 0.3],                      # never reached
+                  [0.0, np.nan, 0.6, 1.0],                   # no probe before the hit: its own step
+                  [0.0, 0.5, 0.2, 0.9]])                     # the first crossing, exactly on a probe
+    np.testing.assert_allclose(_first_crossing(steps, p, 0.5), [17.5, 27.5, 0.0, np.nan, 20.0, 10.0])
+
+
+def test_peak_slope_is_the_parabola_vertex_within_the_neighbours():
+    steps = np.array([0.0, 10.0, 20.0, 35.0, 60.0, 70.0])
+    slope = np.vstack([-(steps - 13.7) ** 2,                 # exact parabola: its vertex
+                       -(steps - 66.0) ** 2,                 # largest at the last point: grid step
+                       np.where(steps == 20, 1.0, 0.0),      # a spike: vertex in [15, 27.5]
+                       [0, 1, 1, 0, 0, 0.0],                 # flat top between 10 and 20: its centre
+                       [0, 1, np.nan, 0, 0, 0],              # a neighbour missing: the grid step
+                       [0, 1, 3, 2.9, 0, 0]])                # skewed peak, pulled towards 35
+    v = _peak_vertex(steps, slope)
+    np.testing.assert_allclose(v[:4], [13.7, 70.0, 22.5, 15.0])   # spike: 15 + 0.1 / (2 (0.1 + 1/15) / 25)
+    assert v[4] == 10.0 and 20.0 < v[5] < 27.5
+    # noise-free logistics: the refined peak finds the midpoint far inside the probe interval
+    mids = np.linspace(300, 310, 21)[:-1]
+    st = np.arange(0, 801, 10)
+    t = detect(st, logistic(st[None], mids[:, None], 30.0), "in_context_score")
+    assert np.max(np.abs(t.peak_slope - mids)) < 0.05 * 10 and np.max(np.abs(t.midpoint - mids)) < 0.05 * 10
+
+
+def test_probe_interval_is_reported_with_every_timing():
+    t = detect(STEPS, logistic(STEPS, 1000, 50)[None], "in_context_score")
+    assert t.probe_interval == 25.0
+    from induction_jax.members import Members
+    row = t.as_rows(Members(np.array([7]), np.array([3]), np.array([1e-2]), np.array([0.0])))[0]
+    assert row["probe_interval"] == 25.0 and (row["init_seed"], row["data_seed"]) == (7, 3)
+    assert abs(row["midpoint"] - 1000) < 5

@@ -156,7 +156,7 @@ def test_bad_run_directories_and_resume_inputs(capsys, reference, tmp_path):
     (tmp_path / "foreign" / "config.json").write_text('{"hello": 1}')
     assert "not written by induction-jax" in _bad(capsys, "analyze", str(tmp_path / "foreign"))
     assert "not a run directory" in _bad(capsys, "phase", str(tmp_path))
-    assert "out of range" in _bad(capsys, "analyze", str(run), "--seed", "7")
+    assert "--member 7: out of range" in _bad(capsys, "analyze", str(run), "--member", "7")
     assert "differs from the run's d_model=16" in _bad(capsys, "train", "--resume", str(run), "--d-model", "32")
     assert f"already trained to step {STEPS}" in _bad(capsys, "train", "--resume", str(run))
     assert "takes no --config" in _bad(capsys, "train", "--resume", str(run), "--out", str(tmp_path / "x"))
@@ -166,7 +166,7 @@ def test_bad_run_directories_and_resume_inputs(capsys, reference, tmp_path):
     shutil.copytree(reference, old)
     meta["version"] = "9.0.0"
     (old / "config.json").write_text(json.dumps(meta))
-    assert "cannot resume" in _bad(capsys, "train", "--resume", str(old), "--steps", "3000")
+    assert "cannot read; allowed: runs of 0.2.x" in _bad(capsys, "train", "--resume", str(old), "--steps", "3000")
 
 
 def test_missing_checkpoint_step_and_probe_metrics(capsys, reference, tmp_path):
@@ -195,16 +195,17 @@ def test_config_file_round_trip_and_unknown_key(capsys, reference, tmp_path):
 
 
 def test_diverging_member_is_flagged_and_the_others_finish_untouched(tmp_path, small_cfg):
-    from induction_jax.ensemble import Members
-    from induction_jax.rundir import RunDir, metric_matrix, read_metrics
+    from induction_jax.members import Members
+    from induction_jax.metrics import metric_matrix, read_metrics
+    from induction_jax.rundir import RunDir
     from induction_jax.run import train_run
     cfg = small_cfg.replace(steps=60, chunk_steps=20, eval_every=20, checkpoint_every=60)
-    both = Members(np.array([0, 1]), np.array([3e-3, 1e30]), np.array([0.01, 0.01]))
-    alone = Members(np.array([0]), np.array([3e-3]), np.array([0.01]))
+    both = Members(np.array([0, 1]), np.array([0, 1]), np.array([3e-3, 1e30]), np.array([0.01, 0.01]))
+    alone = Members(np.array([0]), np.array([0]), np.array([3e-3]), np.array([0.01]))
     a = train_run(cfg, tmp_path / "both", members=both, progress=False)
     b = train_run(cfg, tmp_path / "alone", members=alone, progress=False)
     summary = json.loads(a.summary_json.read_text())
-    assert summary["n_diverged"] == 1 and summary["diverged_seeds"] == [1]
+    assert summary["n_diverged"] == 1 and summary["diverged_members"] == [1]
     assert summary["members"][1]["diverged_step"] is not None
     ta, tb = read_metrics(a.metrics_csv), read_metrics(b.metrics_csv)
     _, la = metric_matrix(ta, "loss", 2)
@@ -226,7 +227,8 @@ def test_phase_command_on_a_real_run(capsys, reference, tmp_path):
     assert set(stats) >= {"in_context_score", "induction_score", "prev_token_score", "formation_order"}
     assert set(stats["formation_order"]) == {"onset", "peak_slope", "midpoint"}
     header = (run / "phase" / "timings.csv").read_text().splitlines()[0]
-    assert header.startswith("member,seed,metric,s0,s1,censored,reason,onset,midpoint,end,peak_slope")
+    assert header.startswith("member,init_seed,data_seed,lr,weight_decay,metric,s0,s1,censored,reason,onset,"
+                             "midpoint,end,peak_slope")
     for name in ("in_context_score", "induction_score", "midpoint_distribution", "prev_vs_induction", "loss_bump"):
         assert (run / "phase" / f"{name}.png").stat().st_size > 1000
     assert "Phase change" in (run / "report.html").read_text()
@@ -235,10 +237,11 @@ def test_phase_command_on_a_real_run(capsys, reference, tmp_path):
 def test_analyze_command_writes_scores_circuit_figures_and_report(capsys, reference, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    assert main(["analyze", str(run), "--seed", "1"]) == 0
+    assert main(["analyze", str(run), "--member", "1"]) == 0
     assert "induction circuit" in capsys.readouterr().out
     rows = (run / "analysis" / "scores.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 2 * 2 and rows[0].startswith("member,seed,layer,head,prev_token_score")
+    assert len(rows) == 1 + 2 * 2 * 2
+    assert rows[0].startswith("member,init_seed,data_seed,lr,weight_decay,layer,head,prev_token_score")
     circuit = json.loads((run / "analysis" / "circuit.json").read_text())
     assert circuit["n_members"] == 2 and circuit["figure_member"] == 1
     assert {"prev_token_head", "induction_head", "checks", "clean_circuit"} <= set(circuit["members"][0])

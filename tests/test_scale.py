@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from induction_jax import ensemble
+from induction_jax import ensemble, memory
+from induction_jax.members import Members
 from induction_jax import train as train_lib
 
 
@@ -20,7 +21,7 @@ def run(cfg, members, devices=None, group=None):
 @pytest.fixture(scope="module")
 def setup(small_cfg):
     cfg = small_cfg.replace(steps=40, eval_every=20, chunk_steps=40, seeds=4)
-    return cfg, ensemble.Members.from_config(cfg)
+    return cfg, Members.from_config(cfg)
 
 
 def test_cpu_cores_are_exposed_as_devices():
@@ -47,7 +48,7 @@ def test_sharded_equals_unsharded(setup):
 def test_member_loop_map_equals_vmap(setup):
     """Members one after another on each device (`map`, the CPU default) or batched (`vmap`)."""
     cfg, members = setup
-    assert ensemble.member_loop(cfg.replace(member_loop="auto")) == (
+    assert memory.member_loop(cfg.replace(member_loop="auto")) == (
         "map" if jax.default_backend() == "cpu" else "vmap")
     assert_same_training(run(cfg.replace(member_loop="map"), members),
                          run(cfg.replace(member_loop="vmap"), members))
@@ -60,19 +61,26 @@ def test_member_groups_equal_one_call(setup):
 
 def test_group_planning_and_resource_errors(setup):
     cfg, members = setup
-    assert ensemble.plan_groups(cfg, 4, jax.devices()) == 4           # small: no estimate needed
-    assert ensemble.plan_groups(cfg.replace(member_group=2), 4, jax.devices()) == 2
-    with pytest.raises(ensemble.ResourceError, match="member_group=8: larger than the ensemble"):
-        ensemble.plan_groups(cfg.replace(member_group=8), 4, jax.devices())
-    with pytest.raises(ensemble.ResourceError, match="devices=99"):
+    assert memory.plan_groups(cfg, 4, jax.devices()) == 4           # small: no estimate needed
+    assert memory.plan_groups(cfg.replace(member_group=2), 4, jax.devices()) == 2
+    with pytest.raises(memory.ResourceError, match="member_group=8: larger than the ensemble"):
+        memory.plan_groups(cfg.replace(member_group=8), 4, jax.devices())
+    with pytest.raises(memory.ResourceError, match="devices=99"):
         ensemble.select_devices(99)
     huge = cfg.replace(batch_size=200_000, probe_batch_size=1)
-    with pytest.raises(ensemble.ResourceError, match="one member needs about"):
-        ensemble.plan_groups(huge, 1, jax.devices())
+    with pytest.raises(memory.ResourceError, match="one member needs about"):
+        memory.plan_groups(huge, 1, jax.devices())
     logs = []
-    group = ensemble.plan_groups(cfg.replace(batch_size=2_000), 100_000, jax.devices(), log=logs.append)
-    assert 0 < group < 100_000 and group % len(jax.devices()) == 0
+    group = memory.plan_groups(cfg.replace(batch_size=2_000, member_loop="vmap"), 20_000, jax.devices(),
+                               log=logs.append)
+    assert 0 < group < 20_000 and group % len(jax.devices()) == 0
     assert "MiB per member" in logs[0]
+    # More members than the host can hold the state of: refused up front, with the estimate.
+    with pytest.raises(memory.ResourceError, match=r"100000 members need about .* GiB of host memory.*at most \d+"):
+        memory.plan_groups(cfg.replace(d_model=64), 100_000, jax.devices())
+    # A probe batch that cannot fit is in the estimate too.
+    with pytest.raises(memory.ResourceError, match="one member needs about"):
+        memory.plan_groups(cfg.replace(probe_batch_size=1_000_000), 1, jax.devices())
 
 
 def test_two_processes_equal_one(tmp_path):

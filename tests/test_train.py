@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from induction_jax import ensemble
+from induction_jax.members import Members
 from induction_jax import train as train_lib
 
 
@@ -23,10 +24,10 @@ def short(small_cfg):
 
 
 def test_member_i_equals_single_run_with_seed_i(short):
-    members = ensemble.Members.from_config(short.replace(seeds=3, first_seed=5))
+    members = Members.from_config(short.replace(seeds=3, first_seed=5))
     state, metrics = collect(short, members)
     single = jax.jit(functools.partial(train_lib.train_member, short))
-    for i, seed in enumerate(members.seed):
+    for i, seed in enumerate(members.init_seed):
         s_state, s_metrics, _ = single(jnp.uint32(seed))
         np.testing.assert_allclose(metrics["loss"][i], s_metrics["loss"], rtol=2e-5, atol=2e-5)
         for name in s_state.params:
@@ -34,7 +35,7 @@ def test_member_i_equals_single_run_with_seed_i(short):
 
 
 def test_determinism_and_seeds_differ(short):
-    members = ensemble.Members.from_config(short.replace(seeds=2))
+    members = Members.from_config(short.replace(seeds=2))
     a_state, a = collect(short, members)
     b_state, b = collect(short, members)
     for k in a:
@@ -43,27 +44,47 @@ def test_determinism_and_seeds_differ(short):
 
 
 def test_chunking_does_not_change_the_numbers(short):
-    members = ensemble.Members.from_config(short.replace(seeds=2))
+    members = Members.from_config(short.replace(seeds=2))
     _, a = collect(short, members)
     _, b = collect(short.replace(chunk_steps=20, eval_every=20), members)
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("start, total, chunk, every, want", [
-    (0, 100, 40, 20, [(2, 20), (2, 20), (1, 20)]),
-    (0, 55, 40, 20, [(2, 20), (1, 15)]),
-    (0, 7, 100, 20, [(1, 7)]),
-    (30, 100, 40, 20, [(1, 10), (2, 20), (1, 20)]),
+@pytest.mark.parametrize("step, total, stop, want, expect", [
+    (0, 100, 100, 99, (2, 20, 2)),      # capped by the compiled length (chunk_steps 40)
+    (0, 100, 100, 1, (2, 20, 1)),       # the host asked for one interval
+    (0, 100, 40, 99, (2, 20, 2)),
+    (20, 100, 40, 99, (2, 20, 1)),      # ends at the checkpoint at 40
+    (0, 55, 55, 99, (2, 20, 2)),
+    (40, 55, 55, 99, (1, 15, 1)),       # the last partial interval: a one-interval program
+    (30, 100, 100, 99, (1, 10, 1)),     # off the probe grid after a resume: re-align
+    (0, 7, 7, 99, (1, 7, 1)),
 ])
-def test_chunk_plan_covers_the_steps_and_probes_on_the_grid(start, total, chunk, every, want):
-    plan = train_lib.chunk_plan(start, total, chunk, every)
-    assert plan == want
-    assert start + sum(map(train_lib.chunk_length, plan)) == total
+def test_next_chunk_ends_at_stops_and_probes_on_the_grid(step, total, stop, want, expect):
+    assert tuple(train_lib.next_chunk(step, total, 40, 20, stop, want)) == expect
+
+
+def test_chunk_lengths_change_no_number_bitwise(short):
+    """Every chunk length runs in one compiled program, so how the host splits the run (time
+    targets, checkpoints, a resume) changes no bit of the result."""
+    members = Members.from_config(short.replace(seeds=2))
+    runs = []
+    for stops in ((), (20, 40), (20,)):
+        chunks = []
+        state = ensemble.train(short, ensemble.init_ensemble(short, members), 0, lambda s, r: chunks.append(r),
+                               stops=stops, chunk_seconds=None)
+        runs.append((jax.device_get(state.params), np.concatenate([c.metrics["loss"] for c in chunks], 1),
+                     [len(c.steps) for c in chunks]))
+    assert runs[0][2] != runs[1][2]                      # the runs really were split differently
+    for params, loss, _ in runs[1:]:
+        np.testing.assert_array_equal(loss, runs[0][1])
+        for k in params:
+            np.testing.assert_array_equal(params[k], runs[0][0][k])
 
 
 def test_every_member_learns_induction(small_cfg):
     """A real learning test: the small configuration learns induction in a few hundred steps."""
-    members = ensemble.Members.from_config(small_cfg)
+    members = Members.from_config(small_cfg)
     chunks = []
     ensemble.train(small_cfg, ensemble.init_ensemble(small_cfg, members), 0, lambda s, r: chunks.append(r))
     m = {k: np.concatenate([c.metrics[k] for c in chunks], 1) for k in train_lib.STEP_METRICS}
@@ -77,11 +98,11 @@ def test_every_member_learns_induction(small_cfg):
 
 
 def test_non_finite_member_is_frozen_and_others_untouched(short):
-    members = ensemble.Members(np.array([0, 1]), np.array([short.train.lr] * 2), np.array([0.01, 0.01]))
+    members = Members(np.array([0, 1]), np.array([0, 1]), np.array([short.train.lr] * 2), np.array([0.01, 0.01]))
     state = ensemble.init_ensemble(short, members)
     clean = jax.tree.map(lambda x: x, state)
     poisoned = state._replace(params={**state.params, "W_U": state.params["W_U"].at[1, 0, 0].set(jnp.nan)})
-    chunk = jax.jit(jax.vmap(functools.partial(train_lib.run_chunk, short, n_evals=1, eval_every=20)))
+    chunk = jax.jit(jax.vmap(functools.partial(train_lib.run_chunk, short, n_active=1, n_evals=1, eval_every=20)))
     s_clean, m_clean, _ = chunk(clean)
     s_bad, m_bad, _ = chunk(poisoned)
     assert int(s_bad.diverged_step[1]) == 0 and int(s_bad.diverged_step[0]) == -1
@@ -90,11 +111,11 @@ def test_non_finite_member_is_frozen_and_others_untouched(short):
 
 
 def test_sweep_member_equals_single_run_with_same_lr_and_seed(short):
-    members = ensemble.Members.grid(short.replace(seeds=2), [3e-3, 1e-2], [0.0, 0.05])
+    members = Members.grid(short.replace(seeds=2), [3e-3, 1e-2], [0.0, 0.05])
     assert len(members) == 8
     _, metrics = collect(short, members)
     i = 7                                         # lr 1e-2, weight decay 0.05, seed 1
-    assert (members.lr[i], members.weight_decay[i], members.seed[i]) == (1e-2, 0.05, 1)
+    assert (members.lr[i], members.weight_decay[i], members.init_seed[i], members.data_seed[i]) == (1e-2, 0.05, 1, 1)
     single = jax.jit(functools.partial(train_lib.train_member, short.replace(lr=1e-2, weight_decay=0.05)))
     _, s_metrics, _ = single(jnp.uint32(1))
     np.testing.assert_allclose(metrics["loss"][i], s_metrics["loss"], rtol=2e-5, atol=2e-5)
@@ -107,7 +128,7 @@ def test_bfloat16_compute_forms_the_same_circuit(small_cfg):
     the same checks passed and failed, a similar loss."""
     from induction_jax.analysis.run import analyze_params
 
-    members = ensemble.Members.from_config(small_cfg)
+    members = Members.from_config(small_cfg)
     results = {}
     for dtype in ("float32", "bfloat16"):
         cfg = small_cfg.replace(compute_dtype=dtype)

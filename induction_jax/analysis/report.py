@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import json
 from pathlib import Path
 
+from induction_jax import signals
 from induction_jax.analysis import figures
 from induction_jax.analysis.run import analyze_params, scores_table
-from induction_jax.analysis.weights import load_run_params
-from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic
+from induction_jax.analysis.weights import load_run_checkpoint
+from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
 
 
 def write_figures(result: dict, params: dict, member: int, out: Path) -> dict[str, Path]:
@@ -38,29 +40,35 @@ def write_figures(result: dict, params: dict, member: int, out: Path) -> dict[st
 
 
 def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
-    """Analyse every member of a run; single-model figures show `member` (default 0)."""
+    """Analyse every member of a run at its latest good checkpoint; single-model figures show
+    `member` (default 0). Every output records the checkpoint step it describes."""
     run = RunDir(Path(run_dir))
     cfg = run.read_config()
-    seeds = run.members()["seed"]
-    if member is not None and not 0 <= member < len(seeds):
-        raise RunDirError(f"--seed {member}: out of range; this run has members 0..{len(seeds) - 1}")
-    params = load_run_params(run.path)
-    result = analyze_params(params, cfg.data.half_length)
-    out = run.path / "analysis"
-    out.mkdir(exist_ok=True)
-    header, rows = scores_table(result, seeds)
-    tmp = out / "scores.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    tmp.replace(out / "scores.csv")
-    circuit = result["circuit"]
-    for r in circuit["members"]:
-        r["seed"] = int(seeds[r["member"]])
-    circuit["figure_member"] = member or 0
-    write_figures(result, params, member or 0, out)
-    write_json_atomic(out / "circuit.json", json_safe(circuit))
-    write_report(run)
-    return out
+    members = run.members()
+    if member is not None and not 0 <= member < len(members):
+        raise RunDirError(f"--member {member}: out of range; this run has members 0..{len(members) - 1}")
+    member = member or 0
+    with run.lock():
+        params, meta = load_run_checkpoint(run.path)
+        interrupted = (f"during the analysis; the run's training and checkpoints are intact: run again "
+                       f"'induction-jax analyze {run.path}'")
+        signals.check(interrupted)
+        result = analyze_params(params, cfg.data.half_length)
+        signals.check(interrupted)
+        out = run.output_dir("analysis")
+        header, rows = scores_table(result, members)
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+        write_text_atomic(out / "scores.csv", buf.getvalue())
+        circuit = result["circuit"]
+        for r in circuit["members"]:
+            r["label"] = members.label(r["member"])
+            r |= {k: v[r["member"]] for k, v in members.table().items()}
+        circuit |= {"figure_member": member, "checkpoint_step": int(meta["step"]), "steps": cfg.train.steps}
+        write_figures(result, params, member, out)
+        write_json_atomic(out / "circuit.json", json_safe(circuit))
+        write_report(run)
+    return out.path
 
 
 def _img(path: Path) -> str:
@@ -68,7 +76,7 @@ def _img(path: Path) -> str:
 
 
 def _section_table(circuit: dict) -> str:
-    cols = ["seed", "prev_token_head", "prev_token_score", "induction_head", "induction_score",
+    cols = ["label", "prev_token_head", "prev_token_score", "induction_head", "induction_score",
             "k_composition", "k_composition_z", "ov_copying_score", "ablation_prev_token_head",
             "ablation_induction_head", "ablation_max_other_head", "n_induction_heads",
             "ablation_all_induction_heads", "induction_circuit", "clean_circuit"]
@@ -125,12 +133,16 @@ def write_report(run: RunDir) -> Path:
     cfg = run.read_config()
     parts = [f"<h1>induction-jax run report: {html.escape(run.path.name)}</h1>",
              f"<pre>{html.escape(json.dumps(cfg.to_dict(), indent=1))}</pre>"]
+    parts.append(_divergence_html(run))
     if (run.plots / "loss.png").exists():
         parts.append(f"<h2>Training loss</h2><img src='data:image/png;base64,{_img(run.plots / 'loss.png')}'>")
     circuit_json = run.path / "analysis" / "circuit.json"
     if circuit_json.exists():
         circuit = json.loads(circuit_json.read_text())
-        parts.append(f"<h2>Circuit per member</h2><p>Induction circuit (previous-token head and induction "
+        parts.append(f"<h2>Circuit per member</h2><p><b>Describes checkpoint step {circuit.get('checkpoint_step')} "
+                     f"of {circuit.get('steps')}</b>"
+                     + (" (not the end of training)" if circuit.get("checkpoint_step") != circuit.get("steps") else "")
+                     + f".</p><p>Induction circuit (previous-token head and induction "
                      f"heads, K-composing; the induction heads necessary together): "
                      f"{circuit.get('n_induction_circuit')} of {circuit['n_members']} members. Textbook two-head "
                      f"form (one induction head, every other head dispensable): {circuit['n_clean']}. "
@@ -152,8 +164,20 @@ def write_report(run: RunDir) -> Path:
              ".bad{color:#b00;font-weight:bold}")
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>induction-jax report</title>"
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
-    path = run.path / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(doc)
-    tmp.replace(path)
+    path = run.output("report.html")
+    write_text_atomic(path, doc)
     return path
+
+
+def _divergence_html(run: RunDir) -> str:
+    """A section naming every diverged member, with the rule, whenever any diverged."""
+    if not run.summary_json.is_file():
+        return ""
+    summary = json.loads(run.summary_json.read_text())
+    if not summary.get("n_diverged"):
+        return ""
+    rows = "".join(f"<li>{html.escape(m['label'])}: at step {m['diverged_step']}</li>"
+                   for m in summary["members"] if m["diverged_step"] is not None)
+    return (f"<h2 class='bad'>Divergence: {summary['n_diverged']} of {summary['n_members']} members</h2>"
+            f"<p>Rule: {html.escape(summary['divergence_rule'])}. A diverged member's updates stopped at that "
+            f"step; its rows in metrics.csv end there and the other members trained untouched.</p><ul>{rows}</ul>")

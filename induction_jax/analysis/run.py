@@ -75,16 +75,18 @@ def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, se
             "half_length": half_length, "not_applicable": not_applicable}
 
 
-def scores_table(result: dict, seeds) -> tuple[list[str], list[list]]:
-    """scores.csv rows: one per (member, layer, head) with every per-head score (blank = n/a)."""
+def scores_table(result: dict, members) -> tuple[list[str], list[list]]:
+    """scores.csv rows: one per (member, layer, head), the member's settings (`Members`) and every
+    per-head score (blank = n/a)."""
     scores = result["scores"]
     E, L, H = scores["prev_token_score"].shape
-    header = ["member", "seed", "layer", "head", *HEAD_SCORES]
+    table = members.table()
+    header = ["member", *table, "layer", "head", *HEAD_SCORES]
     rows = []
     for e in range(E):
         for layer in range(L):
             for h in range(H):
-                row = [e, int(seeds[e]), layer, h]
+                row = [e, *(col[e] for col in table.values()), layer, h]
                 for name in HEAD_SCORES:
                     v = scores.get(name)
                     row.append("" if v is None or not np.isfinite(v[e, layer, h]) else f"{v[e, layer, h]:.6g}")

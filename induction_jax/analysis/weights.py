@@ -37,20 +37,37 @@ def stacked_params(params: dict, ensemble: bool = True) -> dict[str, np.ndarray]
     return params
 
 
-def load_run_params(run_dir: str | Path, step: int | None = None) -> dict[str, np.ndarray]:
-    """The stacked params of every member from a run's checkpoint (latest, or `step`)."""
-    from induction_jax.checkpoint import Checkpoints
-    from induction_jax.rundir import RunDir, RunDirError
+def load_run_checkpoint(run_dir: str | Path, step: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """`(params [E, ...], meta)` of a run's checkpoint (latest good, or `step`), digest verified and
+    checked against config.json; `meta["step"]` is the step the params describe."""
+    from induction_jax.checkpoint import Checkpoints, CheckpointError, restore_latest_good
+    from induction_jax.rundir import RESUMABLE_CHANGES, RunDir, RunDirError
 
     run = RunDir(Path(run_dir))
     run.read_meta()   # raises a one-line error if this is not a run directory
     if not run.checkpoints.is_dir():
         raise RunDirError(f"{run.path}: no checkpoints/ (the run did not finish a checkpoint)")
+
+    def restore(s: int):
+        run.check_trained_with(ckpt.read_meta(s), may_differ=RESUMABLE_CHANGES)
+        return ckpt.restore_params(s)
+
     with Checkpoints(run.checkpoints, async_save=False) as ckpt:
         steps = ckpt.steps()
         if not steps:
             raise RunDirError(f"{run.path}: no checkpoint in checkpoints/")
-        if step is not None and step not in steps:
-            raise RunDirError(f"checkpoint step {step}: not in {run.path}; available: "
-                              f"{', '.join(map(str, steps))}")
-        return stacked_params(ckpt.restore_params(step if step is not None else steps[-1]))
+        if step is None:
+            params, meta = restore_latest_good(ckpt, run.path, restore)
+        elif step not in steps:
+            raise RunDirError(f"checkpoint step {step}: not in {run.path}; available: {', '.join(map(str, steps))}")
+        else:
+            try:
+                params, meta = restore(step)
+            except CheckpointError as e:
+                raise RunDirError(f"checkpoint step {step} in {run.checkpoints} cannot be used: {e}") from None
+    return stacked_params(params), meta
+
+
+def load_run_params(run_dir: str | Path, step: int | None = None) -> dict[str, np.ndarray]:
+    """The stacked params of every member from a run's checkpoint (latest good, or `step`)."""
+    return load_run_checkpoint(run_dir, step)[0]

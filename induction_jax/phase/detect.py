@@ -1,10 +1,13 @@
 """Phase-change timing of one curve per member (SCIENCE.md), vectorised over members.
 
 From a curve s(t) logged during training, smoothed with a centred moving average:
-s0 = mean of the first 5%, s1 = mean of the last 10%; onset / midpoint / end = first step
-where s crosses s0 + {0.1, 0.5, 0.9}(s1 - s0); peak-slope step = argmax of the derivative
-of the smoothed s. A member whose rise |s1 - s0| is below `min_rise` is censored (reported,
-not dropped). A logistic fit gives a second midpoint estimate and the width.
+s0 = mean of the first 5%, s1 = mean of the last 10%; onset / midpoint / end = the step
+where s first crosses s0 + {0.1, 0.5, 0.9}(s1 - s0); peak-slope step = argmax of the
+derivative of the smoothed s. A threshold crossing is located between the two probe points
+that bracket it, by linear interpolation of the smoothed curve, and the peak slope at the
+vertex of a parabola through the largest slope and its neighbours: a timing is never
+quantised to the probe grid. A member whose rise |s1 - s0| is below `min_rise` is censored
+(reported, not dropped). A logistic fit gives a second midpoint estimate and the width.
 """
 
 from __future__ import annotations
@@ -63,25 +66,65 @@ class Timing:
     logistic_width: np.ndarray
     censored: np.ndarray
     reason: list
+    probe_interval: float  # median spacing of `steps`: the resolution the curve was logged at
 
-    def as_rows(self, seeds) -> list[dict]:
+    def as_rows(self, members) -> list[dict]:
+        """One row per member: its settings (`Members`), the timings and why it was censored."""
+        table = members.table()
         rows = []
         for e in range(len(self.s0)):
-            row = {"member": e, "seed": int(seeds[e]), "metric": self.metric,
+            row = {"member": e, **{k: v[e] for k, v in table.items()}, "metric": self.metric,
                    "s0": float(self.s0[e]), "s1": float(self.s1[e]), "censored": bool(self.censored[e]),
                    "reason": self.reason[e]}
             for name in TIMINGS:
                 v = getattr(self, name)[e]
                 row[name] = None if not np.isfinite(v) else float(v)
+            row["probe_interval"] = self.probe_interval
             rows.append(row)
         return rows
 
 
-def _first_crossing(steps, progress_EN, frac):
-    """First step where the normalised progress reaches `frac` (NaN if never)."""
+def _first_crossing(steps: np.ndarray, progress_EN: np.ndarray, frac: float) -> np.ndarray:
+    """Step where the normalised progress first reaches `frac`, linearly interpolated between
+    the bracketing probe points (NaN if never reached).
+
+    If the point before the first hit is NaN (no probe there) the bracket is unknown and the
+    hit's own step is returned.
+    """
+    t = np.asarray(steps, float)
     hit = progress_EN >= frac
-    idx = np.argmax(hit, axis=-1)
-    return np.where(hit.any(-1), steps[idx], np.nan)
+    k = np.argmax(hit, axis=-1)
+    prev = np.maximum(k - 1, 0)
+    p_k = np.take_along_axis(progress_EN, k[:, None], -1)[:, 0]
+    p_prev = np.take_along_axis(progress_EN, prev[:, None], -1)[:, 0]
+    # p_prev < frac <= p_k wherever the bracket exists, so the denominator is positive there
+    bracket = (k > 0) & np.isfinite(p_prev)
+    w = np.where(bracket, (frac - p_prev) / np.where(bracket, p_k - p_prev, 1.0), 1.0)
+    crossing = t[prev] + w * (t[k] - t[prev])
+    return np.where(hit.any(-1), crossing, np.nan)
+
+
+def _peak_vertex(steps: np.ndarray, slope_EN: np.ndarray) -> np.ndarray:
+    """Step of the largest slope, refined to the vertex of the parabola through it and its two
+    neighbours (any spacing); the grid step at either end, where a neighbour's slope is missing,
+    or where the parabola is degenerate (does not open downward)."""
+    t = np.asarray(steps, float)
+    y = np.where(np.isfinite(slope_EN), slope_EN, -np.inf)
+    j = np.argmax(y, axis=-1)
+    N = len(t)
+    lo, hi = np.clip(j - 1, 0, N - 1), np.clip(j + 1, 0, N - 1)
+    y0, y1, y2 = (np.take_along_axis(y, i[:, None], -1)[:, 0] for i in (lo, j, hi))
+    x0, x1, x2 = t[lo], t[j], t[hi]
+    interior = (j > 0) & (j < N - 1) & np.isfinite(y0) & np.isfinite(y1) & np.isfinite(y2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d1 = (y1 - y0) / (x1 - x0)
+        d2 = (y2 - y1) / (x2 - x1)
+        a = (d2 - d1) / (x2 - x0)
+        vertex = 0.5 * (x0 + x1) - d1 / (2 * a)
+    # y1 is the maximum, so d1 >= 0 >= d2 and the vertex lies in [(x0+x1)/2, (x1+x2)/2]; the clip
+    # only guards rounding
+    ok = interior & (a < 0) & np.isfinite(vertex)
+    return np.where(ok, np.clip(vertex, x0, x2), x1)
 
 
 def logistic_fit(steps: np.ndarray, values_EN: np.ndarray, n_t0: int = 200, n_width: int = 40):
@@ -134,7 +177,7 @@ def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int
     progress = (s - s0[:, None]) / np.where(np.abs(rise) > 0, rise, 1.0)[:, None]
     out = {name: _first_crossing(steps, progress, f) for name, f in FRACTIONS.items()}
     slope = np.gradient(s * direction[:, None], steps, axis=-1)
-    peak = steps[np.nanargmax(np.where(np.isfinite(slope), slope, -np.inf), axis=-1)]
+    peak = _peak_vertex(steps, slope)
     t0, w = logistic_fit(steps, values_EN)
     reasons = []
     for e in range(len(s0)):
@@ -151,4 +194,5 @@ def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int
     censored = np.array([bool(r) for r in reasons])
     nan_if = lambda v: np.where(censored, np.nan, v)  # noqa: E731
     return Timing(metric, steps, s, s0, s1, nan_if(out["onset"]), nan_if(out["midpoint"]), nan_if(out["end"]),
-                  nan_if(peak.astype(float)), nan_if(t0), nan_if(w), censored, reasons)
+                  nan_if(peak), nan_if(t0), nan_if(w), censored, reasons,
+                  float(np.median(np.diff(steps))) if len(steps) > 1 else float("nan"))

@@ -1,0 +1,150 @@
+"""Who the members of an ensemble are: one row per member, one representation everywhere.
+
+Each member has an `init_seed` (its initial weights) and a `data_seed` (its training batches),
+a learning rate and a weight decay. The same table is what `config.json` stores, what labels
+the rows of `metrics.csv` and every analysis table, and what the compiled ensemble is built
+from, so a member is named the same way in all of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from induction_jax.config import ConfigError, RunConfig
+
+SEED_MAX = 2**31 - 1
+
+
+class MembersError(ConfigError):
+    """A member table that cannot describe an ensemble (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Members:
+    """Per-member settings, each an array `[E]`; member i is row i of every array."""
+
+    init_seed: np.ndarray
+    data_seed: np.ndarray
+    lr: np.ndarray
+    weight_decay: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.init_seed)
+        if n == 0:
+            raise MembersError("members: the table is empty; an ensemble needs at least one member")
+        for f in fields(self):
+            value = np.asarray(getattr(self, f.name))
+            if value.shape != (n,):
+                raise MembersError(f"members.{f.name}: {value.shape[0] if value.ndim else 'no'} entries for "
+                                   f"{n} members; every column needs one entry per member")
+            object.__setattr__(self, f.name, value)
+        for name in ("init_seed", "data_seed"):
+            v = getattr(self, name)
+            if not np.issubdtype(v.dtype, np.integer) or v.min() < 0 or v.max() > SEED_MAX:
+                raise MembersError(f"members.{name}: must be integers in 0..{SEED_MAX}")
+        if not np.all(np.isfinite(self.lr)) or self.lr.min() <= 0:
+            raise MembersError("members.lr: every learning rate must be a finite number > 0")
+        if not np.all(np.isfinite(self.weight_decay)) or self.weight_decay.min() < 0:
+            raise MembersError("members.weight_decay: every weight decay must be a finite number >= 0")
+
+    def __len__(self) -> int:
+        return len(self.init_seed)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> "Members":
+        """`seeds` members with init seed = data seed = first_seed + i (the `seed` shorthand)."""
+        t = cfg.train
+        seeds = np.arange(t.first_seed, t.first_seed + t.seeds, dtype=np.int64)
+        return cls(seeds, seeds.copy(), np.full(t.seeds, t.lr), np.full(t.seeds, t.weight_decay))
+
+    @classmethod
+    def grid(cls, cfg: RunConfig, lrs=None, weight_decays=None, init_seeds=None, data_seeds=None) -> "Members":
+        """Every lr x weight decay x (init seed, data seed) combination; data seeds vary fastest.
+
+        Without `init_seeds` / `data_seeds` the config's seeds are used with init seed = data
+        seed (one seed per member); with both, they are crossed (a two-way design).
+        """
+        t = cfg.train
+        lrs = [t.lr] if lrs is None else list(lrs)
+        wds = [t.weight_decay] if weight_decays is None else list(weight_decays)
+        if init_seeds is None and data_seeds is None:
+            seeds = list(range(t.first_seed, t.first_seed + t.seeds))
+            pairs = [(s, s) for s in seeds]
+        else:
+            default = list(range(t.first_seed, t.first_seed + t.seeds))
+            pairs = list(itertools.product(init_seeds if init_seeds is not None else default,
+                                           data_seeds if data_seeds is not None else default))
+        rows = [(lr, wd, a, b) for lr, wd, (a, b) in itertools.product(lrs, wds, pairs)]
+        lr, wd, a, b = (np.asarray(col) for col in zip(*rows))
+        return cls(a.astype(np.int64), b.astype(np.int64), lr.astype(float), wd.astype(float))
+
+    def table(self) -> dict[str, list]:
+        """JSON-ready columns (as config.json stores them)."""
+        return {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+
+    @classmethod
+    def from_table(cls, table) -> "Members":
+        """Read back `table()`; a malformed table raises `MembersError` in one line."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(table, dict):
+            raise MembersError(f"members: must be an object with columns {', '.join(names)}")
+        missing = [n for n in names if n not in table]
+        if missing:
+            raise MembersError(f"members: missing column {missing[0]!r}; expected {', '.join(names)}")
+        try:
+            cols = {n: np.asarray(table[n], dtype=np.int64 if n.endswith("seed") else float) for n in names}
+        except (TypeError, ValueError, OverflowError):
+            raise MembersError("members: every column must be a list of numbers") from None
+        return cls(**cols)
+
+    @property
+    def crossed(self) -> bool:
+        """Whether init and data seeds differ for some member (a design that separates them)."""
+        return bool(np.any(self.init_seed != self.data_seed))
+
+    def label(self, i: int) -> str:
+        """How member i is named in messages: by every setting that varies in this ensemble."""
+        parts = [f"member {i}"]
+        if self.crossed:
+            parts.append(f"init seed {self.init_seed[i]}, data seed {self.data_seed[i]}")
+        else:
+            parts.append(f"seed {self.init_seed[i]}")
+        if len(np.unique(self.lr)) > 1:
+            parts.append(f"lr {self.lr[i]:g}")
+        if len(np.unique(self.weight_decay)) > 1:
+            parts.append(f"weight decay {self.weight_decay[i]:g}")
+        return f"{parts[0]} ({', '.join(parts[1:])})"
+
+    def select(self, index) -> "Members":
+        return Members(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+def _check_seed(value: int) -> int:
+    if not 0 <= value <= SEED_MAX:
+        raise MembersError(f"seed {value}: out of range; allowed: 0..{SEED_MAX}")
+    return value
+
+
+def parse_seed_range(flag: str, text: str) -> list[int]:
+    """'0-7', '3', '0,2,5' or '0-3,8-11' -> a list of distinct seeds, in order (one-line errors)."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise MembersError(f"{flag} {text!r}: range {part} is empty (end before start)")
+                seeds.extend(range(_check_seed(lo), _check_seed(hi) + 1))
+            else:
+                seeds.append(_check_seed(int(part)))
+        except ValueError:
+            raise MembersError(f"{flag} {text!r}: must be seeds or ranges such as 0-7 or 0,2,5 "
+                               f"(non-negative integers)") from None
+    if len(set(seeds)) != len(seeds):
+        dup = next(s for s in seeds if seeds.count(s) > 1)
+        raise MembersError(f"{flag} {text!r}: seed {dup} appears twice (ranges overlap)")
+    return seeds

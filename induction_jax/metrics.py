@@ -1,0 +1,164 @@
+"""metrics.csv: the long-format table of every member's losses and probes, written chunk by
+chunk and read back as columns.
+
+One row per (member, step): the member's settings (from `Members`), the step, then the
+training losses of that step and the probes measured after it (NaN where not measured).
+Each chunk is appended with one `write` and an `fsync`; a write that fails (a full disk) is
+rolled back to the size before the chunk, so the table only ever holds whole chunks.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from induction_jax.members import Members
+from induction_jax.probes import PROBE_METRICS
+from induction_jax.rundir import RunDirError, storage_error
+from induction_jax.train import STEP_METRICS
+
+MEMBER_COLUMNS = ("member", "init_seed", "data_seed", "lr", "weight_decay")
+ID_COLUMNS = MEMBER_COLUMNS + ("step",)
+METRIC_COLUMNS = ID_COLUMNS + STEP_METRICS + PROBE_METRICS
+_FORMATS = {"member": "%d", "init_seed": "%d", "data_seed": "%d", "step": "%d"}
+
+
+def chunk_rows(members: Members, steps: np.ndarray, metrics: dict, probe_steps: np.ndarray,
+               probes: dict, diverged_step: np.ndarray) -> np.ndarray:
+    """`[rows, len(METRIC_COLUMNS)]` floats for one chunk, step-major (every member's row of a step,
+    then the next step), so the file's bytes do not depend on where chunks end; NaN where not
+    measured. A diverged member's rows stop at the step after the one whose update diverged.
+    """
+    all_steps = np.union1d(steps, probe_steps).astype(int)
+    E, n = len(members), len(all_steps)
+    table = np.full((n, E, len(METRIC_COLUMNS)), np.nan)
+    table[..., 0] = np.arange(E)[None, :]
+    for col, name in enumerate(MEMBER_COLUMNS[1:], start=1):
+        table[..., col] = np.asarray(getattr(members, name), float)[None, :]
+    table[..., len(MEMBER_COLUMNS)] = all_steps[:, None]
+    for names, at, values in ((STEP_METRICS, steps, metrics), (PROBE_METRICS, probe_steps, probes)):
+        idx = np.searchsorted(all_steps, at)
+        for name in names:
+            table[idx, :, METRIC_COLUMNS.index(name)] = np.asarray(values[name]).T
+    keep = (diverged_step[None, :] < 0) | (all_steps[:, None] <= diverged_step[None, :] + 1)
+    return table[keep]
+
+
+def format_rows(table: np.ndarray) -> str:
+    buf = io.StringIO()
+    np.savetxt(buf, table, fmt=[_FORMATS.get(c, "%.6g") for c in METRIC_COLUMNS], delimiter=",")
+    return buf.getvalue()
+
+
+class MetricsWriter:
+    """Appends whole chunks to metrics.csv, each with a single write() system call and an fsync,
+    so a killed process leaves whole rows (at worst a whole chunk missing), and a failed write
+    leaves the file exactly as it was before that chunk."""
+
+    def __init__(self, path: Path, append: bool = False):
+        self.path = path
+        if not append:
+            self._append((",".join(METRIC_COLUMNS) + "\n").encode(), truncate=True)
+
+    def _append(self, data: bytes, truncate: bool = False) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            raise storage_error(e, self.path) from None
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:
+            try:
+                os.ftruncate(fd, before)     # shrinking frees space, so this works on a full disk
+            except OSError:
+                pass
+            raise storage_error(e, self.path) from None
+        finally:
+            os.close(fd)
+
+    def write(self, table: np.ndarray) -> None:
+        self._append(format_rows(table).encode())
+
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def truncate(self, n_bytes: int) -> None:
+        """Drop what was written after a checkpoint (rows that the resumed run re-computes)."""
+        if not self.path.is_file():
+            raise RunDirError(f"{self.path}: missing; a resumed run would lack the rows up to its checkpoint. "
+                              f"Restore the file or start a new run")
+        if self.size() < n_bytes:
+            raise RunDirError(f"{self.path}: shorter ({self.size()} bytes) than its checkpoint recorded "
+                              f"({n_bytes}); the metrics were modified or lost")
+        os.truncate(self.path, n_bytes)
+
+
+class NullWriter:
+    """What processes other than process 0 hold instead of the metrics file."""
+
+    def write(self, table) -> None:
+        pass
+
+    def size(self) -> int:
+        return 0
+
+    def truncate(self, n_bytes: int) -> None:
+        pass
+
+
+def read_metrics(path: Path, warn=lambda m: print(m, file=sys.stderr)) -> dict[str, np.ndarray]:
+    """metrics.csv as columns of one flat table (NaN where a metric was not measured).
+
+    A last line that is not a whole row (a write cut off by a crash of an older version, or
+    by hand) is dropped, saying so; a broken row anywhere else is refused.
+    """
+    import pandas as pd
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot be read ({e.strerror})") from None
+    header_end = data.find(b"\n")
+    header = data[:header_end].decode(errors="replace").strip().split(",") if header_end >= 0 else []
+    if not set(ID_COLUMNS) <= set(header):
+        raise RunDirError(f"{path}: not an induction-jax metrics table (columns {header}); expected "
+                          f"{', '.join(METRIC_COLUMNS)}")
+    body = data[header_end + 1:]
+    last_start = body.rfind(b"\n", 0, len(body) - 1) + 1
+    last = body[last_start:]
+    if body and (not body.endswith(b"\n") or last.count(b",") != len(header) - 1):
+        warn(f"induction-jax: {path}: dropped an incomplete last line ({len(last)} bytes): a write was cut off")
+        body = body[:last_start]
+    try:
+        frame = pd.read_csv(io.BytesIO(body), header=None, names=header, dtype=np.float64,
+                            na_values=["nan"], keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as e:
+        raise RunDirError(f"{path}: not a valid metrics table ({str(e).splitlines()[0]})") from None
+    return {name: frame[name].to_numpy() for name in header}
+
+
+def metric_matrix(table: dict[str, np.ndarray], name: str, n_members: int):
+    """One metric as `(steps [n], values [E, n])` over the steps where it was measured.
+
+    Members that stopped early (divergence) are NaN-padded after their last row.
+    """
+    member_all = table["member"]
+    if len(member_all) and (np.nanmax(member_all) >= n_members or np.nanmin(member_all) < 0
+                            or not np.all(member_all == np.round(member_all))):
+        bad = member_all[(member_all >= n_members) | (member_all < 0) | (member_all != np.round(member_all))][0]
+        raise RunDirError(f"metrics.csv: a row for member {bad:g}, but the run has members 0..{n_members - 1}")
+    have = ~np.isnan(table[name])
+    steps = np.unique(table["step"][have]).astype(int)
+    values = np.full((n_members, len(steps)), np.nan)
+    member = member_all[have].astype(int)
+    values[member, np.searchsorted(steps, table["step"][have].astype(int))] = table[name][have]
+    return steps, values
