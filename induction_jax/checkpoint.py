@@ -40,6 +40,41 @@ def tree_digest(tree) -> str:
     return h.hexdigest()
 
 
+def _is_orbax_noise(unraisable) -> bool:
+    """TensorStore completion callbacks that fire into an asyncio loop Orbax has already closed
+    (after a failed read or write, some at interpreter exit): harmless, but each printed a
+    traceback (127 of them around one correct recovery)."""
+    exc = unraisable.exc_value
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+class _DropUnretrievedOrbaxFailures(logging.Filter):
+    """asyncio's 'Task/Future exception was never retrieved' for Orbax's own failed writes,
+    logged when those tasks are collected (often at exit): the failure was already reported."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return "exception was never retrieved" not in text or not any(
+            mark in text for mark in ("orbax", "RESOURCE_EXHAUSTED", "No space left on device"))
+
+
+def _filter_orbax_noise() -> None:
+    """Drop only `_is_orbax_noise` unraisables and `_DropUnretrievedOrbaxFailures` log records,
+    process-wide (they can fire after any close); everything else still reaches its hook or
+    handler. Idempotent."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_induction_jax", False):
+        return
+
+    def hook(unraisable):
+        if not _is_orbax_noise(unraisable):
+            previous(unraisable)
+
+    hook._induction_jax = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_DropUnretrievedOrbaxFailures())
+
+
 @contextlib.contextmanager
 def quiet():
     """Silence what a failing Orbax / TensorStore read prints on the way out (asyncio's
@@ -60,9 +95,30 @@ def quiet():
             lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def _writing(directory: Path):
+    """A failed checkpoint write (raised by Orbax's background save, as OSError or as
+    TensorStore's ValueError) as one line: the previous checkpoints are intact."""
+    from induction_jax.rundir import StorageError, storage_error
+
+    try:
+        yield
+    except OSError as e:
+        raise storage_error(e, directory) from None
+    except Exception as e:  # noqa: BLE001 - Orbax wraps the OS error in its own exceptions
+        if "No space left on device" in str(e) or "RESOURCE_EXHAUSTED" in str(e):
+            raise StorageError(f"no space left on device while writing {directory}; the run can be resumed "
+                               f"once space is freed") from None
+        raise StorageError(f"a checkpoint could not be written to {directory} ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200]})") from None
+
+
 class Checkpoints:
     """`save` writes the stacked state, the stacked params (for the analysis, readable with no
-    template) and a JSON meta holding both digests; restores verify them."""
+    template) and a JSON meta holding both digests; restores verify them.
+
+    While it is open, absl's logger (Orbax logs background failures through it, a traceback
+    each) is held at CRITICAL: failures reach the caller as one-line errors instead."""
 
     def __init__(self, directory: str | Path, max_to_keep: int = 3, async_save: bool = True):
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
@@ -70,16 +126,21 @@ class Checkpoints:
         handlers = {"state": ocp.StandardCheckpointHandler(), "params": ocp.StandardCheckpointHandler(),
                     "meta": ocp.JsonCheckpointHandler()}
         self.directory = Path(directory)
-        with quiet():
+        _filter_orbax_noise()
+        self._absl = logging.getLogger("absl")
+        self._absl_level = self._absl.level
+        self._absl.setLevel(logging.CRITICAL)
+        with quiet(), _writing(self.directory):
             self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                                  item_handlers=handlers)
 
     def save(self, step: int, state, meta: dict) -> None:
         host = distributed.host_copy(state)
         meta = {**meta, "digest": {"state": tree_digest(host), "params": tree_digest(host.params)}}
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), params=ocp.args.StandardSave(state.params),
-            meta=ocp.args.JsonSave(meta)), force=True)
+        with _writing(self.directory):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), params=ocp.args.StandardSave(state.params),
+                meta=ocp.args.JsonSave(meta)), force=True)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -121,17 +182,28 @@ class Checkpoints:
         return params, meta
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with _writing(self.directory):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            with _writing(self.directory):
+                self.manager.wait_until_finished()
+        finally:
+            with contextlib.suppress(Exception):
+                self.manager.close()
+            self._absl.setLevel(self._absl_level)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+            return
+        # Already failing: finish or drop the save in flight quietly; the first error is the one to report.
+        with contextlib.suppress(Exception), quiet():
+            self.close()
 
 
 def _verify(tree, meta: dict, item: str) -> None:

@@ -187,7 +187,7 @@ def _parse_list(flag: str, text: str, kind) -> list:
         values = []
     if not values or len(values) != len(items):
         raise CliError(f"{flag} {text!r}: must be a comma-separated list of values, e.g. 3e-4,1e-3,3e-3")
-    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    repeated = [items[i] for i, v in enumerate(values) if v in values[:i]]
     if repeated:
         raise CliError(f"{flag} {text!r}: {repeated[0]} is listed twice; each value must appear once")
     return values
@@ -201,6 +201,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from induction_jax import ensemble, memory
     from induction_jax.analysis.report import analyze_run
     from induction_jax.members import Members, parse_seed_range
+    from induction_jax.phase.detect import PhaseError
     from induction_jax.phase.run import phase_run
     from induction_jax.rundir import RunDir, RunDirError
     from induction_jax.run import train_run
@@ -239,10 +240,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         design = (f"{len(lrs or [1])} lr x {len(wds or [1])} weight decay x "
                   + (f"{len(set(members.init_seed))} init seeds x {len(set(members.data_seed))} data seeds"
                      if members.crossed else f"{len(set(members.init_seed))} seeds"))
-        print(f"sweep: {len(members)} members ({design}) {combo or ''} -> {run_dir}")
+        varied = " ".join(f"{k}={v}" for k, v in combo.items() if len(shape_lists[k]) > 1)
+        print(f"sweep: {len(members)} members ({design}) {varied} -> {run_dir}".replace("  ", " "))
         train_run(cfg, run_dir, overwrite=args.overwrite, members=members, progress=not args.no_progress)
         _print_circuits(analyze_run(run_dir))
-        _print_phase(phase_run(run_dir))
+        try:
+            _print_phase(phase_run(run_dir))
+        except PhaseError as e:       # a run that cannot be timed still reports its divergence below
+            print(f"induction-jax sweep: phase timing of {run_dir} skipped: {e}", file=sys.stderr)
         print(f"run directory: {run_dir}")
         diverged |= _report_divergence(run_dir, "sweep")
     return EXIT_DIVERGED if diverged else 0

@@ -41,7 +41,8 @@ def loss_plot(steps, losses: dict[str, np.ndarray], d_vocab: int, path: Path, ti
     ax.set_xlabel("training step")
     ax.set_ylabel("cross-entropy loss (nats)")
     ax.set_ylim(0, max(math.log(d_vocab) * 1.25, float(np.nanmax(np.nanmean(losses["loss_first_half"], 0)))))
-    ax.set_xlim(steps[0], steps[-1])
+    if steps[-1] > steps[0]:
+        ax.set_xlim(steps[0], steps[-1])
     ax.set_title(title or "Loss on the first half (unpredictable) and second half (induction)")
     ax.legend(loc="center right")
     ax.grid(alpha=0.3)

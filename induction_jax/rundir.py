@@ -335,6 +335,22 @@ class RunDir:
                 "members": members.table(), **extra}
         write_json_atomic(self.output("config.json"), meta)
 
+    def check_config(self) -> None:
+        """`check_trained_with` the newest checkpoint whose meta reads (for commands that read
+        the metrics but no arrays); a run without checkpoints has nothing to compare with."""
+        from induction_jax.checkpoint import CheckpointError, Checkpoints
+
+        if not self.checkpoints.is_dir():
+            return
+        with Checkpoints(self.checkpoints, async_save=False) as ckpt:
+            for step in reversed(ckpt.steps()):
+                try:
+                    recorded = ckpt.read_meta(step)
+                except CheckpointError:
+                    continue
+                self.check_trained_with(recorded, may_differ=RESUMABLE_CHANGES)
+                return
+
     def check_trained_with(self, recorded: dict, may_differ: tuple[str, ...] = ()) -> None:
         """Refuse a config.json that no longer says what the run was trained with (`recorded`:
         the config and members a checkpoint stored). Only `may_differ` fields may change."""

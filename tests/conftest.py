@@ -17,3 +17,36 @@ SMALL = RunConfig().replace(d_vocab=32, half_length=12, n_ctx=24, d_model=32, n_
 @pytest.fixture(scope="session")
 def small_cfg() -> RunConfig:
     return SMALL
+
+
+# A tiny run for the fault tests: seconds to train, checkpoints every 100 steps.
+TINY = ["--d-vocab", "16", "--half-length", "6", "--n-ctx", "12", "--d-model", "16", "--n-heads", "2",
+        "--batch-size", "32", "--probe-batch-size", "8", "--seeds", "2", "--lr", "3e-3", "--eval-every", "10",
+        "--chunk-steps", "20", "--checkpoint-every", "100", "--no-analysis", "--no-progress"]
+STEPS = "1000"
+
+
+def cli(*args, command: str = "train") -> list[str]:
+    """The command line of `induction-jax train` on the tiny config (extra args last)."""
+    import sys
+    return [sys.executable, "-m", "induction_jax.cli", command, *(TINY if command == "train" else []), *args]
+
+
+def tree_digest(path) -> str:
+    """A digest of every file under `path` (names and bytes), to prove nothing changed."""
+    import hashlib
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(path)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """An uninterrupted tiny run of STEPS steps."""
+    import subprocess
+    out = tmp_path_factory.mktemp("ref") / "run"
+    subprocess.run(cli("--steps", STEPS, "--out", str(out)), check=True, capture_output=True)
+    return out

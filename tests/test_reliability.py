@@ -1,7 +1,6 @@
 """Faults and bad input lose nothing: kill-and-resume equals uninterrupted, broken checkpoints
 fall back, bad input gets a one-line error, exit code 2, and the run directory as it was."""
 
-import hashlib
 import json
 import shutil
 import signal
@@ -13,39 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import STEPS, cli, tree_digest
 from induction_jax.cli import main
-
-TINY = ["--d-vocab", "16", "--half-length", "6", "--n-ctx", "12", "--d-model", "16", "--n-heads", "2",
-        "--batch-size", "32", "--probe-batch-size", "8", "--seeds", "2", "--lr", "3e-3", "--eval-every", "10",
-        "--chunk-steps", "20", "--checkpoint-every", "100", "--no-analysis", "--no-progress"]
-STEPS = "1000"
-
-
-def cli(*args) -> list[str]:
-    return [sys.executable, "-m", "induction_jax.cli", "train", *TINY, *args]
-
-
-def tree_digest(path: Path) -> str:
-    """A digest of every file under `path` (names and bytes), to prove nothing changed."""
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(path)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
 
 def final_params(run: Path) -> dict:
     from induction_jax.analysis.weights import load_run_params
     return load_run_params(run)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """An uninterrupted run."""
-    out = tmp_path_factory.mktemp("ref") / "run"
-    subprocess.run(cli("--steps", STEPS, "--out", str(out)), check=True, capture_output=True)
-    return out
 
 
 def _wait_for_checkpoint(run: Path, step: int, proc, timeout=120):

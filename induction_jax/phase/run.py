@@ -20,9 +20,12 @@ CURVES = ("in_context_score", "induction_score", "prev_token_score")
 def time_curves(table: dict, n_members: int, window: int = 5) -> dict[str, Timing]:
     out = {}
     for name in CURVES:
-        if name not in table or not np.isfinite(table[name]).any():
+        if name not in table:
             raise PhaseError(f"metrics.csv has no probe metric {name!r}: this run was trained without "
                              f"in-training probes; retrain with induction-jax >= 0.1")
+        if not np.isfinite(table[name]).any():
+            raise PhaseError(f"metrics.csv: probe metric {name!r} has no finite value (did every member "
+                             f"diverge at once?); nothing to time")
         steps, values = metric_matrix(table, name, n_members)
         out[name] = detect(steps, values, name, window=window)
     return out
@@ -53,6 +56,7 @@ def phase_run(run_dir: str | Path, window: int = 5) -> Path:
     members = run.members()
     E = len(members)
     with run.lock():
+        run.check_config()
         table = read_metrics(run.metrics_csv)
         timings = time_curves(table, E, window)
         out = run.output_dir("phase")
