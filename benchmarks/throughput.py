@@ -153,6 +153,9 @@ def main() -> None:
     parser.add_argument("--member-loop", default="auto", choices=("auto", "vmap", "map"),
                         help="how members share a device (TrainConfig.member_loop); the other loop is "
                              "measured too, at one size, for the ratio")
+    parser.add_argument("--probe-cadences", default="10",
+                        help="probe every N steps, for each N listed: the extra training time of the probes "
+                             "at 8 members, measured side by side")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     if args.worker is not None:
@@ -179,13 +182,18 @@ def main() -> None:
     print(f"member loop: {rows[0]['member_loop']}")
     again = run_worker(sizes[-1], args.steps, cache_dir, compile_only=True, member_loop=args.member_loop)
     print(f"second identical run, {sizes[-1]} members: compile {again['compile_s']:.2f} s (persistent cache)")
-    # The in-training probes (every 10 steps by default) against a chunk with one probe at its end.
+    # The in-training probes at each cadence (every 10 steps by default) against a chunk with one
+    # probe at its end.
     probe_size = 8 if 8 in sizes else sizes[-1]
     plain = next(r for r in rows if r["members"] == probe_size)
-    probed = run_worker(probe_size, args.steps, cache_dir, eval_every=10, member_loop=args.member_loop)
-    probe_cost = plain["model_steps_per_s"] / probed["model_steps_per_s"] - 1
-    print(f"probes every 10 steps, {probe_size} members: {probed['model_steps_per_s']:.1f} model-steps/s, "
-          f"{probe_cost:+.1%} time against probing once per {args.steps} steps")
+    cadences = []
+    for every in (int(c) for c in args.probe_cadences.split(",")):
+        probed = run_worker(probe_size, args.steps, cache_dir, eval_every=every, member_loop=args.member_loop)
+        cost = plain["model_steps_per_s"] / probed["model_steps_per_s"] - 1
+        cadences.append({"eval_every": every, "members": probe_size, "model_steps_per_s": probed["model_steps_per_s"],
+                         "extra_time_fraction": cost})
+        print(f"probes every {every} steps, {probe_size} members: {probed['model_steps_per_s']:.1f} model-steps/s, "
+              f"{cost:+.1%} time against probing once per {args.steps} steps", flush=True)
     # The other member loop at the same size, measured now, for the ratio between the two.
     other_loop = "vmap" if plain["member_loop"] == "map" else "map"
     other = run_worker(probe_size, args.steps, cache_dir, member_loop=other_loop)
@@ -202,8 +210,7 @@ def main() -> None:
     name = f"{device['platform']}-{device['device_kind']}-{os.cpu_count()}cores".replace(" ", "_").lower()
     results = {"device_name": name, "machine": platform.processor() or platform.machine(),
                "matmul_peak": peak, "jax": rows, "second_run": again, "torch": torch_row,
-               "probes_every_10_steps": {"members": probe_size, "model_steps_per_s": probed["model_steps_per_s"],
-                                         "extra_time_fraction": probe_cost},
+               "probe_cadences": cadences,
                "other_member_loop": other,
                "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
     out = Path(args.out)

@@ -155,27 +155,48 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_phase(args: argparse.Namespace) -> int:
     from induction_jax.phase.run import phase_run
 
-    out = phase_run(args.run_dir, window=args.window)
+    out = phase_run(args.run_dir, smooth_steps=args.smooth_steps, loss_smooth_steps=args.loss_smooth_steps,
+                    variance=args.variance)
     _print_phase(out)
     print(f"phase: {out}")
     print(f"report: {Path(args.run_dir) / 'report.html'}")
     return 0
 
 
+def _fmt_ci(ci) -> str:
+    return "n/a" if ci is None else f"{ci[0]:.2f}-{ci[1]:.2f}"
+
+
 def _print_phase(phase_dir: Path) -> None:
     stats = json.loads((phase_dir / "stats.json").read_text())
-    for curve in ("in_context_score", "induction_score", "prev_token_score"):
+    for curve in ("in_context_score", "induction_score", "prev_token_score", "loss_second_half"):
         m = stats[curve]["midpoint"]
+        where = "per-step training loss" if curve == "loss_second_half" else "probes"
         if m["mean"] is None:
             print(f"  {curve}: every member censored")
             continue
-        print(f"  {curve} midpoint: mean {m['mean']:.0f}, std {m['std']:.0f}, CV {m['cv']:.3f}, median "
-              f"{m['median']:.0f} (95% CI of the mean {m['ci95_low']:.0f}-{m['ci95_high']:.0f}; "
-              f"{m['n']} timed, {m['n_censored']} censored)")
+        print(f"  {curve} midpoint: mean {m['mean']:.1f}, std {m['std']:.1f}, CV {m['cv']:.3f}, median "
+              f"{m['median']:.1f} (95% CI of the mean {m['ci95_low']:.1f}-{m['ci95_high']:.1f}; {m['n']} timed, "
+              f"{m['n_censored']} censored; {where} every {stats[curve]['probe_interval']:g} steps)")
+        if m.get("resolution"):
+            print(f"    warning: {m['resolution']}")
     for by, order in stats["formation_order"].items():
         c = order["counts"]
         print(f"  previous-token head forms before / with / after the induction head, by {by}: "
               f"{c['before']} / {c['with']} / {c['after']} (censored {c['censored']})")
+    for label, arm in stats["arms"].items():
+        head = f"  [{label}] " if len(stats["arms"]) > 1 else "  "
+        var = (arm.get("variance") or {}).get("in_context_score", {}).get("midpoint")
+        if var is not None:
+            if var["shares"] is None:
+                print(f"{head}variance of the in-context midpoint: {var['reason']}")
+            else:
+                sh, ci = var["shares"], var["shares_ci95"]
+                print(f"{head}variance of the in-context midpoint ({var['I']} init x {var['J']} data seeds): init "
+                      f"{sh['init']:.2f} [{_fmt_ci(ci['init'])}], data {sh['data']:.2f} [{_fmt_ci(ci['data'])}], "
+                      f"residual {sh['residual']:.2f} [{_fmt_ci(ci['residual'])}] (shares, 95% CI)")
+        if arm.get("predictors"):
+            print(f"{head}init-time predictors of the in-context midpoint: {arm['predictors']['verdict']}")
 
 
 def _parse_list(flag: str, text: str, kind) -> list:
@@ -310,8 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Write RUN_DIR/phase/ (timings.csv, stats.json, figures) and add "
                                        "them to RUN_DIR/report.html.")
     phase.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'induction-jax train'")
-    phase.add_argument("--window", type=int, default=5, metavar="N",
-                       help="centred moving-average window, in probe points (odd)")
+    phase.add_argument("--smooth-steps", type=float, default=10, metavar="S",
+                       help="centred moving average of the probe curves over at most S steps (at the default "
+                            "probes every 10 steps: none; chosen by measurement, see README)")
+    phase.add_argument("--loss-smooth-steps", type=float, default=25, metavar="S",
+                       help="centred moving average of the per-step training loss over at most S steps")
+    phase.add_argument("--variance", action="store_true",
+                       help="require the init x data variance decomposition (an error if no arm of the run "
+                            "crosses init and data seeds; crossed arms get it without this flag)")
     phase.set_defaults(func=cmd_phase)
 
     sweep = sub.add_parser("sweep", help="train and analyse a hyperparameter sweep in one command",

@@ -151,8 +151,8 @@ class TrainConfig:
                               "(best on CPU, where one member's activations stay in cache); auto = map "
                               "on CPU, vmap elsewhere", choices=("auto", "vmap", "map"))
     divergence_loss: float = _field(10.0, "a member whose training loss exceeds this multiple of ln V, or is "
-                                    "not finite, has diverged: its updates stop at that step (healthy runs "
-                                    "stay below 1.5 ln V)", lo=1.0, hi=1e30, lo_open=True)
+                                    "not finite, has diverged: its updates stop at that step (the default "
+                                    "run's largest loss is 1.003 ln V)", lo=1.0, hi=1e30, lo_open=True)
     compute_dtype: str = _field("float32", "dtype of the training forward and backward pass; parameters, "
                                 "AdamW state, softmax and loss stay float32, and probes and analysis "
                                 "always run in float32", choices=("float32", "bfloat16"))

@@ -118,6 +118,15 @@ class Members:
             parts.append(f"weight decay {self.weight_decay[i]:g}")
         return f"{parts[0]} ({', '.join(parts[1:])})"
 
+    def arms(self) -> dict[str, np.ndarray]:
+        """Members grouped by every setting that varies except the seeds (a sweep's arms):
+        label -> member indices, in first-appearance order; one group 'all' if none varies."""
+        varying = [(name, fmt) for name, fmt in (("lr", "lr {:g}"), ("weight_decay", "weight decay {:g}"))
+                   if len(np.unique(getattr(self, name))) > 1]
+        labels = [", ".join(fmt.format(getattr(self, name)[i]) for name, fmt in varying) or "all"
+                  for i in range(len(self))]
+        return {label: np.flatnonzero(np.asarray(labels) == label) for label in dict.fromkeys(labels)}
+
     def select(self, index) -> "Members":
         return Members(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
@@ -133,17 +142,15 @@ def parse_seed_range(flag: str, text: str) -> list[int]:
     seeds: list[int] = []
     for part in text.split(","):
         part = part.strip()
+        bounds = part.split("-", 1) if "-" in part[1:] else [part]
         try:
-            if "-" in part[1:]:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise MembersError(f"{flag} {text!r}: range {part} is empty (end before start)")
-                seeds.extend(range(_check_seed(lo), _check_seed(hi) + 1))
-            else:
-                seeds.append(_check_seed(int(part)))
+            lo, hi = int(bounds[0]), int(bounds[-1])
         except ValueError:
             raise MembersError(f"{flag} {text!r}: must be seeds or ranges such as 0-7 or 0,2,5 "
                                f"(non-negative integers)") from None
+        if hi < lo:
+            raise MembersError(f"{flag} {text!r}: range {part} is empty (end before start)")
+        seeds.extend(range(_check_seed(lo), _check_seed(hi) + 1))
     if len(set(seeds)) != len(seeds):
         dup = next(s for s in seeds if seeds.count(s) > 1)
         raise MembersError(f"{flag} {text!r}: seed {dup} appears twice (ranges overlap)")

@@ -15,13 +15,16 @@ def _fmt_seconds(s: float) -> str:
 
 
 class ProgressBar:
-    """Redrawn in place on a terminal; one line per update otherwise (logs stay readable).
+    """Redrawn in place on a terminal at every update (about once a second); elsewhere one line
+    every `log_every` seconds and at the end, so logs stay readable.
 
     The first call of a compiled program compiles it and trains one probe interval; rates and
     the ETA are measured from the end of that call on (the first line shows none yet)."""
 
-    def __init__(self, total: int, start: int = 0, members: int = 1, stream=None, width: int = 28):
+    def __init__(self, total: int, start: int = 0, members: int = 1, stream=None, width: int = 28,
+                 log_every: float = 10.0):
         self.total, self.done, self.start, self.members = total, start, start, members
+        self.log_every, self.last_line = log_every, float("-inf")
         self.stream = stream or sys.stderr
         self.width = width
         self.tty = getattr(self.stream, "isatty", lambda: False)()
@@ -57,6 +60,10 @@ class ProgressBar:
 
     def update(self, done: int, loss_second_half: float) -> None:
         now = time.perf_counter()
+        if not self.tty and self.first is not None and now - self.last_line < self.log_every and done < self.total:
+            self.done = done
+            return
+        self.last_line = now
         if self.first is None:
             self.first = (now, done)
             speed, eta = "-- steps/s", "--:--"

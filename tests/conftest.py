@@ -26,6 +26,14 @@ TINY = ["--d-vocab", "16", "--half-length", "6", "--n-ctx", "12", "--d-model", "
 STEPS = "1000"
 
 
+def tiny(**flags) -> list[str]:
+    """TINY with some flags replaced, e.g. tiny(seeds=1)."""
+    out = list(TINY)
+    for name, value in flags.items():
+        out[out.index("--" + name.replace("_", "-")) + 1] = str(value)
+    return out
+
+
 def cli(*args, command: str = "train") -> list[str]:
     """The command line of `induction-jax train` on the tiny config (extra args last)."""
     import sys

@@ -69,6 +69,14 @@ def test_logistic_fit_exact_curve():
     assert abs(t0[0] - 1337) < 20 and abs(w[0] - 80) < 12
 
 
+def test_logistic_fit_is_not_quantised_to_its_grid():
+    # Midpoints between the 200-point global grid's nodes (15 steps apart on 0..3000).
+    mids = np.array([1337.3, 1341.9, 1346.6])
+    t0, w = logistic_fit(STEPS, logistic(STEPS[None], mids[:, None], 80))
+    np.testing.assert_allclose(t0, mids, atol=1.0)
+    np.testing.assert_allclose(w, 80, rtol=0.03)
+
+
 def test_summary_statistics_on_known_samples():
     s = summarize(np.array([1.0, 2.0, 3.0, 4.0, np.nan]))
     assert s["n"] == 4 and s["n_censored"] == 1

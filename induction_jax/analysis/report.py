@@ -101,30 +101,49 @@ def _section_table(circuit: dict) -> str:
 ANALYSIS_FIGURES = ("attention_patterns", "head_scores", "positional_qk_prev_token_head", "k_composition",
                     "full_ov_induction_head", "ov_eigenvalues", "ablations", "ensemble_scores")
 PHASE_FIGURES = ("in_context_score", "induction_score", "loss_bump", "midpoint_distribution",
-                 "prev_vs_induction", "timing_by_lr")
+                 "prev_vs_induction", "timing_by_lr", "survival", "variance", "predictors")
 
 
 def _figure_html(folder: Path, names) -> str:
-    return "".join(f"<h3>{html.escape(n.replace('_', ' '))}</h3><img src='data:image/png;base64,{_img(folder / (n + '.png'))}'>"
-                   for n in names if (folder / f"{n}.png").exists())
+    """Each named figure, and its per-arm variants (name_0, name_1, ...) where a sweep has them."""
+    paths = [p for n in names for p in [folder / f"{n}.png", *sorted(folder.glob(f"{n}_[0-9]*.png"))] if p.exists()]
+    return "".join(f"<h3>{html.escape(p.stem.replace('_', ' '))}</h3><img src='data:image/png;base64,{_img(p)}'>"
+                   for p in paths)
 
 
 def _phase_html(stats: dict) -> str:
-    rows = []
-    for curve in ("in_context_score", "induction_score", "prev_token_score"):
+    fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    rows, warnings = [], []
+    for curve in ("in_context_score", "induction_score", "prev_token_score", "loss_second_half"):
         for timing in ("onset", "midpoint", "end", "logistic_width"):
             s = stats.get(curve, {}).get(timing, {})
-            fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
             rows.append(f"<tr><td>{curve}</td><td>{timing}</td><td>{s.get('n')}</td><td>{s.get('n_censored')}</td>"
                         + "".join(f"<td>{fmt(s.get(k))}</td>" for k in ("mean", "std", "median", "iqr", "cv",
-                                                                           "ci95_low", "ci95_high")) + "</tr>")
+                                                                           "ci95_low", "ci95_high"))
+                        + f"<td>{fmt(stats.get(curve, {}).get('probe_interval'))}</td></tr>")
+            if s.get("resolution"):
+                warnings.append(f"<li>{curve} {timing}: {html.escape(s['resolution'])}</li>")
     head = "".join(f"<th>{h}</th>" for h in ("curve", "timing", "n", "censored", "mean", "std", "median", "IQR",
-                                             "CV", "CI95 low", "CI95 high"))
+                                             "CV", "CI95 low", "CI95 high", "probe interval"))
     orders = "".join(f"<li>by {html.escape(by)}: {o['counts']['before']} / {o['counts']['with']} / "
                      f"{o['counts']['after']} (censored {o['counts']['censored']})</li>"
                      for by, o in stats.get("formation_order", {}).items())
-    return (f"<table><tr>{head}</tr>{''.join(rows)}</table><p>Previous-token head forms before / with / after "
-            f"the induction head (within one probe interval counts as with):</p><ul>{orders}</ul>")
+    arms = []
+    for label, arm in stats.get("arms", {}).items():
+        var = (arm.get("variance") or {}).get("in_context_score", {}).get("midpoint")
+        if var and var.get("shares"):
+            sh, ci = var["shares"], var["shares_ci95"]
+            shares = ", ".join(f"{k} {sh[k]:.2f} [{ci[k][0]:.2f}, {ci[k][1]:.2f}]" for k in ("init", "data", "residual"))
+            arms.append(f"<li>{html.escape(label)}: variance of the in-context midpoint over {var['I']} init x "
+                        f"{var['J']} data seeds: {shares} (shares, 95% CI)</li>")
+        if arm.get("predictors"):
+            arms.append(f"<li>{html.escape(label)}: init-time predictors: {html.escape(arm['predictors']['verdict'])}</li>")
+    return (f"<p>Timings are interpolated between probe points; the probe interval is given beside each. "
+            f"loss_second_half is the per-step training loss (a second estimate, no probes).</p>"
+            f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+            + (f"<p class='bad'>Resolution:</p><ul>{''.join(warnings)}</ul>" if warnings else "")
+            + f"<p>Previous-token head forms before / with / after the induction head (within one probe interval "
+              f"counts as with):</p><ul>{orders}</ul>" + (f"<ul>{''.join(arms)}</ul>" if arms else ""))
 
 
 def write_report(run: RunDir) -> Path:

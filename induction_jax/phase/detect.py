@@ -33,6 +33,15 @@ DIRECTION = {"in_context_score": 1, "induction_score": 1, "prev_token_score": 1,
              "probe_loss_second_half": -1, "loss_second_half": -1}
 
 
+def window_points(probe_interval: float, smooth_steps: float) -> int:
+    """The moving-average window, in points, that spans at most `smooth_steps` steps: the
+    largest odd w with (w - 1) x interval <= smooth_steps (1 = no smoothing)."""
+    if smooth_steps < 0:
+        raise PhaseError(f"smoothing span={smooth_steps:g} steps: must be >= 0")
+    w = int(smooth_steps // probe_interval) + 1
+    return w if w % 2 else w - 1
+
+
 def moving_average(values_EN: np.ndarray, window: int) -> np.ndarray:
     """Centred moving average along the last axis; edges average over the part that exists."""
     if window < 1 or window % 2 == 0:
@@ -67,6 +76,7 @@ class Timing:
     censored: np.ndarray
     reason: list
     probe_interval: float  # median spacing of `steps`: the resolution the curve was logged at
+    raw_onset: np.ndarray  # the onset crossing before censoring: a start even where the end is missing
 
     def as_rows(self, members) -> list[dict]:
         """One row per member: its settings (`Members`), the timings and why it was censored."""
@@ -156,7 +166,32 @@ def logistic_fit(steps: np.ndarray, values_EN: np.ndarray, n_t0: int = 200, n_wi
     sse = syy - 2 * a * sy - 2 * b * sgy + a * a * n + 2 * a * b * sg + b * b * sgg
     flat = sse.reshape(len(values_EN), -1).argmin(-1)
     i, j = np.unravel_index(flat, sse.shape[1:])
-    return t0s[i], ws[j]
+    # The global grid resolves t0 to span / n_t0 (15 steps on 3000): refine each member's t0,
+    # then w, on fine local grids so the fitted midpoint is not quantised either.
+    step_t0 = span / max(n_t0 - 1, 1)
+    t0 = _refine(t, y, ok, t0s[i][:, None] + np.linspace(-step_t0, step_t0, 41)[None], ws[j][:, None], axis="t0")
+    ratio = ws[1] / ws[0] if n_width > 1 else 2.0
+    w = _refine(t, y, ok, t0[:, None], ws[j][:, None] * np.geomspace(1 / ratio, ratio, 21)[None], axis="w")
+    return t0, w
+
+
+def _refine(t, y_EN, ok_EN, t0_EK, w_EK, axis: str) -> np.ndarray:
+    """The candidate (per member, K of them) with the least squared error of the best a + b g."""
+    with np.errstate(over="ignore"):
+        g = 1.0 / (1.0 + np.exp(-(t[None, None, :] - t0_EK[..., None]) / w_EK[..., None]))     # [E, K, N]
+    g = g * ok_EN[:, None, :]
+    n = ok_EN.sum(-1)[:, None]
+    sg, sgg = g.sum(-1), (g * g).sum(-1)
+    sy, syy = (y_EN * ok_EN).sum(-1)[:, None], (y_EN * y_EN * ok_EN).sum(-1)[:, None]
+    sgy = (g * y_EN[:, None, :]).sum(-1)
+    det = n * sgg - sg * sg
+    b = np.where(np.abs(det) > 1e-12, (n * sgy - sg * sy) / np.where(det == 0, 1, det), 0.0)
+    a = (sy - b * sg) / np.maximum(n, 1)
+    sse = syy - 2 * a * sy - 2 * b * sgy + a * a * n + 2 * a * b * sg + b * b * sgg
+    best = sse.argmin(-1)
+    grid = t0_EK if axis == "t0" else w_EK
+    grid = np.broadcast_to(grid, sse.shape)
+    return np.take_along_axis(grid, best[:, None], -1)[:, 0]
 
 
 def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int = 5,
@@ -195,4 +230,4 @@ def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int
     nan_if = lambda v: np.where(censored, np.nan, v)  # noqa: E731
     return Timing(metric, steps, s, s0, s1, nan_if(out["onset"]), nan_if(out["midpoint"]), nan_if(out["end"]),
                   nan_if(peak), nan_if(t0), nan_if(w), censored, reasons,
-                  float(np.median(np.diff(steps))) if len(steps) > 1 else float("nan"))
+                  float(np.median(np.diff(steps))) if len(steps) > 1 else float("nan"), out["onset"])

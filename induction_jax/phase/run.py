@@ -1,25 +1,49 @@
-"""`phase_run(RUN_DIR)`: time the phase change in every member, write RUN_DIR/phase/."""
+"""`phase_run(RUN_DIR)`: time the phase change in every member and explain its spread; writes
+RUN_DIR/phase/ (timings.csv, stats.json, figures) and adds them to the report.
+
+Per curve and member: onset, midpoint, end (interpolated between probe points), peak slope,
+logistic fit. Across members, per arm of a sweep: the statistics with the probe interval and
+a warning when the spread is not resolved; for a crossed init x data design, the variance
+split into init, data and residual shares; the init-time quantities that go with the
+midpoint; the survival curve of formation.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 
 from induction_jax.phase import figures
-from induction_jax.phase.detect import TIMINGS, PhaseError, Timing, detect
-from induction_jax.phase.stats import formation_order, summarize
+from induction_jax.phase.detect import TIMINGS, PhaseError, Timing, detect, window_points
+from induction_jax.phase.predictors import init_quantities, predictor_table
+from induction_jax.phase.stats import formation_order, resolution, summarize
+from induction_jax.phase.survival import censor_at_last_step, kaplan_meier
+from induction_jax.phase.variance import crossed_matrix, variance_decomposition
 from induction_jax.metrics import metric_matrix, read_metrics
 from induction_jax.rundir import RunDir, json_safe, write_json_atomic, write_text_atomic
 
 CURVES = ("in_context_score", "induction_score", "prev_token_score")
+# The training loss of every step: a second estimate of the timing at no cost in probes.
+STEP_CURVE = "loss_second_half"
+DECOMPOSED = ("onset", "midpoint", "end")
+# Smoothing spans in steps, chosen by measurement (experiments/timing_precision.py, README): on
+# the default run, wider windows bias every crossing (a 41-step window moved midpoints by +4.8
+# steps, onsets by -8) and blur the differences between members, while the probe noise they
+# average away is under half a step. The per-step training loss is far noisier per point.
+SMOOTH_STEPS = 10
+LOSS_SMOOTH_STEPS = 25
 
 
-def time_curves(table: dict, n_members: int, window: int = 5) -> dict[str, Timing]:
+def time_curves(table: dict, n_members: int, smooth_steps: float = SMOOTH_STEPS,
+                loss_smooth_steps: float = LOSS_SMOOTH_STEPS,
+                diverged_step: np.ndarray | None = None) -> dict[str, Timing]:
+    """Every curve's timings; members that diverged are censored with that reason."""
     out = {}
-    for name in CURVES:
+    for name, span in [(c, smooth_steps) for c in CURVES] + [(STEP_CURVE, loss_smooth_steps)]:
         if name not in table:
             raise PhaseError(f"metrics.csv has no probe metric {name!r}: this run was trained without "
                              f"in-training probes; retrain with induction-jax >= 0.1")
@@ -27,38 +51,108 @@ def time_curves(table: dict, n_members: int, window: int = 5) -> dict[str, Timin
             raise PhaseError(f"metrics.csv: probe metric {name!r} has no finite value (did every member "
                              f"diverge at once?); nothing to time")
         steps, values = metric_matrix(table, name, n_members)
-        out[name] = detect(steps, values, name, window=window)
+        interval = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
+        timing = detect(steps, values, name, window=window_points(interval, span))
+        if diverged_step is not None:
+            for e in np.flatnonzero(diverged_step >= 0):
+                timing.reason[e] = f"diverged at step {diverged_step[e]}"
+                timing.censored[e] = True
+                for field in TIMINGS:
+                    getattr(timing, field)[e] = np.nan
+        out[name] = timing
     return out
 
 
-def phase_stats(timings: dict[str, Timing], eval_every: int, members) -> dict:
-    stats = {name: {k: summarize(getattr(t, k)) for k in TIMINGS} for name, t in timings.items()}
+def _curve_stats(t: Timing) -> dict:
+    stats = {k: summarize(getattr(t, k)) for k in TIMINGS}
+    for k in ("onset", "midpoint", "end", "peak_slope"):
+        stats[k]["resolution"] = resolution(stats[k], t.probe_interval)
+    return stats | {"probe_interval": t.probe_interval}
+
+
+def arm_stats(cfg, members, timings: dict[str, Timing], table: dict, idx: np.ndarray, last_step: int,
+              predictors: dict | None) -> dict:
+    """One arm (members sharing every setting but their seeds): timing, variance shares when
+    its seeds are crossed, predictors, survival."""
+    sub = members.select(idx)
+    ic = timings["in_context_score"]
+    out = {"members": idx.tolist(), "n": len(idx), "in_context_midpoint": summarize(ic.midpoint[idx]),
+           "probe_interval": ic.probe_interval}
+    out["in_context_midpoint"]["resolution"] = resolution(out["in_context_midpoint"], ic.probe_interval)
+    try:
+        crossed_matrix(sub.init_seed, sub.data_seed, np.zeros(len(idx)))
+        out["variance"] = {name: {k: _decompose(sub, getattr(t, k)[idx]) for k in DECOMPOSED}
+                           for name, t in timings.items()}
+    except PhaseError as e:
+        out["variance"] = None
+        out["not_crossed"] = str(e)
+    if predictors is not None:
+        out["predictors"] = predictor_table({k: v[idx] for k, v in predictors.items()}, ic.midpoint[idx],
+                                            sub.init_seed)
+    # The survival of 'not yet started': the onset, even of a member that has not finished.
+    times, observed = censor_at_last_step(ic.raw_onset[idx], last_step)
+    out["survival"] = kaplan_meier(times, observed)
+    return out
+
+
+def _decompose(sub, values: np.ndarray) -> dict:
+    init_levels, data_levels, matrix = crossed_matrix(sub.init_seed, sub.data_seed, values)
+    return variance_decomposition(matrix) | {"init_seeds": init_levels.tolist(), "data_seeds": data_levels.tolist(),
+                                             "matrix": matrix.tolist()}
+
+
+def phase_stats(cfg, members, timings: dict[str, Timing], table: dict, last_step: int,
+                predictors: dict | None = None) -> dict:
+    stats = {name: _curve_stats(t) for name, t in timings.items()}
+    eval_every = timings["in_context_score"].probe_interval
     # By onset and by peak slope as well as by midpoint: a curve that jumps and then creeps up
     # (the previous-token score here) has a late midpoint though it forms with the other.
     stats["formation_order"] = {
         k: formation_order(getattr(timings["prev_token_score"], k), getattr(timings["induction_score"], k),
                            eval_every) for k in ("onset", "peak_slope", "midpoint")}
     lag = timings["in_context_score"].midpoint - timings["induction_score"].midpoint
-    lag = lag[np.isfinite(lag)]
+    finite = lag[np.isfinite(lag)]
     stats["in_context_minus_induction_midpoint"] = {
-        "median": float(np.median(lag)) if len(lag) else None, "n": int(len(lag)),
-        "per_member": (timings["in_context_score"].midpoint - timings["induction_score"].midpoint).tolist()}
-    lrs = members.lr
-    if len(np.unique(lrs)) > 1:
-        stats["by_lr"] = {f"{lr:g}": summarize(timings["in_context_score"].midpoint[lrs == lr])
-                          for lr in np.unique(lrs)}
+        "median": float(np.median(finite)) if len(finite) else None, "n": int(len(finite)),
+        "per_member": lag.tolist()}
+    stats["arms"] = {label: arm_stats(cfg, members, timings, table, idx, last_step, predictors)
+                     for label, idx in members.arms().items()}
     return stats
 
 
-def phase_run(run_dir: str | Path, window: int = 5) -> Path:
+def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smooth_steps: float = LOSS_SMOOTH_STEPS,
+              variance: bool = False) -> Path:
+    """Time every member of a run. `variance` demands the init x data decomposition (an error
+    if no arm of the run is a crossed design); without it, crossed arms get it anyway."""
     run = RunDir(Path(run_dir))
     cfg = run.read_config()
     members = run.members()
     E = len(members)
+    if E < 2:
+        raise PhaseError(f"{run.path}: has 1 member; timing statistics across members need at least 2 "
+                         f"(train with --seeds 2 or more)")
+    if variance:
+        arms = members.arms()
+        errors = []
+        for idx in arms.values():
+            try:
+                crossed_matrix(members.select(idx).init_seed, members.select(idx).data_seed, np.zeros(len(idx)))
+                break
+            except PhaseError as e:
+                errors.append(str(e))
+        else:
+            raise PhaseError(f"--variance: not a crossed design ({errors[0]}); train with "
+                             f"'induction-jax sweep --init-seeds A-B --data-seeds C-D'")
     with run.lock():
         run.check_config()
         table = read_metrics(run.metrics_csv)
-        timings = time_curves(table, E, window)
+        summary = json.loads(run.summary_json.read_text()) if run.summary_json.is_file() else None
+        diverged = (np.array([m["diverged_step"] if m["diverged_step"] is not None else -1
+                              for m in summary["members"]]) if summary else None)
+        timings = time_curves(table, E, smooth_steps, loss_smooth_steps, diverged)
+        last = int(np.nanmax(table["step"])) if len(table["step"]) else 0
+        _, init_ic = metric_matrix(table, "in_context_score", E)
+        predictors = init_quantities(cfg, members, init_ic[:, 0])
         out = run.output_dir("phase")
         rows = [r for t in timings.values() for r in t.as_rows(members)]
         buf = io.StringIO()
@@ -66,19 +160,19 @@ def phase_run(run_dir: str | Path, window: int = 5) -> Path:
         w.writeheader()
         w.writerows(rows)
         write_text_atomic(out / "timings.csv", buf.getvalue())
-        stats = phase_stats(timings, cfg.train.eval_every, members)
+        stats = phase_stats(cfg, members, timings, table, last, predictors)
         stats["censored"] = {name: [{"member": e, "reason": t.reason[e]} for e in range(E) if t.censored[e]]
                              for name, t in timings.items()}
-        last = int(np.nanmax(table["step"])) if len(table["step"]) else 0
         stats["last_step"], stats["steps"] = last, cfg.train.steps
+        stats["smooth_steps"], stats["loss_smooth_steps"] = smooth_steps, loss_smooth_steps
         write_json_atomic(out / "stats.json", json_safe(stats))
-        write_phase_figures(run, table, timings, members, out)
+        write_phase_figures(table, timings, members, stats, out)
         from induction_jax.analysis.report import write_report
         write_report(run)
     return out.path
 
 
-def write_phase_figures(run: RunDir, table, timings, members, out) -> dict[str, Path]:
+def write_phase_figures(table, timings, members, stats: dict, out) -> dict[str, Path]:
     ic = timings["in_context_score"]
     E = len(members)
     figs = {
@@ -97,9 +191,20 @@ def write_phase_figures(run: RunDir, table, timings, members, out) -> dict[str, 
     if np.isfinite(ic.onset).any():
         window = (float(np.nanmedian(ic.onset)), float(np.nanmedian(ic.end)))
     figs["loss_bump"] = figures.loss_bump(steps, loss, window, out / "loss_bump.png")
-    lrs = members.lr
-    if len(np.unique(lrs)) > 1:
-        groups = {lr: ic.midpoint[lrs == lr] for lr in np.unique(lrs)}
+    arms = members.arms()
+    if len(np.unique(members.lr)) > 1:
+        groups = {lr: ic.midpoint[members.lr == lr] for lr in np.unique(members.lr)}
         figs["timing_by_lr"] = figures.timing_by_group(groups, out / "timing_by_lr.png", "learning rate")
+    last = stats["last_step"]
+    groups = {label: censor_at_last_step(ic.raw_onset[idx], last) for label, idx in arms.items()}
+    figs["survival"] = figures.survival_and_ecdf(groups, out / "survival.png", "in-context score onset step")
+    for i, (label, arm) in enumerate(stats["arms"].items()):
+        suffix = "" if len(arms) == 1 else f"_{i}"
+        var = (arm.get("variance") or {}).get("in_context_score", {}).get("midpoint")
+        if var is not None:
+            figs[f"variance{suffix}"] = figures.variance_heatmap(
+                np.asarray(var["matrix"], float), np.asarray(var["init_seeds"]), np.asarray(var["data_seeds"]), var,
+                out / f"variance{suffix}.png", f"in-context midpoint ({label})")
+        if arm.get("predictors"):
+            figs[f"predictors{suffix}"] = figures.predictors(arm["predictors"]["rows"], out / f"predictors{suffix}.png")
     return figs
-

@@ -24,6 +24,21 @@ def summarize(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
                   "cv": std / mean if mean else None, "ci95_low": float(lo), "ci95_high": float(hi)}
 
 
+# A spread across members smaller than this many probe intervals is flagged as maybe unresolved.
+RESOLVED_INTERVALS = 2
+
+
+def resolution(stats: dict, probe_interval: float) -> str | None:
+    """A warning when the spread across members (std) is under RESOLVED_INTERVALS probe intervals:
+    interpolation places each crossing between probes, but the curve between them is not seen."""
+    std = stats.get("std")
+    if std is None or stats.get("n", 0) < 2 or std >= RESOLVED_INTERVALS * probe_interval:
+        return None
+    return (f"maybe not resolved: the spread across members (std {std:.1f} steps) is under {RESOLVED_INTERVALS} "
+            f"probe intervals ({probe_interval:g} steps); probe more often (--eval-every) or compare the "
+            f"per-step loss timing")
+
+
 def formation_order(prev_mid: np.ndarray, ind_mid: np.ndarray, tolerance: float) -> dict:
     """Whether the previous-token head forms before, with or after the induction head."""
     order = []
