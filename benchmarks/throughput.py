@@ -33,10 +33,12 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     import jax
     import numpy as np
 
-    from induction_jax import ensemble, memory, train as train_lib
+    from induction_jax import ensemble, memory, training as train_lib, use_cpu_cores
+
+    use_cpu_cores()
     from induction_jax.members import Members
     from induction_jax.config import RunConfig
-    from induction_jax.run import device_description
+    from induction_jax.runner import device_description
 
     if cache_dir:
         ensemble.enable_compilation_cache(cache_dir)

@@ -9,10 +9,11 @@ import argparse
 import json
 
 from induction_jax.analysis.report import analyze_run
+from induction_jax import use_cpu_cores
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
 from induction_jax.phase.run import phase_run
-from induction_jax.run import train_run
+from induction_jax.runner import train_run
 
 
 def main() -> None:
@@ -22,6 +23,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/lr-sweep")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
+    use_cpu_cores()
     lrs = [float(x) for x in args.lr.split(",")]
     cfg = RunConfig().replace(seeds=args.seeds)
     run = train_run(cfg, args.out, overwrite=args.overwrite, members=Members.grid(cfg, lrs, [cfg.train.weight_decay]))

@@ -12,9 +12,10 @@ import argparse
 import json
 
 from induction_jax.analysis.report import analyze_run
+from induction_jax import use_cpu_cores
 from induction_jax.config import RunConfig
 from induction_jax.phase.run import phase_run
-from induction_jax.run import train_run
+from induction_jax.runner import train_run
 
 
 def main() -> None:
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/phase-variance")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
+    use_cpu_cores()
     cfg = RunConfig().replace(seeds=args.seeds)
     run = train_run(cfg, args.out, overwrite=args.overwrite)
     circuit = json.loads((analyze_run(run.path) / "circuit.json").read_text())

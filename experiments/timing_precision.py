@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from induction_jax import use_cpu_cores
 from induction_jax.config import RunConfig
 from induction_jax.metrics import metric_matrix, read_metrics
 from induction_jax.phase.detect import detect, window_points
-from induction_jax.run import train_run
+from induction_jax.runner import train_run
 from induction_jax.rundir import RunDir
 
 CURVE = "in_context_score"
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/timing-precision")
     parser.add_argument("--overwrite", action="store_true", help="retrain even if the two runs exist")
     args = parser.parse_args()
+    use_cpu_cores()
     tables = train_twice(args)
     E = args.seeds
     steps, a = metric_matrix(tables[0], CURVE, E)

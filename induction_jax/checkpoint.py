@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import logging
 import os
 import sys
@@ -24,20 +23,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from induction_jax import distributed
+from induction_jax.arrays import tree_digest
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be trusted: unreadable, or its arrays do not match their digest."""
-
-
-def tree_digest(tree) -> str:
-    """BLAKE2b of every leaf's path, dtype, shape and bytes, in tree order."""
-    h = hashlib.blake2b(digest_size=16)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        a = np.ascontiguousarray(np.asarray(leaf))
-        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def _is_orbax_noise(unraisable) -> bool:

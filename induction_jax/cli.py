@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from induction_jax import __version__
-from induction_jax.config import SECTIONS, ConfigError, RunConfig
+from induction_jax.config import PRESETS, SECTIONS, ConfigError, RunConfig
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
@@ -52,8 +52,9 @@ def add_config_flags(parser: argparse.ArgumentParser, lists: bool = False) -> No
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The config file (if any), then every flag that was given, on top of the defaults."""
-    base = RunConfig()
+    """The preset (if any), then the config file (if any), then every flag that was given, on
+    top of the defaults."""
+    base = RunConfig.preset(args.preset) if getattr(args, "preset", None) else RunConfig()
     if getattr(args, "config", None):
         path = Path(args.config)
         try:
@@ -71,6 +72,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                                f"{', '.join(SECTIONS)}")
             obj = obj["config"]
         base = RunConfig.from_dict(obj)
+        if getattr(args, "preset", None):
+            raise CliError("--preset and --config: give one of them (a config file is a whole config)")
     return base.replace(**_flag_overrides(args))
 
 
@@ -85,7 +88,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from induction_jax import distributed
-    from induction_jax.run import resume_run, train_run
+    from induction_jax.runner import resume_run, train_run
 
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -109,11 +112,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.no_analysis:
         from induction_jax.analysis.report import analyze_run
 
-        out_dir = analyze_run(run.path)
-        _print_circuits(out_dir)
+        _print_circuits(analyze_run(run.path))
+        if summary["n_members"] > 1:
+            _phase_or_skip(run.path, "train")
         print(f"report: {run.path / 'report.html'}")
     print(f"run directory: {run.path}")
     return EXIT_DIVERGED if _report_divergence(run.path, "train") else 0
+
+
+def _phase_or_skip(run_dir: Path, command: str) -> None:
+    """Time the phase change after training; a run that cannot be timed still gets its report."""
+    from induction_jax.phase.detect import PhaseError
+    from induction_jax.phase.run import phase_run
+
+    try:
+        _print_phase(phase_run(run_dir))
+    except PhaseError as e:
+        print(f"induction-jax {command}: phase timing of {run_dir} skipped: {e}", file=sys.stderr)
 
 
 def _report_divergence(run_dir: Path, command: str) -> bool:
@@ -222,10 +237,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from induction_jax import ensemble, memory
     from induction_jax.analysis.report import analyze_run
     from induction_jax.members import Members, parse_seed_range
-    from induction_jax.phase.detect import PhaseError
-    from induction_jax.phase.run import phase_run
     from induction_jax.rundir import RunDir, RunDirError
-    from induction_jax.run import train_run
+    from induction_jax.runner import train_run
 
     lrs = _parse_list("--lr", args.list_lr, float) if args.list_lr is not None else None
     wds = _parse_list("--weight-decay", args.list_weight_decay, float) if args.list_weight_decay is not None else None
@@ -265,13 +278,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"sweep: {len(members)} members ({design}) {varied} -> {run_dir}".replace("  ", " "))
         train_run(cfg, run_dir, overwrite=args.overwrite, members=members, progress=not args.no_progress)
         _print_circuits(analyze_run(run_dir))
-        try:
-            _print_phase(phase_run(run_dir))
-        except PhaseError as e:       # a run that cannot be timed still reports its divergence below
-            print(f"induction-jax sweep: phase timing of {run_dir} skipped: {e}", file=sys.stderr)
+        _phase_or_skip(run_dir, "sweep")
         print(f"run directory: {run_dir}")
         diverged |= _report_divergence(run_dir, "sweep")
     return EXIT_DIVERGED if diverged else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from induction_jax.api import open_run
+
+    path = open_run(args.run_dir).export(member=None if args.all else args.member, format=args.format,
+                                         out=args.out, step=args.step)
+    print(f"exported: {path}")
+    if args.format == "transformer-lens":
+        print("load it with: induction_jax.interop.load_transformer_lens(PATH) (TransformerLens 3.x, "
+              "pip install -e \".[tl]\")")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -306,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue this run from its latest good checkpoint (--steps may extend it)")
     train.add_argument("--config", metavar="FILE", default=None,
                        help="start from this config JSON (a run's config.json works); flags override it")
+    train.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help="start from a named configuration; flags override it. "
+                            + "; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()))
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--no-analysis", action="store_true",
                        help="skip the circuit analysis and report after training")
@@ -349,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", metavar="DIR", default=None, help="sweep directory (default: runs/sweep-<time>)")
     sweep.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
     sweep.add_argument("--config", metavar="FILE", default=None, help="start from this config JSON")
+    sweep.add_argument("--preset", choices=sorted(PRESETS), default=None, help="start from a named configuration")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.add_argument("--init-seeds", metavar="RANGE", default=None,
                        help="init seeds (initial weights), e.g. 0-7 or 0,3,5; crossed with --data-seeds "
@@ -359,6 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(sweep, lists=True)
     sweep.set_defaults(func=cmd_sweep)
 
+    export = sub.add_parser("export", help="write a member's weights as npz, safetensors or a TransformerLens model",
+                            description="Write circuit-layout weights (npz, safetensors: plain arrays named W_E, "
+                                        "W_Q [L,H,D,Dh], ...) or a TransformerLens 3.x config + state dict that "
+                                        "loads as a HookedTransformer.")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'induction-jax train'")
+    export.add_argument("--member", type=int, default=0, metavar="K", help="the member (0-based row of the members table)")
+    export.add_argument("--all", action="store_true", help="every member, stacked (npz and safetensors only)")
+    export.add_argument("--format", default="npz", metavar="FMT",
+                        help="npz, safetensors or transformer-lens (default: npz)")
+    export.add_argument("--step", type=int, default=None, metavar="S", help="checkpoint step (default: the latest)")
+    export.add_argument("--out", default=None, metavar="PATH",
+                        help="where to write (default: RUN_DIR/exports/member<K>-step<S>[.npz|.safetensors])")
+    export.set_defaults(func=cmd_export)
+
     bench = sub.add_parser("bench", help="training throughput against the PyTorch loop (benchmarks/throughput.py)",
                            description="Runs benchmarks/throughput.py; its options pass through "
                                        "(--sizes 1,2,4,8,16,32 --steps 200 --no-torch).")
@@ -368,10 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from induction_jax import signals
+    from induction_jax import signals, use_cpu_cores
 
     old_handlers = signals.install()      # first: a signal at any moment stops the command cleanly
     try:
+        use_cpu_cores()                   # every CPU core a JAX device, before any JAX work
         return _main(argv)
     finally:
         signals.restore(old_handlers)

@@ -128,7 +128,7 @@ class TrainConfig:
                         lo=1, hi=1_000_000)
     first_seed: int = _field(0, "seed of member 0; member i has seed first_seed + i", lo=0, hi=2**31 - 1)
     steps: int = _field(2000, "optimiser steps per member", lo=1, hi=100_000_000)
-    lr: float = _field(1e-2, "AdamW learning rate (SCIENCE.md reference 1e-3: see README)", lo=0.0, hi=10.0, lo_open=True)
+    lr: float = _field(1e-2, "AdamW learning rate (the reference experiment uses 1e-3: see README)", lo=0.0, hi=10.0, lo_open=True)
     weight_decay: float = _field(0.01, "AdamW decoupled weight decay (PyTorch's AdamW default)",
                                  lo=0.0, hi=10.0)
     b1: float = _field(0.9, "AdamW beta1", lo=0.0, hi=0.999999)
@@ -201,6 +201,13 @@ class RunConfig:
             parts[name] = klass(**sub)
         return cls(**parts)
 
+    @classmethod
+    def preset(cls, name: str) -> "RunConfig":
+        """A named configuration (`PRESETS`)."""
+        if name not in PRESETS:
+            raise ConfigError(f"preset {name!r}: unknown; allowed: {', '.join(PRESETS)}")
+        return cls().replace(**PRESETS[name]["fields"])
+
     def replace(self, **overrides) -> "RunConfig":
         """Copy with flat field overrides, e.g. replace(n_layers=1, lr=3e-3)."""
         sections = {name: {} for name in SECTIONS}
@@ -214,4 +221,14 @@ class RunConfig:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+# Named configurations: flat field overrides on the defaults, and what they are.
+PRESETS = {
+    "seed001": {
+        "fields": {"min_half_length": 25, "half_length": 25, "d_vocab": 64, "n_layers": 2, "n_heads": 4,
+                   "d_model": 64, "lr": 1e-3, "batch_size": 64, "steps": 3000},
+        "about": "the seed document's experiment exactly: fixed period 25, vocabulary 64, 2 layers x 4 "
+                 "heads, d_model 64, AdamW lr 1e-3, batch 64, 3000 steps",
+    },
+}
 FIELD_SECTION = {f.name: name for name, klass in SECTIONS.items() for f in dataclasses.fields(klass)}

@@ -1,6 +1,6 @@
 """Repeated random sequences, drawn on the device from a PRNG key (no host data pipeline).
 
-Reference sequences (SCIENCE.md): P random tokens, then the same P again (T = 2P).
+Reference sequences (docs/definitions.md): P random tokens, then the same P again (T = 2P).
 
 Training sequences may vary the period per sequence (`min_half_length < half_length`):
 sequence b repeats its own `P_b ~ U{min_half_length..P}` random tokens from position 0

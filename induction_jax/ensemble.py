@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from induction_jax import distributed
-from induction_jax import train as train_lib
+from induction_jax import training as train_lib
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
 from induction_jax.memory import ResourceError, member_loop

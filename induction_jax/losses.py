@@ -1,4 +1,4 @@
-"""Next-token cross-entropy and its split into the halves of a repeated sequence (SCIENCE.md)."""
+"""Next-token cross-entropy and its split into the halves of a repeated sequence (docs/definitions.md)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import jax
 
 from induction_jax.config import RunConfig
 from induction_jax.probes import PROBE_METRICS
-from induction_jax.train import STEP_METRICS
+from induction_jax.training import STEP_METRICS
 
 F32 = 4
 

@@ -19,7 +19,7 @@ import numpy as np
 from induction_jax.members import Members
 from induction_jax.probes import PROBE_METRICS
 from induction_jax.rundir import RunDirError, storage_error
-from induction_jax.train import STEP_METRICS
+from induction_jax.training import STEP_METRICS
 
 MEMBER_COLUMNS = ("member", "init_seed", "data_seed", "lr", "weight_decay")
 ID_COLUMNS = MEMBER_COLUMNS + ("step",)

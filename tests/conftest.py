@@ -6,6 +6,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
+import induction_jax  # noqa: E402
+
+induction_jax.use_cpu_cores()       # explicit, as the command line does (importing sets nothing)
+
 from induction_jax.config import RunConfig  # noqa: E402
 
 # Small enough to train in seconds; every member forms the induction circuit in 600 steps.

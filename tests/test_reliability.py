@@ -170,7 +170,7 @@ def test_diverging_member_is_flagged_and_the_others_finish_untouched(tmp_path, s
     from induction_jax.members import Members
     from induction_jax.metrics import metric_matrix, read_metrics
     from induction_jax.rundir import RunDir
-    from induction_jax.run import train_run
+    from induction_jax.runner import train_run
     cfg = small_cfg.replace(steps=60, chunk_steps=20, eval_every=20, checkpoint_every=60)
     both = Members(np.array([0, 1]), np.array([0, 1]), np.array([3e-3, 1e30]), np.array([0.01, 0.01]))
     alone = Members(np.array([0]), np.array([0]), np.array([3e-3]), np.array([0.01]))

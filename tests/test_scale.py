@@ -8,7 +8,7 @@ import pytest
 
 from induction_jax import ensemble, memory
 from induction_jax.members import Members
-from induction_jax import train as train_lib
+from induction_jax import training as train_lib
 
 
 def run(cfg, members, devices=None, group=None):

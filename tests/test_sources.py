@@ -15,7 +15,7 @@ import pytest
 
 from conftest import tiny, tree_digest
 from induction_jax import ensemble
-from induction_jax import train as train_lib
+from induction_jax import training as train_lib
 from induction_jax.cli import main
 from induction_jax.members import Members, parse_seed_range
 from induction_jax.probes import probe_batch

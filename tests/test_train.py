@@ -7,7 +7,7 @@ import pytest
 
 from induction_jax import ensemble
 from induction_jax.members import Members
-from induction_jax import train as train_lib
+from induction_jax import training as train_lib
 
 
 def collect(cfg, members):

@@ -1,4 +1,4 @@
-"""Attention-pattern scores (SCIENCE.md), on patterns `[..., T, S]` with any leading axes.
+"""Attention-pattern scores (docs/definitions.md), on patterns `[..., T, S]` with any leading axes.
 
 Scores on repeated sequences use the fixed offsets of the task. The token-equality
 versions (`*_by_tokens`) work on arbitrary sequences and normalise over the "rows with a

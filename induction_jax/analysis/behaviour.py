@@ -32,9 +32,14 @@ def pattern_scores(params: dict, tokens_BT: jax.Array, prefix_tokens_BT: jax.Arr
         pattern_BLHTS = acts.pattern_BLHTS
         mean_LHTS = pattern_BLHTS.mean(0)
         per_layer = jax.vmap(lambda A: {                              # over layers, A [B, H, T, S]
+            # token equality, "rows with a target" (ours)
             "induction_score_tokens": att.induction_score_by_tokens(A, tokens_BT),
             "duplicate_score_tokens": att.duplicate_token_score_by_tokens(A, tokens_BT),
             "prev_token_score_tokens": att.previous_token_score_by_tokens(A, tokens_BT),
+            # TransformerLens' detect_head ("mul"): all rows, per sequence, its shifted induction mask
+            "induction_score_tl": att.induction_score_tl(A, tokens_BT),
+            "duplicate_score_tl": att.duplicate_token_score_tl(A, tokens_BT),
+            "prev_token_score_tl": att.previous_token_score_tl(A, tokens_BT),
         }, in_axes=1)(pattern_BLHTS)
         _, prefix_acts = apply(p, prefix_tokens_BT, return_activations=True)
         prefix = jax.vmap(lambda A: att.prefix_matching_score(A, prefix_tokens_BT, prefix_period),

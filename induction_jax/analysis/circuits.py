@@ -1,4 +1,4 @@
-"""Weight-based circuit scores (SCIENCE.md), for every member, layer and head at once.
+"""Weight-based circuit scores (docs/definitions.md), for every member, layer and head at once.
 
 All functions take stacked weights `[E, ...]` (see `weights.stacked_params`) and return
 arrays with leading `[E, L, H]` axes. They assume the reference architecture: no

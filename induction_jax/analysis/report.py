@@ -9,7 +9,10 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
+
 from induction_jax import signals
+from induction_jax.arrays import save_arrays
 from induction_jax.analysis import figures
 from induction_jax.analysis.run import analyze_params, scores_table
 from induction_jax.analysis.weights import load_run_checkpoint
@@ -39,6 +42,28 @@ def write_figures(result: dict, params: dict, member: int, out: Path) -> dict[st
     return figs
 
 
+# Members whose per-head arrays go into analysis/arrays.npz (and so into the report's viewers);
+# beyond this the file would grow by about 100 kB a member for views nobody pages through.
+REPORT_MEMBERS = 64
+
+
+def report_arrays(result: dict, members) -> dict[str, np.ndarray]:
+    """What the report's per-member views draw: every head's attention pattern on the first
+    probe sequence (float16), its tokens, and the Q/K/V composition matrices and full-OV
+    eigenvalues where the weight-based scores apply; the first REPORT_MEMBERS members."""
+    n = min(len(members), REPORT_MEMBERS)
+    x, s = result["extra"], result["scores"]
+    out = {"members": np.arange(n), "tokens": np.asarray(x["tokens"]),
+           "patterns": np.asarray(x["patterns"][:n], np.float16)}
+    for mode in ("q", "k", "v"):
+        if f"{mode}_composition" in s:
+            out[f"{mode}_composition"] = np.asarray(s[f"{mode}_composition"][:n], np.float32)
+    if "ov_eigenvalues" in x:
+        out["ov_eigenvalues_real"] = np.real(x["ov_eigenvalues"][:n]).astype(np.float32)
+        out["ov_eigenvalues_imag"] = np.imag(x["ov_eigenvalues"][:n]).astype(np.float32)
+    return out
+
+
 def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
     """Analyse every member of a run at its latest good checkpoint; single-model figures show
     `member` (default 0). Every output records the checkpoint step it describes."""
@@ -66,6 +91,7 @@ def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
             r |= {k: v[r["member"]] for k, v in members.table().items()}
         circuit |= {"figure_member": member, "checkpoint_step": int(meta["step"]), "steps": cfg.train.steps}
         write_figures(result, params, member, out)
+        save_arrays(out / "arrays.npz", report_arrays(result, members))
         write_json_atomic(out / "circuit.json", json_safe(circuit))
         write_report(run)
     return out.path

@@ -12,6 +12,7 @@ from induction_jax.analysis.weights import stacked_params
 # Per-head scores written to scores.csv, in this order.
 HEAD_SCORES = ("prev_token_score", "induction_score", "duplicate_token_score", "prefix_matching_score",
                "prev_token_score_tokens", "induction_score_tokens", "duplicate_score_tokens",
+               "prev_token_score_tl", "induction_score_tl", "duplicate_score_tl",
                "positional_prev_token_score", "ov_copying_score", "ov_top1", "ov_top5",
                "zero_ablation_delta", "mean_ablation_delta", "direct_logit_attribution",
                "max_k_composition_in", "max_k_composition_out")
@@ -37,7 +38,7 @@ def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, se
     scores |= behaviour.to_numpy(behaviour.ablations(jparams, tokens, half_length))
     scores["direct_logit_attribution"] = np.asarray(
         behaviour.direct_logit_attribution(jparams, tokens, half_length))
-    extra = {"patterns": np.asarray(behaviour.mean_patterns(jparams, tokens[:1]))}
+    extra = {"patterns": np.asarray(behaviour.mean_patterns(jparams, tokens[:1])), "tokens": np.asarray(tokens[0])}
     baseline, not_applicable = None, None
     try:
         circuits.check_weight_based(params)

@@ -1,4 +1,4 @@
-"""Phase-change timing of one curve per member (SCIENCE.md), vectorised over members.
+"""Phase-change timing of one curve per member (docs/definitions.md), vectorised over members.
 
 From a curve s(t) logged during training, smoothed with a centred moving average:
 s0 = mean of the first 5%, s1 = mean of the last 10%; onset / midpoint / end = the step

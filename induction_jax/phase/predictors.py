@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from induction_jax import train as train_lib
+from induction_jax import training as train_lib
 from induction_jax.analysis import circuits
 from induction_jax.analysis.factored import FactoredMatrix
 from induction_jax.config import RunConfig

@@ -25,7 +25,7 @@ from induction_jax.metrics import MetricsWriter, NullWriter, chunk_rows, metric_
 from induction_jax.probes import PROBE_METRICS
 from induction_jax.progress import ProgressBar
 from induction_jax.rundir import RESUMABLE_CHANGES, RunDir, RunDirError, json_safe, write_json_atomic
-from induction_jax.train import STEP_METRICS, divergence_limit
+from induction_jax.training import STEP_METRICS, divergence_limit
 
 FINAL_WINDOW = 50   # steps averaged into the summary's final losses
 
