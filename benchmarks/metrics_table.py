@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from induction_jax.members import Members
-    from induction_jax.metrics import MetricsWriter, chunk_rows, read_metrics
+    from induction_jax.metrics import METRIC_COLUMNS, TableWriter, chunk_rows, format_rows, read_metrics
     from induction_jax.probes import PROBE_METRICS
     from induction_jax.training import STEP_METRICS
 
@@ -36,14 +36,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
     tmp = Path(tempfile.mkdtemp(prefix="metrics-bench-"))
     csv = tmp / "metrics.csv"
-    writer = MetricsWriter(csv)
+    writer = TableWriter(csv, METRIC_COLUMNS)
     tic = time.perf_counter()
     for start in range(0, args.steps, args.chunk):
         steps = np.arange(start + 1, start + args.chunk + 1)
         probe_steps = steps[steps % 10 == 0]
-        writer.write(chunk_rows(members, steps, {k: rng.random((E, len(steps))) for k in STEP_METRICS},
-                                probe_steps, {k: rng.random((E, len(probe_steps))) for k in PROBE_METRICS},
-                                np.full(E, -1)))
+        writer.write(format_rows(chunk_rows(members, steps, {k: rng.random((E, len(steps))) for k in STEP_METRICS},
+                                            probe_steps, {k: rng.random((E, len(probe_steps))) for k in PROBE_METRICS},
+                                            np.full(E, -1))))
     write_s = time.perf_counter() - tic
     size = csv.stat().st_size
     tic = time.perf_counter()

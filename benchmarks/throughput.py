@@ -59,12 +59,12 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     single = jax.tree.map(lambda x: x[0], state)
     step_cost = jax.jit(functools.partial(train_lib.train_step, cfg)).lower(single).compile().cost_analysis()
     step_cost = step_cost[0] if isinstance(step_cost, list) else step_cost
-    state, _, _ = compiled(state, n_active)            # warm-up
+    state, _, _, _ = compiled(state, n_active)         # warm-up
     jax.block_until_ready(state)
     times = []
     for _ in range(5):
         tic = time.perf_counter()
-        state, metrics, _ = compiled(state, n_active)
+        state, metrics, _, _ = compiled(state, n_active)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - tic)
     best = float(np.median(times))

@@ -18,7 +18,11 @@ from pathlib import Path
 
 from induction_jax import use_cpu_cores
 from induction_jax.config import RunConfig
+from induction_jax.api import open_run
 from induction_jax.members import Members
+from induction_jax.phase.figures import survival_and_ecdf
+from induction_jax.phase.survival import censor_at_last_step
+from induction_jax.rundir import RunDir
 from induction_jax.phase.run import phase_run
 from induction_jax.runner import train_run
 
@@ -32,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8, help="init seeds and data seeds, each (seeds^2 members)")
     parser.add_argument("--out", default="runs/variance-sources")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="retrain even where the runs exist")
     args = parser.parse_args()
     use_cpu_cores()
     n = args.seeds
@@ -45,7 +49,8 @@ def main() -> None:
         members = Members.grid(cfg, init_seeds=range(n), data_seeds=range(n))
         out = Path(args.out) / f"lr-{lr:g}"
         tic = time.perf_counter()
-        train_run(cfg, out, overwrite=args.overwrite, members=members, progress=False)
+        if args.overwrite or not RunDir(out).is_run():
+            train_run(cfg, out, overwrite=args.overwrite, members=members, progress=False)
         trained = time.perf_counter() - tic
         stats = json.loads((phase_run(out, variance=True) / "stats.json").read_text())
         arm = stats["arms"]["all"]
@@ -72,7 +77,12 @@ def main() -> None:
         print(f"  predictors: {arm['predictors']['verdict']}")
         print(f"  median onset (Kaplan-Meier): {row['survival_median_onset']}")
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"\nwrote {Path(args.out, 'summary.json')}")
+    groups = {}
+    for lr, steps in SETTINGS:
+        onset = open_run(Path(args.out) / f"lr-{lr:g}").timings().query("metric == 'in_context_score'")
+        groups[f"lr {lr:g}"] = censor_at_last_step(onset["started"].to_numpy(float), steps)
+    survival_and_ecdf(groups, Path(args.out) / "survival.png", "in-context score onset step")
+    print(f"\nwrote {Path(args.out, 'summary.json')} and {Path(args.out, 'survival.png')}")
 
 
 def _median(km: dict):

@@ -85,7 +85,7 @@ class Run:
     def analyze(self, member: int = 0) -> dict:
         """Score every head of every member and identify the circuit (writes analysis/ and the
         report); returns circuit.json. `member` picks the single-model figures."""
-        from induction_jax.analysis.report import analyze_run
+        from induction_jax.analysis.analyze import analyze_run
 
         return json.loads((analyze_run(self.path, member) / "circuit.json").read_text())
 

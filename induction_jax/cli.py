@@ -42,7 +42,7 @@ def add_config_flags(parser: argparse.ArgumentParser, lists: bool = False) -> No
             kind = FLAG_TYPES[str(f.type)]
             flag = "--" + f.name.replace("_", "-")
             choices = f.metadata.get("choices")
-            metavar = "{" + ",".join(choices) + "}" if choices else {"int": "N", "float": "X", "bool": "BOOL"}[str(f.type)]
+            metavar = "{" + ",".join(choices) + "}" if choices else {"int": "N", "float": "X", "bool": "BOOL", "str": "SPEC"}[str(f.type)]
             if lists:
                 group.add_argument(flag, dest=f"list_{f.name}", type=str, default=None, metavar=metavar + ",...",
                                    help=f"{f.metadata['help']} (default: {f.default})")
@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - tic:.0f} s; final loss_second_half min {min(finals):.3f} / max {max(finals):.3f}"
           if finals else "no member has a finite final loss")
     if not args.no_analysis:
-        from induction_jax.analysis.report import analyze_run
+        from induction_jax.analysis.analyze import analyze_run
 
         _print_circuits(analyze_run(run.path))
         if summary["n_members"] > 1:
@@ -158,7 +158,7 @@ def _print_circuits(analysis_dir: Path) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from induction_jax.analysis.report import analyze_run
+    from induction_jax.analysis.analyze import analyze_run
 
     out_dir = analyze_run(args.run_dir, args.member)
     _print_circuits(out_dir)
@@ -235,7 +235,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import itertools
 
     from induction_jax import ensemble, memory
-    from induction_jax.analysis.report import analyze_run
+    from induction_jax.analysis.analyze import analyze_run
     from induction_jax.members import Members, parse_seed_range
     from induction_jax.rundir import RunDir, RunDirError
     from induction_jax.runner import train_run
@@ -282,6 +282,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"run directory: {run_dir}")
         diverged |= _report_divergence(run_dir, "sweep")
     return EXIT_DIVERGED if diverged else 0
+
+
+def cmd_dynamics(args: argparse.Namespace) -> int:
+    from induction_jax.dynamics.run import dynamics_run
+
+    out = dynamics_run(args.run_dir, member=args.member, batch=args.batch)
+    stats = json.loads((out / "stats.json").read_text())
+    n = len(stats["members"])
+    print(f"formation steps over {len(stats['snapshot_steps'])} snapshots of {n} members (median; formed in):")
+    for event, step in stats["median_step"].items():
+        print(f"  {event}: {'n/a' if step is None else f'{step:.0f}'} ({stats['n_formed'][event]} of {n})")
+    print("formation orders (most common first):")
+    for o in stats["order_counts"][:5]:
+        print(f"  {o['n']} of {n}: {o['order'] or '(nothing formed)'}")
+    print(f"dynamics: {out}")
+    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -384,6 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: the --seeds range)")
     add_config_flags(sweep, lists=True)
     sweep.set_defaults(func=cmd_sweep)
+
+    dynamics = sub.add_parser("dynamics", help="follow the circuit's formation through every member's snapshots",
+                              description="Analyse every snapshot of every member (train with --snapshots log), "
+                                          "time when each sub-circuit forms, and write RUN_DIR/dynamics/ and a "
+                                          "report section.")
+    dynamics.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with snapshots")
+    dynamics.add_argument("--member", type=int, default=0, metavar="K", help="the member animated over training")
+    dynamics.add_argument("--batch", type=int, default=32, metavar="N",
+                          help="models (member x snapshot) analysed at a time inside each compiled call: memory")
+    dynamics.set_defaults(func=cmd_dynamics)
 
     export = sub.add_parser("export", help="write a member's weights as npz, safetensors or a TransformerLens model",
                             description="Write circuit-layout weights (npz, safetensors: plain arrays named W_E, "

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 
 class ConfigError(ValueError):
     """A configuration value out of range; the message is one line naming field, value, rule."""
@@ -119,6 +121,36 @@ class DataConfig:
         return 2 * self.half_length
 
 
+def snapshot_schedule(spec: str, steps: int, eval_every: int) -> list[int]:
+    """The steps a snapshot spec names (sorted, on the probe grid, with 0 and the last step);
+    a spec that names no step or more steps than the run has raises ConfigError."""
+    kind, _, count = spec.partition(":")
+    if spec == "none":
+        return []
+    allowed = "allowed: none, log, log:N (N >= 2), every:N (N >= 1)"
+    grid = steps // eval_every                     # probe-grid points after step 0
+    try:
+        n = int(count) if count else (min(40, grid + 1) if kind == "log" else None)
+    except ValueError:
+        n = None
+    if kind not in ("log", "every") or n is None:
+        raise ConfigError(f"snapshots={spec!r}: not a snapshot schedule; {allowed}")
+    if kind == "every":
+        if n < 1:
+            raise ConfigError(f"snapshots={spec!r}: a schedule with no steps; {allowed}")
+        chosen = set(range(0, steps, n))
+    else:
+        if n < 2:
+            raise ConfigError(f"snapshots={spec!r}: a schedule with no steps between the first and the last; {allowed}")
+        if n > grid + 1:
+            raise ConfigError(f"snapshots={spec!r}: {n} snapshots, more than the {grid + 1} probe steps of this run "
+                              f"(steps={steps}, eval_every={eval_every}); use at most log:{grid + 1}")
+        chosen = set(np.geomspace(eval_every, steps, n - 1).tolist())
+    snapped = {0, steps} | {min(steps, max(eval_every, int(round(s / eval_every)) * eval_every))
+                            for s in chosen if s > 0}
+    return sorted(snapped)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """AdamW on fresh batches; an ensemble of `seeds` members with seeds first_seed, first_seed+1, ...
@@ -150,6 +182,13 @@ class TrainConfig:
                               "program (best on GPU/TPU), 'map' runs them one after another inside it "
                               "(best on CPU, where one member's activations stay in cache); auto = map "
                               "on CPU, vmap elsewhere", choices=("auto", "vmap", "map"))
+    weight_probes: bool = _field(True, "at every probe step, also the per-head weight-based scores (positional "
+                                 "previous-token score of every head, Q/K/V composition of every head pair) "
+                                 "into head_metrics.csv (attention-only models without LayerNorm)")
+    snapshots: str = _field("none", "parameters of every member saved during training, one file per step: "
+                            "'log' (40 log-spaced steps, fewer on a short run; dense early), 'log:N', 'every:N' (every N "
+                            "steps), or 'none'; steps are snapped to the probe grid, step 0 and the last "
+                            "included")
     divergence_loss: float = _field(10.0, "a member whose training loss exceeds this multiple of ln V, or is "
                                     "not finite, has diverged: its updates stop at that step (the default "
                                     "run's largest loss is 1.003 ln V)", lo=1.0, hi=1e30, lo_open=True)
@@ -159,6 +198,11 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_fields(self)
+        snapshot_schedule(self.snapshots, self.steps, self.eval_every)
+
+    @property
+    def snapshot_steps(self) -> list[int]:
+        return snapshot_schedule(self.snapshots, self.steps, self.eval_every)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from induction_jax import training as train_lib
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
 from induction_jax.memory import ResourceError, member_loop
-from induction_jax.probes import probe_metrics
+from induction_jax.probes import head_probe_metrics, probe_metrics
 
 # A compiled call runs as many probe intervals as take about this long, so progress, metrics
 # and signals reach the host about once a second whatever the ensemble size or device.
@@ -135,7 +135,7 @@ def run_chunk(cfg: RunConfig, chunk: train_lib.Chunk, state):
 
 @functools.lru_cache(maxsize=None)
 def _compiled_probe(cfg: RunConfig, mesh: Mesh | None):
-    return _over_members(cfg, lambda p: probe_metrics(cfg, *p), mesh, donate=False)
+    return _over_members(cfg, lambda p: (probe_metrics(cfg, *p), head_probe_metrics(cfg, p[0])), mesh, donate=False)
 
 
 def run_probe(cfg: RunConfig, state):
@@ -144,26 +144,28 @@ def run_probe(cfg: RunConfig, state):
 
 @dataclass
 class ChunkResult:
-    """One chunk's metrics on the host: step metrics `[E, n]` at `steps`, probes `[E, k]` at
-    `probe_steps`. Step s: the training loss computed in update s (on its batch, before the
-    update); probes measured after s updates. Step 0 holds only the probes at init."""
+    """One chunk's metrics on the host: step metrics `[E, n]` at `steps`, probes `[E, k]` and
+    per-head weight probes `[E, k, ...]` at `probe_steps`. Step s: the training loss computed
+    in update s (on its batch, before the update); probes measured after s updates. Step 0
+    holds only the probes at init."""
 
     steps: np.ndarray
     metrics: dict[str, np.ndarray]
     probe_steps: np.ndarray
     probes: dict[str, np.ndarray]
+    head_probes: dict[str, np.ndarray]
     diverged_step: np.ndarray
     seconds: float
 
 
 def initial_probe(cfg: RunConfig, state: train_lib.MemberState, group: int | None = None) -> ChunkResult:
     """The probes at step 0, `group` members per call (like the chunks, for bounded memory)."""
-    probes = distributed.to_host(_run_grouped(functools.partial(run_probe, cfg), state,
-                                              group or len(state.step)))
+    probes, heads = _run_grouped(functools.partial(run_probe, cfg), state, group or len(state.step))
+    probes, heads = distributed.to_host(probes), distributed.to_host(heads)
     E = len(state.step)
     return ChunkResult(np.zeros(0, int), {k: np.zeros((E, 0)) for k in train_lib.STEP_METRICS},
                        np.zeros(1, int), {k: v[:, None] for k, v in probes.items()},
-                       diverged_steps(state), 0.0)
+                       {k: v[:, None] for k, v in heads.items()}, diverged_steps(state), 0.0)
 
 
 def diverged_steps(state: train_lib.MemberState) -> np.ndarray:
@@ -225,16 +227,17 @@ def train(cfg: RunConfig, state: train_lib.MemberState, start: int,
         tic = time.perf_counter()
         ctx = on_compile("the training step") if new and on_compile else contextlib.nullcontext()
         with ctx:
-            state, metrics, probes = _run_grouped(functools.partial(run_chunk, cfg, chunk), state, group)
-            metrics, probes = distributed.to_host(metrics), distributed.to_host(probes)
+            state, metrics, probes, heads = _run_grouped(functools.partial(run_chunk, cfg, chunk), state, group)
+            metrics, probes, heads = (distributed.to_host(x) for x in (metrics, probes, heads))
         seconds = time.perf_counter() - tic
         if not new and chunk.eval_every == t.eval_every:
             per_interval = seconds / chunk.n_active
         n = chunk.steps
         metrics = {k: v[:, :n] for k, v in metrics.items()}
         probes = {k: v[:, :chunk.n_active] for k, v in probes.items()}
+        heads = {k: v[:, :chunk.n_active] for k, v in heads.items()}
         result = ChunkResult(np.arange(step + 1, step + n + 1), metrics,
-                             step + chunk.eval_every * np.arange(1, chunk.n_active + 1), probes,
+                             step + chunk.eval_every * np.arange(1, chunk.n_active + 1), probes, heads,
                              diverged_steps(state), seconds)
         step += n
         if on_chunk is not None:

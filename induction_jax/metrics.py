@@ -1,10 +1,10 @@
-"""metrics.csv: the long-format table of every member's losses and probes, written chunk by
-chunk and read back as columns.
+"""The run's tables, written chunk by chunk and read back as columns.
 
-One row per (member, step): the member's settings (from `Members`), the step, then the
-training losses of that step and the probes measured after it (NaN where not measured).
-Each chunk is appended with one `write` and an `fsync`; a write that fails (a full disk) is
-rolled back to the size before the chunk, so the table only ever holds whole chunks.
+metrics.csv: one row per (member, step): the member's settings (from `Members`), the step,
+then the training losses of that step and the probes measured after it (NaN where not
+measured). head_metrics.csv: one row per (member, step, layer, head, metric) of the per-head
+weight probes. Each chunk is appended with one `write` and an `fsync`; a write that fails (a
+full disk) is rolled back to the size before the chunk, so a table only ever holds whole chunks.
 """
 
 from __future__ import annotations
@@ -54,15 +54,15 @@ def format_rows(table: np.ndarray) -> str:
     return buf.getvalue()
 
 
-class MetricsWriter:
-    """Appends whole chunks to metrics.csv, each with a single write() system call and an fsync,
-    so a killed process leaves whole rows (at worst a whole chunk missing), and a failed write
-    leaves the file exactly as it was before that chunk."""
+class TableWriter:
+    """Appends whole chunks of CSV lines to a file, each with a single write() system call and an
+    fsync, so a killed process leaves whole rows (at worst a whole chunk missing), and a failed
+    write leaves the file exactly as it was before that chunk."""
 
-    def __init__(self, path: Path, append: bool = False):
+    def __init__(self, path: Path, header: tuple[str, ...], append: bool = False):
         self.path = path
         if not append:
-            self._append((",".join(METRIC_COLUMNS) + "\n").encode(), truncate=True)
+            self._append((",".join(header) + "\n").encode(), truncate=True)
 
     def _append(self, data: bytes, truncate: bool = False) -> None:
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
@@ -85,8 +85,9 @@ class MetricsWriter:
         finally:
             os.close(fd)
 
-    def write(self, table: np.ndarray) -> None:
-        self._append(format_rows(table).encode())
+    def write(self, text: str) -> None:
+        if text:
+            self._append(text.encode())
 
     def size(self) -> int:
         return self.path.stat().st_size
@@ -102,16 +103,70 @@ class MetricsWriter:
         os.truncate(self.path, n_bytes)
 
 
-class NullWriter:
-    """What processes other than process 0 hold instead of the metrics file."""
+HEAD_COLUMNS = ("member", "step", "layer", "head", "metric", "value")
 
-    def write(self, table) -> None:
+
+def head_rows(probe_steps: np.ndarray, heads: dict[str, np.ndarray], diverged_step: np.ndarray) -> str:
+    """head_metrics.csv lines for one chunk, step-major: one row per (member, step, head,
+    metric). A pair score (Q/K/V composition) is a row of the later head named after the
+    earlier one: `k_composition_from_L0H2`. Diverged members stop as in metrics.csv."""
+    if not heads:
+        return ""
+    columns, names = [], []
+    for name, values in heads.items():                 # [E, k, L, H] or [E, k, L, H, L, H]
+        L, H = values.shape[2:4]
+        for la, ha in np.ndindex(L, H):
+            if values.ndim == 4:
+                columns.append(values[:, :, la, ha])
+                names.append(f"{la},{ha},{name}")
+                continue
+            for lb, hb in np.ndindex(L, H):
+                if lb > la:
+                    columns.append(values[:, :, la, ha, lb, hb])
+                    names.append(f"{lb},{hb},{name}_from_L{la}H{ha}")
+    values_EKM = np.stack(columns, -1)
+    keep = (diverged_step[:, None] < 0) | (np.asarray(probe_steps)[None, :] <= diverged_step[:, None] + 1)
+    lines = []
+    for j, step in enumerate(np.asarray(probe_steps).tolist()):
+        for e in np.flatnonzero(keep[:, j]).tolist():
+            lines.extend(f"{e},{step},{n},{v:.6g}\n" for n, v in zip(names, values_EKM[e, j].tolist()))
+    return "".join(lines)
+
+
+class RunTables:
+    """A run's append-only tables, written together chunk by chunk and cut back together on
+    resume: metrics.csv, and head_metrics.csv when the weight probes run."""
+
+    def __init__(self, run, members: Members, heads: bool, append: bool = False):
+        self.members = members
+        self.writers = {"metrics": TableWriter(run.output("metrics.csv"), METRIC_COLUMNS, append)}
+        if heads:
+            self.writers["head_metrics"] = TableWriter(run.output("head_metrics.csv"), HEAD_COLUMNS, append)
+
+    def write(self, result) -> None:
+        self.writers["metrics"].write(format_rows(chunk_rows(
+            self.members, result.steps, result.metrics, result.probe_steps, result.probes, result.diverged_step)))
+        if "head_metrics" in self.writers:
+            self.writers["head_metrics"].write(head_rows(result.probe_steps, result.head_probes, result.diverged_step))
+
+    def sizes(self) -> dict[str, int]:
+        return {name: w.size() for name, w in self.writers.items()}
+
+    def truncate(self, sizes: dict[str, int]) -> None:
+        for name, w in self.writers.items():
+            w.truncate(sizes[name])
+
+
+class NullTables:
+    """What processes other than process 0 hold instead of the tables."""
+
+    def write(self, result) -> None:
         pass
 
-    def size(self) -> int:
-        return 0
+    def sizes(self) -> dict[str, int]:
+        return {}
 
-    def truncate(self, n_bytes: int) -> None:
+    def truncate(self, sizes: dict[str, int]) -> None:
         pass
 
 

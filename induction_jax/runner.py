@@ -17,12 +17,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from induction_jax import __version__, distributed, ensemble, memory, plots, signals
+from induction_jax import __version__, distributed, ensemble, memory, plots, signals, snapshots
 from induction_jax.checkpoint import Checkpoints, restore_latest_good
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
-from induction_jax.metrics import MetricsWriter, NullWriter, chunk_rows, metric_matrix, read_metrics
-from induction_jax.probes import PROBE_METRICS
+from induction_jax.metrics import NullTables, RunTables, metric_matrix, read_metrics
+from induction_jax.probes import PROBE_METRICS, weight_probes_apply
 from induction_jax.progress import ProgressBar
 from induction_jax.rundir import RESUMABLE_CHANGES, RunDir, RunDirError, json_safe, write_json_atomic
 from induction_jax.training import STEP_METRICS, divergence_limit
@@ -67,25 +67,36 @@ def _plan(cfg: RunConfig, members: Members) -> tuple[list, int]:
     return devices, group
 
 
-def _checkpoint_meta(cfg: RunConfig, members: Members, step: int, metrics_bytes: int) -> dict:
-    return {"step": step, "metrics_bytes": metrics_bytes, "version": __version__, "config": cfg.to_dict(),
+def _checkpoint_meta(cfg: RunConfig, members: Members, step: int, tables) -> dict:
+    return {"step": step, "table_bytes": tables.sizes(), "version": __version__, "config": cfg.to_dict(),
             "members": members.table()}
 
 
+def _snapshot(run: RunDir, state, step: int) -> None:
+    """Every process gathers the params (a collective); process 0 writes the file."""
+    params = distributed.host_copy(state.params)
+    if distributed.is_writer():
+        snapshots.save(run, step, params)
+
+
 def _train_loop(cfg: RunConfig, run: RunDir, ckpt: Checkpoints, members: Members, state, start: int,
-                writer, progress: bool, group: int):
-    """Train from `start`, checkpointing every `checkpoint_every` steps and on a signal."""
+                tables, progress: bool, group: int):
+    """Train from `start`, checkpointing every `checkpoint_every` steps and on a signal, and
+    taking the snapshots of the schedule."""
     t = cfg.train
     bar = ProgressBar(t.steps, start=start, members=len(members)) if progress else None
-    stops = range((start // t.checkpoint_every + 1) * t.checkpoint_every, t.steps, t.checkpoint_every)
+    snapshot_steps = set(t.snapshot_steps)
+    stops = [s for s in range((start // t.checkpoint_every + 1) * t.checkpoint_every, t.steps, t.checkpoint_every)]
+    stops += [s for s in snapshot_steps if s > start]
 
     def save(state, step: int) -> None:
-        ckpt.save(step, state, _checkpoint_meta(cfg, members, step, writer.size()))
+        ckpt.save(step, state, _checkpoint_meta(cfg, members, step, tables))
 
     def on_chunk(state, result: ensemble.ChunkResult) -> None:
-        writer.write(chunk_rows(members, result.steps, result.metrics, result.probe_steps, result.probes,
-                                result.diverged_step))
+        tables.write(result)
         step = int(result.steps[-1])
+        if step in snapshot_steps:
+            _snapshot(run, state, step)
         if bar is not None:
             bar.update(step, float(np.nanmean(result.metrics["loss_second_half"][:, -1])))
         if step % t.checkpoint_every == 0 or step == t.steps:
@@ -106,8 +117,10 @@ def _train_loop(cfg: RunConfig, run: RunDir, ckpt: Checkpoints, members: Members
     return state
 
 
-def _writer(run: RunDir, append: bool = False):
-    return MetricsWriter(run.output("metrics.csv"), append) if distributed.is_writer() else NullWriter()
+def _tables(cfg: RunConfig, run: RunDir, members: Members, append: bool = False):
+    if not distributed.is_writer():
+        return NullTables()
+    return RunTables(run, members, heads=weight_probes_apply(cfg), append=append)
 
 
 def _finish(cfg: RunConfig, run: RunDir, members: Members, state) -> RunDir:
@@ -138,6 +151,8 @@ def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, membe
     run = RunDir(Path(out))
     members = members or Members.from_config(cfg)
     devices, group = _plan(cfg, members)          # what cannot work fails before anything is written
+    if distributed.is_writer() and snapshots.describe(cfg, len(members)):
+        _log(snapshots.describe(cfg, len(members)))
     if distributed.is_writer():
         run.create()
     with _writer_lock(run):
@@ -151,17 +166,17 @@ def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, membe
         signals.check(f"before training started; {run.path} holds only its config: start again with --overwrite")
         ensemble.enable_compilation_cache()
         state = ensemble.init_ensemble(cfg, members, devices, group)
-        writer = _writer(run)
-        init = ensemble.initial_probe(cfg, state, group)
-        writer.write(chunk_rows(members, init.steps, init.metrics, init.probe_steps, init.probes,
-                                init.diverged_step))
+        tables = _tables(cfg, run, members)
+        tables.write(ensemble.initial_probe(cfg, state, group))
+        if 0 in cfg.train.snapshot_steps:
+            _snapshot(run, state, 0)
         with Checkpoints(run.owned_dir("checkpoints"), max_to_keep=cfg.train.keep_checkpoints) as ckpt:
-            ckpt.save(0, state, _checkpoint_meta(cfg, members, 0, writer.size()))
+            ckpt.save(0, state, _checkpoint_meta(cfg, members, 0, tables))
             if signals.caught() is not None:
                 ckpt.wait()
                 signals.check(f"at step 0 of {cfg.train.steps}; checkpoint saved. Resume with: induction-jax "
                               f"train --resume {run.path}")
-            state = _train_loop(cfg, run, ckpt, members, state, 0, writer, progress, group)
+            state = _train_loop(cfg, run, ckpt, members, state, 0, tables, progress, group)
         return _finish(cfg, run, members, state)
 
 
@@ -204,10 +219,11 @@ def resume_run(out: str | Path, overrides: dict | None = None, progress: bool = 
                 state = jax.device_put(state, ensemble.ensemble_sharding(len(members), devices))
             else:
                 state = jax.device_get(state)
-            writer = _writer(run, append=True)
-            writer.truncate(int(ckpt_meta["metrics_bytes"]))
+            tables = _tables(cfg, run, members, append=True)
+            tables.truncate(ckpt_meta["table_bytes"])
             if distributed.is_writer():
+                snapshots.drop_after(run, start)
                 run.write_config(cfg, members, {"jax_version": jax.__version__, "device": device_description(),
                                                 "resumed_from_step": start})
-            state = _train_loop(cfg, run, ckpt, members, state, start, writer, progress, group)
+            state = _train_loop(cfg, run, ckpt, members, state, start, tables, progress, group)
         return _finish(cfg, run, members, state)

@@ -21,7 +21,7 @@ from induction_jax import model as model_lib
 from induction_jax.config import RunConfig
 from induction_jax.data import sample_batch
 from induction_jax.losses import split_losses, token_losses
-from induction_jax.probes import probe_metrics
+from induction_jax.probes import head_probe_metrics, probe_metrics
 
 STEP_METRICS = ("loss", "loss_first_half", "loss_second_half")
 
@@ -105,8 +105,8 @@ def run_chunk(cfg: RunConfig, state: MemberState, n_active: jax.Array | int, n_e
     """Up to `n_evals` x (`eval_every` steps, then a probe) in one compiled scan; only the first
     `n_active` intervals run, the rest pass the state through.
 
-    Returns the new state, step metrics `[n_evals * eval_every]` and probes `[n_evals]` (zeros
-    after the active part). `n_active` is a runtime value shared by every member, so one
+    Returns the new state, step metrics `[n_evals * eval_every]`, probes `[n_evals]` and the
+    per-head weight probes `[n_evals, ...]` (zeros after the active part). `n_active` is a runtime value shared by every member, so one
     compiled program serves every chunk length (the host picks it to report every second or
     to stop at a checkpoint) and, not being batched, its `cond` stays a branch under `vmap`.
     Keeping the probe out of the per-step body keeps a batched `cond` (which would run both
@@ -115,15 +115,15 @@ def run_chunk(cfg: RunConfig, state: MemberState, n_active: jax.Array | int, n_e
     def interval(s, i):
         def active(s):
             s, step_metrics = run_steps(cfg, s, eval_every)
-            return s, (step_metrics, probe_metrics(cfg, s.params, s.probe_key))
+            return s, (step_metrics, probe_metrics(cfg, s.params, s.probe_key), head_probe_metrics(cfg, s.params))
 
         def skip(s):
             return s, jax.tree.map(jnp.zeros_like, jax.eval_shape(active, s)[1])
 
         return jax.lax.cond(i < n_active, active, skip, s)
 
-    state, (step_metrics, probes) = jax.lax.scan(interval, state, jnp.arange(n_evals))
-    return state, jax.tree.map(lambda x: x.reshape(-1), step_metrics), probes
+    state, (step_metrics, probes, head_probes) = jax.lax.scan(interval, state, jnp.arange(n_evals))
+    return state, jax.tree.map(lambda x: x.reshape(-1), step_metrics), probes, head_probes
 
 
 class Chunk(NamedTuple):
@@ -165,7 +165,7 @@ def train_member(cfg: RunConfig, init_seed, data_seed=None, lr=None, weight_deca
     state = init_member(cfg, init_seed, init_seed if data_seed is None else data_seed,
                         t.lr if lr is None else lr, t.weight_decay if weight_decay is None else weight_decay)
     n_evals, rem = divmod(t.steps, t.eval_every)
-    state, metrics, probes = run_chunk(cfg, state, n_evals, n_evals, t.eval_every)
+    state, metrics, probes, _ = run_chunk(cfg, state, n_evals, n_evals, t.eval_every)
     if rem:
         state, tail = run_steps(cfg, state, rem)
         metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), metrics, tail)

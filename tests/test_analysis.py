@@ -157,7 +157,7 @@ def test_layernorm_mlp_model_marks_weight_scores_not_applicable():
 
 
 def test_one_layer_model_is_analysed_and_has_no_circuit(tmp_path):
-    from induction_jax.analysis.report import write_figures
+    from induction_jax.analysis.analyze import write_figures
     from induction_jax.config import ModelConfig
     from induction_jax.model import init_params
     cfg = ModelConfig(d_vocab=16, n_ctx=12, n_layers=1, n_heads=2, d_model=16)

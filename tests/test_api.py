@@ -1,7 +1,6 @@
 """The Python API, the README's example and the notebook as a user runs them; export; presets;
 importing the package has no side effects."""
 
-import json
 import os
 import re
 import shutil

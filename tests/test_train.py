@@ -103,8 +103,8 @@ def test_non_finite_member_is_frozen_and_others_untouched(short):
     clean = jax.tree.map(lambda x: x, state)
     poisoned = state._replace(params={**state.params, "W_U": state.params["W_U"].at[1, 0, 0].set(jnp.nan)})
     chunk = jax.jit(jax.vmap(functools.partial(train_lib.run_chunk, short, n_active=1, n_evals=1, eval_every=20)))
-    s_clean, m_clean, _ = chunk(clean)
-    s_bad, m_bad, _ = chunk(poisoned)
+    s_clean, m_clean, _, _ = chunk(clean)
+    s_bad, m_bad, _, _ = chunk(poisoned)
     assert int(s_bad.diverged_step[1]) == 0 and int(s_bad.diverged_step[0]) == -1
     np.testing.assert_array_equal(np.asarray(s_bad.params["W_Q"][1]), np.asarray(poisoned.params["W_Q"][1]))
     np.testing.assert_allclose(m_bad["loss"][0], m_clean["loss"][0], rtol=1e-6)

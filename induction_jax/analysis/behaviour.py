@@ -1,7 +1,9 @@
 """Scores that run the model: attention-pattern scores on probe batches, head ablations,
-direct logit attribution. Every function takes stacked params `[E, ...]` and is vmapped over
-the ensemble (and, for ablations, over the heads) inside one `jit`: no Python loop over
-members or heads."""
+direct logit attribution. Every function takes stacked params `[E, ...]` (any number of
+models: members, or members x snapshots) and maps over them inside one `jit` (and, for
+ablations, over the heads): no Python loop over models or heads. `batch` bounds memory: the
+models run `batch` at a time (`vmap` within a batch, `lax.map` across batches); None = all
+at once."""
 
 from __future__ import annotations
 
@@ -17,14 +19,21 @@ from induction_jax.functional import apply
 from induction_jax.losses import split_losses, token_losses
 
 
+def over_models(fn, xs, batch: int | None):
+    """`fn` mapped over the leading axis of the pytree `xs`: `vmap`, or `batch` models at a time."""
+    if batch is None or batch >= jax.tree.leaves(xs)[0].shape[0]:
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=batch)
+
+
 def probe_tokens(key: jax.Array, batch: int, half_length: int, d_vocab: int, repeats: int = 2):
     """Reference repeated sequences (period P) for the pattern scores and ablations."""
     return repeated_sequences(key, batch, half_length, d_vocab, True, repeats)
 
 
-@functools.partial(jax.jit, static_argnames=("half_length", "prefix_period"))
+@functools.partial(jax.jit, static_argnames=("half_length", "prefix_period", "batch"))
 def pattern_scores(params: dict, tokens_BT: jax.Array, prefix_tokens_BT: jax.Array,
-                   half_length: int, prefix_period: int) -> dict[str, jax.Array]:
+                   half_length: int, prefix_period: int, batch: int | None = None) -> dict[str, jax.Array]:
     """Every attention-pattern score of every head, `[E, L, H]` each."""
 
     def member(p):
@@ -49,13 +58,14 @@ def pattern_scores(params: dict, tokens_BT: jax.Array, prefix_tokens_BT: jax.Arr
                 "duplicate_token_score": att.duplicate_token_score(mean_LHTS, half_length),
                 "prefix_matching_score": prefix, **per_layer}
 
-    return jax.vmap(member)(params)
+    return over_models(member, params, batch)
 
 
-@jax.jit
-def mean_patterns(params: dict, tokens_BT: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("batch",))
+def mean_patterns(params: dict, tokens_BT: jax.Array, batch: int | None = None) -> jax.Array:
     """Batch-mean attention patterns `[E, L, H, T, S]` (for the figures)."""
-    return jax.vmap(lambda p: apply(p, tokens_BT, return_activations=True)[1].pattern_BLHTS.mean(0))(params)
+    return over_models(lambda p: apply(p, tokens_BT, return_activations=True)[1].pattern_BLHTS.mean(0),
+                       params, batch)
 
 
 def _second_half_loss(p, tokens_BT, half_length, **kwargs):
@@ -77,8 +87,8 @@ def _mean_head_outputs(p, tokens_BT):
     return apply(p, tokens_BT, return_activations=True)[1].head_out_BLTHD.mean((0, 2))
 
 
-@functools.partial(jax.jit, static_argnames=("half_length",))
-def ablations(params: dict, tokens_BT: jax.Array, half_length: int) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnames=("half_length", "batch"))
+def ablations(params: dict, tokens_BT: jax.Array, half_length: int, batch: int | None = None) -> dict[str, jax.Array]:
     """Increase of loss_second_half when one head's output is replaced by zero, or by its mean
     over batch and positions, `[E, L, H]`; plus the clean loss `[E]`."""
 
@@ -97,11 +107,12 @@ def ablations(params: dict, tokens_BT: jax.Array, half_length: int) -> dict[str,
         return {"zero_ablation_delta": zero.reshape(L, H), "mean_ablation_delta": mean.reshape(L, H),
                 "clean_loss_second_half": clean}
 
-    return jax.vmap(member)(params)
+    return over_models(member, params, batch)
 
 
-@functools.partial(jax.jit, static_argnames=("half_length",))
-def direct_logit_attribution(params: dict, tokens_BT: jax.Array, half_length: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("half_length", "batch"))
+def direct_logit_attribution(params: dict, tokens_BT: jax.Array, half_length: int,
+                             batch: int | None = None) -> jax.Array:
     """Each head's output dotted with W_U[:, correct token], mean over second-half predictions
     (positions P..T-2 predicting targets P+1..T-1), `[E, L, H]`."""
 
@@ -112,7 +123,7 @@ def direct_logit_attribution(params: dict, tokens_BT: jax.Array, half_length: in
         return jnp.einsum("blthd,btd->lh", heads_BLTHD, correct_BTD) / (
             heads_BLTHD.shape[0] * heads_BLTHD.shape[2])
 
-    return jax.vmap(member)(params)
+    return over_models(member, params, batch)
 
 
 def to_numpy(tree) -> dict[str, np.ndarray]:
@@ -137,13 +148,15 @@ def induction_floor(tokens_BT: np.ndarray, half_length: int) -> float:
     return float(np.mean(-np.log(right.sum(-1) / match.sum(-1))))
 
 
-@functools.partial(jax.jit, static_argnames=("half_length",))
-def joint_mean_ablation(params: dict, tokens_BT: jax.Array, half_length: int, heads_ELH: jax.Array):
+@functools.partial(jax.jit, static_argnames=("half_length", "batch"))
+def joint_mean_ablation(params: dict, tokens_BT: jax.Array, half_length: int, heads_ELH: jax.Array,
+                        batch: int | None = None):
     """Increase of loss_second_half when every head marked in `heads_ELH` (per member) is
     mean-ablated at once, `[E]` (for circuits whose work is shared by redundant heads)."""
 
-    def member(p, heads_LH):
+    def member(args):
+        p, heads_LH = args
         clean = _second_half_loss(p, tokens_BT, half_length)
         return _mean_ablated_loss(p, tokens_BT, half_length, heads_LH, _mean_head_outputs(p, tokens_BT)) - clean
 
-    return jax.vmap(member)(params, heads_ELH)
+    return over_models(member, (params, heads_ELH), batch)

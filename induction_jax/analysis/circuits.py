@@ -79,8 +79,9 @@ def composition_score(L: FactoredMatrix, R: FactoredMatrix) -> jax.Array:
     return (L @ R).norm() / (L.norm() * R.norm())
 
 
-def composition_scores(params: dict) -> dict[str, np.ndarray]:
-    """Q-, K-, V-composition of every earlier head A into every later head B.
+def composition_scores(params: dict) -> dict[str, jax.Array]:
+    """Q-, K-, V-composition of every earlier head A into every later head B (traceable: it
+    also runs inside the compiled training chunk as a probe).
 
     `[E, L, H, L, H]` indexed (layer_A, head_A, layer_B, head_B); NaN where layer_B <= layer_A.
     L = OV_A; R = QK_B (Q), QK_B^T (K), OV_B (V), as TransformerLens' composition_scores.
@@ -88,11 +89,11 @@ def composition_scores(params: dict) -> dict[str, np.ndarray]:
     ov, qk = OV(params), QK(params)
     left = FactoredMatrix(ov.A[:, :, :, None, None], ov.B[:, :, :, None, None])
     L = params["W_Q"].shape[1]
-    later = (np.arange(L)[None, :] > np.arange(L)[:, None])[:, None, :, None]   # [L, 1, L, 1]
+    later = (jnp.arange(L)[None, :] > jnp.arange(L)[:, None])[:, None, :, None]   # [L, 1, L, 1]
     out = {}
     for mode, right in (("q", qk), ("k", qk.T), ("v", ov)):
         r = FactoredMatrix(right.A[:, None, None], right.B[:, None, None])
-        out[f"{mode}_composition"] = np.where(later, np.asarray(composition_score(left, r)), np.nan)
+        out[f"{mode}_composition"] = jnp.where(later, composition_score(left, r), jnp.nan)
     return out
 
 

@@ -69,6 +69,8 @@ def identify(scores: dict[str, np.ndarray], baseline: dict | None, thresholds: T
         row["clean_circuit"] = all(checks.values())
         # The same circuit with the induction work shared by several heads: each of them passes
         # the induction threshold, and mean-ablating all of them together (not one) must hurt.
+        if "induction_heads_mask" in scores:
+            row["induction_heads"] = [[int(a), int(b)] for a, b in np.argwhere(scores["induction_heads_mask"][e])]
         if "joint_ablation_induction_heads" in scores:
             row["n_induction_heads"] = int(scores["n_induction_heads"][e])
             row["ablation_all_induction_heads"] = float(scores["joint_ablation_induction_heads"][e])

@@ -19,11 +19,13 @@ HEAD_SCORES = ("prev_token_score", "induction_score", "duplicate_token_score", "
 
 
 def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, seed: int = 12345,
-                   prefix_repeats: int = 4, thresholds: Thresholds = Thresholds()) -> dict:
+                   prefix_repeats: int = 4, thresholds: Thresholds = Thresholds(),
+                   batch: int | None = None) -> dict:
     """All scores for stacked params `[E, ...]` on fresh reference probe sequences.
 
     Returns `scores` (arrays `[E, L, H]`, and `[E, L, H, L, H]` compositions), the extra
     arrays the figures need, the composition baseline and the circuit identification.
+    `batch` models run at a time (memory; the numbers do not change).
     """
     params = stacked_params(params)
     V = params["W_E"].shape[1]
@@ -34,18 +36,19 @@ def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, se
     prefix_tokens = behaviour.probe_tokens(k_prefix, probe_batch, period, V, prefix_repeats)
     jparams = jax.tree.map(jax.numpy.asarray, params)
 
-    scores = behaviour.to_numpy(behaviour.pattern_scores(jparams, tokens, prefix_tokens, half_length, period))
-    scores |= behaviour.to_numpy(behaviour.ablations(jparams, tokens, half_length))
+    scores = behaviour.to_numpy(behaviour.pattern_scores(jparams, tokens, prefix_tokens, half_length, period, batch))
+    scores |= behaviour.to_numpy(behaviour.ablations(jparams, tokens, half_length, batch))
     scores["direct_logit_attribution"] = np.asarray(
-        behaviour.direct_logit_attribution(jparams, tokens, half_length))
-    extra = {"patterns": np.asarray(behaviour.mean_patterns(jparams, tokens[:1])), "tokens": np.asarray(tokens[0])}
+        behaviour.direct_logit_attribution(jparams, tokens, half_length, batch))
+    extra = {"patterns": np.asarray(behaviour.mean_patterns(jparams, tokens[:1], batch)),
+             "tokens": np.asarray(tokens[0])}
     baseline, not_applicable = None, None
     try:
         circuits.check_weight_based(params)
     except circuits.NotApplicable as e:
         not_applicable = str(e)
     if not_applicable is None:
-        comp = circuits.composition_scores(jparams)
+        comp = {k: np.asarray(v) for k, v in circuits.composition_scores(jparams).items()}
         scores |= comp
         ov = circuits.ov_copying_scores(jparams)
         extra["ov_eigenvalues"] = ov.pop("ov_eigenvalues")
@@ -65,8 +68,9 @@ def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, se
     later = (np.arange(L) > 0)[None, :, None]
     induction_heads = (scores["induction_score"] > thresholds.induction_score) & later
     scores["joint_ablation_induction_heads"] = np.asarray(behaviour.joint_mean_ablation(
-        jparams, tokens, half_length, jax.numpy.asarray(induction_heads, jax.numpy.float32)))
+        jparams, tokens, half_length, jax.numpy.asarray(induction_heads, jax.numpy.float32), batch))
     scores["n_induction_heads"] = induction_heads.sum((1, 2))
+    scores["induction_heads_mask"] = induction_heads
     circuit = identify(scores, baseline, thresholds)
     circuit["induction_floor_loss_second_half"] = behaviour.induction_floor(np.asarray(tokens), half_length)
     circuit["clean_loss_second_half"] = scores["clean_loss_second_half"].tolist()

@@ -89,6 +89,7 @@ class Timing:
             for name in TIMINGS:
                 v = getattr(self, name)[e]
                 row[name] = None if not np.isfinite(v) else float(v)
+            row["started"] = None if not np.isfinite(self.raw_onset[e]) else float(self.raw_onset[e])
             row["probe_interval"] = self.probe_interval
             rows.append(row)
         return rows

@@ -73,7 +73,7 @@ def init_quantities(cfg: RunConfig, members, init_in_context_score: np.ndarray |
         out[f"mean_norm_OV_L{layer}"] = ov_norm[:, layer].mean(-1)
     if qk_norm.shape[1] >= 2:
         base = circuits.composition_baseline(params["W_Q"].shape[-2], params["W_Q"].shape[-1])["k_composition"]
-        k = circuits.composition_scores(params)["k_composition"][:, 0, :, 1, :]     # [E, H0, H1]
+        k = np.asarray(circuits.composition_scores(params)["k_composition"])[:, 0, :, 1, :]     # [E, H0, H1]
         out["max_k_composition_sd"] = (k.max((1, 2)) - base["mean"]) / base["std"]
     return out
 

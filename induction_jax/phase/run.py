@@ -167,7 +167,7 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
         stats["smooth_steps"], stats["loss_smooth_steps"] = smooth_steps, loss_smooth_steps
         write_json_atomic(out / "stats.json", json_safe(stats))
         write_phase_figures(table, timings, members, stats, out)
-        from induction_jax.analysis.report import write_report
+        from induction_jax.report import write_report
         write_report(run)
     return out.path
 

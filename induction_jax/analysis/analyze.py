@@ -1,0 +1,95 @@
+"""`analyze_run(RUN_DIR)`: scores.csv, circuit.json, arrays.npz and figures, then the report."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from induction_jax import signals
+from induction_jax.arrays import save_arrays
+from induction_jax.analysis import figures
+from induction_jax.analysis.run import analyze_params, scores_table
+from induction_jax.analysis.weights import load_run_checkpoint
+from induction_jax.report import write_report
+from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
+
+
+def write_figures(result: dict, params: dict, member: int, out: Path) -> dict[str, Path]:
+    s, x, P = result["scores"], result["extra"], result["half_length"]
+    row = result["circuit"]["members"][member]
+    figs = {
+        "attention_patterns": figures.attention_grid(x["patterns"], member, P, out / "attention_patterns.png", row),
+        "head_scores": figures.score_bars(s, member, out / "head_scores.png"),
+        "ablations": figures.ablation_bars(s, member, out / "ablations.png"),
+        "ensemble_scores": figures.ensemble_distributions(s, out / "ensemble_scores.png"),
+    }
+    if result["not_applicable"] is None:
+        figs |= {
+            "positional_qk_prev_token_head": figures.positional_qk(
+                x["positional_qk"], member, row["prev_token_head"], out / "positional_qk_prev_token_head.png"),
+            "full_ov_induction_head": figures.full_ov(params, member, row["induction_head"],
+                                                      out / "full_ov_induction_head.png"),
+            "ov_eigenvalues": figures.ov_eigenvalues(x["ov_eigenvalues"], s, member, out / "ov_eigenvalues.png"),
+        }
+        if params["W_Q"].shape[1] >= 2:      # composition needs an earlier and a later layer
+            figs["k_composition"] = figures.k_composition(s["k_composition"], result["baseline"], member,
+                                                          out / "k_composition.png")
+    return figs
+
+
+# Members whose per-head arrays go into analysis/arrays.npz (and so into the report's viewers);
+# beyond this the file would grow by about 100 kB a member for views nobody pages through.
+REPORT_MEMBERS = 64
+
+
+def report_arrays(result: dict, members) -> dict[str, np.ndarray]:
+    """What the report's per-member views draw: every head's attention pattern on the first
+    probe sequence (float16), its tokens, and the Q/K/V composition matrices and full-OV
+    eigenvalues where the weight-based scores apply; the first REPORT_MEMBERS members."""
+    n = min(len(members), REPORT_MEMBERS)
+    x, s = result["extra"], result["scores"]
+    out = {"members": np.arange(n), "tokens": np.asarray(x["tokens"]),
+           "patterns": np.asarray(x["patterns"][:n], np.float16)}
+    for mode in ("q", "k", "v"):
+        if f"{mode}_composition" in s:
+            out[f"{mode}_composition"] = np.asarray(s[f"{mode}_composition"][:n], np.float32)
+    if "ov_eigenvalues" in x:
+        out["ov_eigenvalues_real"] = np.real(x["ov_eigenvalues"][:n]).astype(np.float32)
+        out["ov_eigenvalues_imag"] = np.imag(x["ov_eigenvalues"][:n]).astype(np.float32)
+    return out
+
+
+def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
+    """Analyse every member of a run at its latest good checkpoint; single-model figures show
+    `member` (default 0). Every output records the checkpoint step it describes."""
+    run = RunDir(Path(run_dir))
+    cfg = run.read_config()
+    members = run.members()
+    if member is not None and not 0 <= member < len(members):
+        raise RunDirError(f"--member {member}: out of range; this run has members 0..{len(members) - 1}")
+    member = member or 0
+    with run.lock():
+        params, meta = load_run_checkpoint(run.path)
+        interrupted = (f"during the analysis; the run's training and checkpoints are intact: run again "
+                       f"'induction-jax analyze {run.path}'")
+        signals.check(interrupted)
+        result = analyze_params(params, cfg.data.half_length)
+        signals.check(interrupted)
+        out = run.output_dir("analysis")
+        header, rows = scores_table(result, members)
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+        write_text_atomic(out / "scores.csv", buf.getvalue())
+        circuit = result["circuit"]
+        for r in circuit["members"]:
+            r["label"] = members.label(r["member"])
+            r |= {k: v[r["member"]] for k, v in members.table().items()}
+        circuit |= {"figure_member": member, "checkpoint_step": int(meta["step"]), "steps": cfg.train.steps}
+        write_figures(result, params, member, out)
+        save_arrays(out / "arrays.npz", report_arrays(result, members))
+        write_json_atomic(out / "circuit.json", json_safe(circuit))
+        write_report(run)
+    return out.path

@@ -1,0 +1,84 @@
+"""`dynamics_run(RUN_DIR)`: the circuit's formation in the weights of every member; writes
+RUN_DIR/dynamics/ (trajectories.npz, formation.csv, stats.json, figures, an animation) and
+adds a section to the report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from induction_jax import signals, snapshots
+from induction_jax.arrays import save_arrays
+from induction_jax.dynamics import figures
+from induction_jax.dynamics.formation import summarize
+from induction_jax.dynamics.trajectories import snapshot_analysis
+from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
+
+# Per-head arrays kept in trajectories.npz, `[S, E, ...]`.
+KEPT = ("prev_token_score", "induction_score", "positional_prev_token_score", "ov_copying_score",
+        "mean_ablation_delta", "k_composition", "q_composition", "v_composition")
+
+
+def _phase_window(run: RunDir) -> tuple[float, float] | None:
+    """The ensemble's phase window (median in-context onset to end) if `phase` has run."""
+    stats_path = run.path / "phase" / "stats.json"
+    if not stats_path.is_file():
+        return None
+    s = json.loads(stats_path.read_text()).get("in_context_score", {})
+    on, end = s.get("onset", {}).get("median"), s.get("end", {}).get("median")
+    return (on, end) if on is not None and end is not None else None
+
+
+def dynamics_run(run_dir: str | Path, member: int = 0, batch: int = 32) -> Path:
+    """Analyse every snapshot of every member (one batched pass), time each sub-circuit's
+    formation per member, and summarise orders and lags across members."""
+    run = RunDir(Path(run_dir))
+    cfg = run.read_config()
+    members = run.members()
+    if not 0 <= member < len(members):
+        raise RunDirError(f"--member {member}: out of range; this run has members 0..{len(members) - 1}")
+    if batch < 1:
+        raise RunDirError(f"--batch {batch}: must be >= 1")
+    with run.lock():
+        run.check_config()
+        steps, params = snapshots.load(run)
+        if params["W_E"].shape[1] != len(members):
+            raise RunDirError(f"{run.path / snapshots.FOLDER}: snapshots hold {params['W_E'].shape[1]} members, the "
+                              f"run has {len(members)}")
+        if len(steps) < 3:
+            raise RunDirError(f"{run.path / snapshots.FOLDER}: {len(steps)} snapshots; timing a formation needs at "
+                              f"least 3 (train with --snapshots log)")
+        interrupted = f"during the dynamics analysis; the run is intact: run again 'induction-jax dynamics {run.path}'"
+        signals.check(interrupted)
+        result = snapshot_analysis(params, cfg.data.half_length, batch=batch)
+        signals.check(interrupted)
+        labels = [members.label(e) for e in range(len(members))]
+        stats, formed = summarize(steps, result["events"], labels)
+        stats |= {"snapshot_steps": steps.tolist(), "events": list(result["events"]),
+                  "weight_based_not_applicable": result["not_applicable"], "phase_window": _phase_window(run),
+                  "animation_member": member, "final_circuits": result["final_circuits"]}
+        out = run.output_dir("dynamics")
+        save_arrays(out / "trajectories.npz", {"steps": steps, **{f"event_{k}": v for k, v in result["events"].items()},
+                                               **{k: result["scores"][k] for k in KEPT if k in result["scores"]}})
+        buf = io.StringIO()
+        rows = stats["members"]
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        write_text_atomic(out / "formation.csv", buf.getvalue())
+        write_json_atomic(out / "stats.json", json_safe(stats))
+        figures.trajectories(steps, result["events"], formed, stats["phase_window"], out / "trajectories.png")
+        figures.order_chart(formed, labels, out / "order.png")
+        k = result["scores"].get("k_composition")
+        figures.animation(steps, result["patterns"][:, member],
+                          None if k is None or k.shape[2] < 2 else k[:, member, 0, :, 1, :], member,
+                          out / "animation.gif",
+                          cfg.data.half_length)
+        from induction_jax.report import write_report
+        write_report(run)
+    return out.path
