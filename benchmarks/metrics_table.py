@@ -43,7 +43,7 @@ def main() -> None:
         probe_steps = steps[steps % 10 == 0]
         writer.write(format_rows(chunk_rows(members, steps, {k: rng.random((E, len(steps))) for k in STEP_METRICS},
                                             probe_steps, {k: rng.random((E, len(probe_steps))) for k in PROBE_METRICS},
-                                            np.full(E, -1))))
+                                            np.full(E, -1)), members))
     write_s = time.perf_counter() - tic
     size = csv.stat().st_size
     tic = time.perf_counter()

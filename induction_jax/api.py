@@ -26,10 +26,12 @@ def train(cfg: RunConfig | None = None, out: str | Path = "runs/run", *, members
 
 
 def sweep(cfg: RunConfig | None = None, out: str | Path = "runs/sweep", *, lr=None, weight_decay=None,
-          init_seeds=None, data_seeds=None, overwrite: bool = False, progress: bool = True) -> "Run":
-    """lr x weight decay x (init seed, data seed) crossed into one compiled ensemble."""
+          init_seeds=None, data_seeds=None, interventions=None, overwrite: bool = False,
+          progress: bool = True) -> "Run":
+    """arm x lr x weight decay x (init seed, data seed) crossed into one compiled ensemble;
+    `interventions` lists the arms, e.g. ["none", "clamp:prev:L0H0:1.0", "cut:K:L0H*"]."""
     cfg = cfg or RunConfig()
-    return train(cfg, out, members=Members.grid(cfg, lr, weight_decay, init_seeds, data_seeds),
+    return train(cfg, out, members=Members.grid(cfg, lr, weight_decay, init_seeds, data_seeds, interventions),
                  overwrite=overwrite, progress=progress)
 
 

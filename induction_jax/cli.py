@@ -199,6 +199,16 @@ def _print_phase(phase_dir: Path) -> None:
         c = order["counts"]
         print(f"  previous-token head forms before / with / after the induction head, by {by}: "
               f"{c['before']} / {c['with']} / {c['after']} (censored {c['censored']})")
+    effects = stats.get("interventions")
+    if effects:
+        print(f"  interventions against the control arm ('{effects['control']}'), {effects['timing']}, paired by seed:")
+        for arm, r in effects["arms"].items():
+            formed = f"{r['n_timed']} of {r['n']} formed" + (
+                f", induction circuit in {r['n_induction_circuit']}" if "n_induction_circuit" in r else "")
+            shift = ("" if arm == effects["control"] else
+                     f"; shift {r['mean_shift']:+.1f} steps [{r['ci95_low']:+.1f}, {r['ci95_high']:+.1f}] over "
+                     f"{r['n_pairs_timed']} pairs" if "mean_shift" in r else "; no pair where both formed")
+            print(f"    {arm}: {formed}{shift}")
     for label, arm in stats["arms"].items():
         head = f"  [{label}] " if len(stats["arms"]) > 1 else "  "
         var = (arm.get("variance") or {}).get("in_context_score", {}).get("midpoint")
@@ -234,7 +244,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     lists (any other config flag given as a list) as separate compiled runs under --out."""
     import itertools
 
-    from induction_jax import ensemble, memory
+    from induction_jax import ensemble, interventions, memory
     from induction_jax.analysis.analyze import analyze_run
     from induction_jax.members import Members, parse_seed_range
     from induction_jax.rundir import RunDir, RunDirError
@@ -242,6 +252,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     lrs = _parse_list("--lr", args.list_lr, float) if args.list_lr is not None else None
     wds = _parse_list("--weight-decay", args.list_weight_decay, float) if args.list_weight_decay is not None else None
+    arms = args.intervention
+    if arms is not None:
+        repeated = [a for i, a in enumerate(arms) if a in arms[:i]]
+        if repeated:
+            raise CliError(f"--intervention {repeated[0]}: listed twice; each arm must appear once")
     init_seeds = parse_seed_range("--init-seeds", args.init_seeds) if args.init_seeds is not None else None
     data_seeds = parse_seed_range("--data-seeds", args.data_seeds) if args.data_seeds is not None else None
     shape_lists = {}
@@ -263,7 +278,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cfg = base.replace(**combo)
         varied = {k: v for k, v in combo.items() if len(shape_lists[k]) > 1}
         run_dir = out if len(combos) == 1 else out / "_".join(f"{k}-{v}" for k, v in varied.items())
-        members = Members.grid(cfg, lrs, wds, init_seeds, data_seeds)
+        members = Members.grid(cfg, lrs, wds, init_seeds, data_seeds, arms)
+        interventions.build(members.arm, cfg)
         memory.plan_groups(cfg, len(members), ensemble.select_devices(cfg.train.devices), log=lambda m: None)
         if RunDir(run_dir).is_run() and not args.overwrite:
             raise RunDirError(f"{run_dir}: already holds a run; pass --overwrite to replace it, or choose "
@@ -271,7 +287,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         plans.append((combo, cfg, run_dir, members))
     diverged = False
     for combo, cfg, run_dir, members in plans:
-        design = (f"{len(lrs or [1])} lr x {len(wds or [1])} weight decay x "
+        design = (f"{len(arms or [1])} arms x {len(lrs or [1])} lr x {len(wds or [1])} weight decay x "
                   + (f"{len(set(members.init_seed))} init seeds x {len(set(members.data_seed))} data seeds"
                      if members.crossed else f"{len(set(members.init_seed))} seeds"))
         varied = " ".join(f"{k}={v}" for k, v in combo.items() if len(shape_lists[k]) > 1)
@@ -297,6 +313,33 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
     for o in stats["order_counts"][:5]:
         print(f"  {o['n']} of {n}: {o['order'] or '(nothing formed)'}")
     print(f"dynamics: {out}")
+    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    return 0
+
+
+def cmd_llc(args: argparse.Namespace) -> int:
+    from induction_jax.members import parse_seed_range
+    from induction_jax.slt.run import llc_run
+    from induction_jax.slt.sampler import SGLDConfig
+
+    if args.n_beta is not None and args.n_beta <= 0:
+        raise CliError(f"--n-beta {args.n_beta:g}: must be > 0 (leave it out for n / ln n)")
+    sgld = SGLDConfig(**{k: getattr(args, k) for k in ("eps", "gamma", "chains", "draws", "burn_in", "batch_size")},
+                      n_beta=args.n_beta or 0.0)
+    members = None if args.members is None else parse_seed_range("--members", args.members)
+    out = llc_run(args.run_dir, sgld, n=args.n, which_steps=args.snapshots, which_members=members, head=args.head)
+    stats = json.loads((out / "stats.json").read_text())
+    print(f"LLC{' of ' + args.head if args.head else ''} at {len(stats['steps'])} snapshots of "
+          f"{len(stats['members'])} members (n {stats['n']}, n_beta {stats['n_beta']:.1f}, eps {sgld.eps:g}, "
+          f"gamma {sgld.gamma:g}, {sgld.chains} chains x {sgld.draws} draws):")
+    for j, m in enumerate(stats["members"]):
+        curve = ", ".join(f"{stats['steps'][s]}: {stats['llc_mean'][s][j]:.1f}" for s in range(len(stats["steps"]))
+                          if s in (0, len(stats["steps"]) // 2, len(stats["steps"]) - 1))
+        bounds = ", ".join(f"{b['kind']} {b['step']:.0f}" for b in m["boundaries"]) or "none"
+        print(f"  {m['label']}: {curve}; stage boundaries: {bounds}")
+    for w in stats["warnings"]:
+        print(f"induction-jax llc: warning: {w}", file=sys.stderr)
+    print(f"llc: {out}")
     print(f"report: {Path(args.run_dir) / 'report.html'}")
     return 0
 
@@ -396,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--init-seeds", metavar="RANGE", default=None,
                        help="init seeds (initial weights), e.g. 0-7 or 0,3,5; crossed with --data-seeds "
                             "(default: the --seeds range)")
+    sweep.add_argument("--intervention", metavar="ARM", action="append", default=None,
+                       help="an arm: 'none' or interventions during training, e.g. clamp:prev:L0H0:1.0, "
+                            "ablate:L1H2, freeze:W_pos, cut:K:L0H1, joined with +, each with an optional "
+                            "@START-STOP window; repeat the flag for every arm (crossed with seeds, lr and "
+                            "weight decay; docs/interventions.md)")
     sweep.add_argument("--data-seeds", metavar="RANGE", default=None,
                        help="data seeds (training batches), e.g. 0-7; crossed with --init-seeds "
                             "(default: the --seeds range)")
@@ -411,6 +459,25 @@ def build_parser() -> argparse.ArgumentParser:
     dynamics.add_argument("--batch", type=int, default=32, metavar="N",
                           help="models (member x snapshot) analysed at a time inside each compiled call: memory")
     dynamics.set_defaults(func=cmd_dynamics)
+
+    from induction_jax.slt.sampler import SGLDConfig
+    llc = sub.add_parser("llc", help="the local learning coefficient of every member at every snapshot",
+                         description="Estimate the LLC (localised SGLD, chains vmapped, every member and snapshot in "
+                                     "one compiled call) with diagnostics, find stage boundaries, and write "
+                                     "RUN_DIR/llc/ and a report section. Needs snapshots (train with --snapshots).")
+    llc.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with snapshots")
+    llc.add_argument("--snapshots", default="all", metavar="STEPS",
+                     help="snapshot steps, e.g. 0,100,200 or 0-500 (those that exist; default: all)")
+    llc.add_argument("--members", default=None, metavar="RANGE", help="members, e.g. 0-7 (default: all)")
+    llc.add_argument("--head", default=None, metavar="LxHy",
+                     help="refined LLC: only this head's weights (or a layer, Lx) move; the rest stay at w*")
+    llc.add_argument("--n", type=int, default=1024, metavar="N", help="sequences in each member's LLC dataset")
+    llc.add_argument("--n-beta", type=float, default=None, metavar="X", help="inverse temperature x n (default n / ln n)")
+    for f in dataclasses.fields(SGLDConfig):
+        if f.name != "n_beta":
+            llc.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=FLAG_TYPES[str(f.type)],
+                             default=f.default, metavar="X", help=f.metadata["help"])
+    llc.set_defaults(func=cmd_llc)
 
     export = sub.add_parser("export", help="write a member's weights as npz, safetensors or a TransformerLens model",
                             description="Write circuit-layout weights (npz, safetensors: plain arrays named W_E, "

@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from induction_jax import distributed
+from induction_jax import distributed, interventions
 from induction_jax import training as train_lib
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
 from induction_jax.memory import ResourceError, member_loop
+from induction_jax.interventions import active
 from induction_jax.probes import head_probe_metrics, probe_metrics
 
 # A compiled call runs as many probe intervals as take about this long, so progress, metrics
@@ -55,9 +56,11 @@ def shard(state, sharding: NamedSharding):
     return jax.device_put(state, sharding)
 
 
-def _member_args(members: Members):
+def _member_args(cfg: RunConfig, members: Members):
+    """The per-member inputs of `init_member`, stacked: seeds, lr, weight decay, intervention."""
     return (jnp.asarray(members.init_seed, jnp.uint32), jnp.asarray(members.data_seed, jnp.uint32),
-            jnp.asarray(members.lr, jnp.float32), jnp.asarray(members.weight_decay, jnp.float32))
+            jnp.asarray(members.lr, jnp.float32), jnp.asarray(members.weight_decay, jnp.float32),
+            jax.tree.map(jnp.asarray, interventions.build(members.arm, cfg)))
 
 
 def init_ensemble(cfg: RunConfig, members: Members, devices=None, group: int | None = None):
@@ -68,19 +71,20 @@ def init_ensemble(cfg: RunConfig, members: Members, devices=None, group: int | N
     init = functools.partial(train_lib.init_member, cfg)
     if group is None or group >= len(members):
         sharding = ensemble_sharding(len(members), devices)
-        return jax.jit(jax.vmap(init), out_shardings=sharding)(*shard(_member_args(members), sharding))
+        return jax.jit(jax.vmap(init), out_shardings=sharding)(*shard(_member_args(cfg, members), sharding))
+    args = _member_args(cfg, members)            # built once: every group has the same structure
     parts = []
     for s in _groups(len(members), group):
         sharding = ensemble_sharding(s.stop - s.start, devices)
         compiled = jax.jit(jax.vmap(init), out_shardings=sharding)
-        parts.append(jax.device_get(compiled(*shard(_member_args(members.select(s)), sharding))))
+        parts.append(jax.device_get(compiled(*shard(jax.tree.map(lambda x, s=s: x[s], args), sharding))))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 
 def abstract_state(cfg: RunConfig, members: Members):
     """The state's shapes and dtypes (a template for restoring a checkpoint), computing nothing."""
     return jax.eval_shape(jax.vmap(functools.partial(train_lib.init_member, cfg)),
-                          *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in _member_args(members)))
+                          *jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _member_args(cfg, members)))
 
 
 def _state_mesh(state) -> Mesh:
@@ -92,7 +96,7 @@ def _state_mesh(state) -> Mesh:
     return Mesh(np.asarray(devices[:1]), ("ensemble",))
 
 
-def _over_members(cfg: RunConfig, fn, mesh: Mesh | None, donate: bool, n_shared: int = 0):
+def over_members(cfg: RunConfig, fn, mesh: Mesh | None, donate: bool, n_shared: int = 0):
     """`fn(member, *shared)` of one member, compiled for the whole ensemble: `vmap`, or (`map`)
     `shard_map` over the mesh with a `lax.map` over each device's members. The `n_shared`
     trailing arguments are the same for every member (replicated, not batched). Both compute
@@ -106,8 +110,10 @@ def _over_members(cfg: RunConfig, fn, mesh: Mesh | None, donate: bool, n_shared:
     def per_device(xs, *shared):
         return jax.lax.map(lambda x: fn(x, *shared), xs)
 
+    # check_vma off: the members never communicate, and library loops (betainc's while_loop in the
+    # LLC diagnostics) start from carries that the check would call replicated, not varying.
     return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(spec,) + (PartitionSpec(),) * n_shared,
-                                 out_specs=spec), donate_argnums=donate_argnums)
+                                 out_specs=spec, check_vma=False), donate_argnums=donate_argnums)
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,7 +121,7 @@ def _compiled_chunk(cfg: RunConfig, n_evals: int, eval_every: int, mesh: Mesh | 
     def chunk(state, n_active):
         return train_lib.run_chunk(cfg, state, n_active, n_evals=n_evals, eval_every=eval_every)
 
-    return _over_members(cfg, chunk, mesh, donate=True, n_shared=1)
+    return over_members(cfg, chunk, mesh, donate=True, n_shared=1)
 
 
 def _mesh_for(cfg: RunConfig, state) -> Mesh | None:
@@ -133,13 +139,19 @@ def run_chunk(cfg: RunConfig, chunk: train_lib.Chunk, state):
     return fn(state, jnp.int32(chunk.n_active))
 
 
+def _probe(cfg: RunConfig, s: train_lib.MemberState):
+    """The probes of one member as it is at its step, under its intervention."""
+    edits, _ = active(s.intervention, s.step)
+    return probe_metrics(cfg, s.params, s.probe_key, edits), head_probe_metrics(cfg, s.params)
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_probe(cfg: RunConfig, mesh: Mesh | None):
-    return _over_members(cfg, lambda p: (probe_metrics(cfg, *p), head_probe_metrics(cfg, p[0])), mesh, donate=False)
+    return over_members(cfg, functools.partial(_probe, cfg), mesh, donate=False)
 
 
 def run_probe(cfg: RunConfig, state):
-    return _compiled_probe(cfg, _mesh_for(cfg, state))((state.params, state.probe_key))
+    return _compiled_probe(cfg, _mesh_for(cfg, state))(state)
 
 
 @dataclass

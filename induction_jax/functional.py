@@ -18,6 +18,20 @@ import jax.numpy as jnp
 LN_EPS = 1e-5
 
 
+class Edits(NamedTuple):
+    """What an intervention does to one forward pass, per layer and head (None: nothing).
+
+    The pass applies them at three points: the inputs of each layer's queries, keys and values
+    (a cut removes an earlier head's write from one of them), the attention pattern (a clamp
+    pulls it towards a target pattern), and each head's output (an ablation zeroes it).
+    """
+
+    clamp_prev_LH: jax.Array | None = None        # strength a in [0, 1] towards the previous-token pattern
+    clamp_induction_LH: jax.Array | None = None   # ... towards the induction pattern of the sequence
+    ablate_LH: jax.Array | None = None            # 1: the head's output is zero
+    cut_LHLC: jax.Array | None = None             # [source layer, source head, target layer, Q/K/V]: 1 = cut
+
+
 class Activations(NamedTuple):
     """What the analysis needs, returned as values: per-layer attention and head outputs."""
 
@@ -89,17 +103,47 @@ def _attention_core_vjp_bwd(residuals, cotangents):
 attention_core.defvjp(_attention_core_vjp_fwd, _attention_core_vjp_bwd)
 
 
+def previous_token_target(T: int) -> jax.Array:
+    """The ideal previous-token pattern `[T, S]`: row i attends to i-1, row 0 to itself."""
+    return jnp.eye(T, k=-1).at[0, 0].set(1.0)
+
+
+def induction_target(tokens_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The ideal induction pattern of each sequence `[B, T, S]` (uniform over the keys j <= i-1
+    with x[j-1] == x[i]) and which rows have such a key `[B, T]`."""
+    T = tokens_BT.shape[1]
+    prev_BS = jnp.concatenate([jnp.full_like(tokens_BT[:, :1], -1), tokens_BT[:, :-1]], axis=1)
+    hits_BTS = (prev_BS[:, None, :] == tokens_BT[:, :, None]) & jnp.tril(jnp.ones((T, T), bool), -1)
+    n_BT = hits_BTS.sum(-1)
+    return hits_BTS / jnp.maximum(n_BT, 1)[..., None], n_BT > 0
+
+
+def _clamp(z_BHTK, pattern_BHTS, v_BHSK, a_H, target, has_BT=None):
+    """A' = (1 - a) A + a A* on the rows that have a target, and the output A' v."""
+    w_BHT1 = a_H[None, :, None, None] * (1.0 if has_BT is None else has_BT[:, None, :, None])
+    w_BHT1 = w_BHT1.astype(z_BHTK.dtype)
+    tv_BHTK = jnp.einsum("ts,bhsk->bhtk" if target.ndim == 2 else "bts,bhsk->bhtk", target.astype(v_BHSK.dtype), v_BHSK)
+    target_BHTS = target[None, None] if target.ndim == 2 else target[:, None]
+    return (z_BHTK + w_BHT1 * (tv_BHTK - z_BHTK),
+            pattern_BHTS + w_BHT1.astype(pattern_BHTS.dtype) * (target_BHTS - pattern_BHTS))
+
+
 def attention(x_BTD, W_Q, W_K, W_V, W_O, head_mask_H=None, head_replace_BTHD=None, *,
-              return_heads: bool = False):
+              return_heads: bool = False, x_qkv=None, clamps=()):
     """One attention layer: (output [B,T,D], pattern [B,H,T,S], per-head output [B,T,H,D] or None).
 
     `head_mask_H` scales each head's output (0 = zero-ablation); `head_replace_BTHD` is added
     to it (mean-ablation adds the mean of the head where the mask removed the head itself).
+    `x_qkv` gives the queries', keys' and values' inputs separately (a cut); each of `clamps`,
+    `(a_H, target, has_BT)`, pulls the pattern towards `target`.
     """
-    q_BHTK = jnp.einsum("btd,hdk->bhtk", x_BTD, W_Q)
-    k_BHSK = jnp.einsum("bsd,hdk->bhsk", x_BTD, W_K)
-    v_BHSK = jnp.einsum("bsd,hdk->bhsk", x_BTD, W_V)
+    x_q, x_k, x_v = x_qkv if x_qkv is not None else (x_BTD, x_BTD, x_BTD)
+    q_BHTK = jnp.einsum("btd,hdk->bhtk", x_q, W_Q)
+    k_BHSK = jnp.einsum("bsd,hdk->bhsk", x_k, W_K)
+    v_BHSK = jnp.einsum("bsd,hdk->bhsk", x_v, W_V)
     z_BHTK, pattern_BHTS = attention_core(q_BHTK, k_BHSK, v_BHSK)
+    for a_H, target, has_BT in clamps:
+        z_BHTK, pattern_BHTS = _clamp(z_BHTK, pattern_BHTS, v_BHSK, a_H, target, has_BT)
     if head_mask_H is not None:
         z_BHTK = z_BHTK * head_mask_H[None, :, None, None]
     if return_heads or head_replace_BTHD is not None:
@@ -110,25 +154,48 @@ def attention(x_BTD, W_Q, W_K, W_V, W_O, head_mask_H=None, head_replace_BTHD=Non
     return jnp.einsum("bhtk,hkd->btd", z_BHTK, W_O), pattern_BHTS, None
 
 
+def _cut_inputs(x_BTD, heads, cut_LHLC, layer, norm):
+    """The queries', keys' and values' inputs of `layer` without the cut earlier heads' writes."""
+    return tuple(norm(x_BTD - sum(jnp.einsum("bthd,h->btd", heads[l1], cut_LHLC[l1, :, layer, c].astype(x_BTD.dtype))
+                                  for l1 in range(layer)))
+                 for c in range(3))
+
+
 def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None = None,
-          head_replace_LBTHD: jax.Array | None = None, return_activations: bool = False):
+          head_replace_LBTHD: jax.Array | None = None, return_activations: bool = False,
+          edits: Edits | None = None):
     """Logits `[B,T,V]` (and `Activations`). `tokens_BT` is int `[B,T]`, or float `[B,T,V]`
-    (soft) one-hot token vectors, so gradients with respect to the input exist."""
+    (soft) one-hot token vectors, so gradients with respect to the input exist. `edits` is
+    what an intervention does to this pass (training only; the analysis never passes it)."""
     n_layers = params["W_Q"].shape[0]
     layer_norm_on = "ln1_w" in params
     T = tokens_BT.shape[1]
     embed_BTD = (tokens_BT @ params["W_E"] if jnp.issubdtype(tokens_BT.dtype, jnp.floating)
                  else params["W_E"][tokens_BT])
     x_BTD = embed_BTD + params["W_pos"][:T]
+    edits = edits or Edits()
+    if edits.ablate_LH is not None:
+        keep_LH = 1.0 - edits.ablate_LH
+        head_mask_LH = keep_LH if head_mask_LH is None else head_mask_LH * keep_LH
+    clamp_targets = []
+    if edits.clamp_prev_LH is not None:
+        clamp_targets.append((edits.clamp_prev_LH, previous_token_target(T), None))
+    if edits.clamp_induction_LH is not None:
+        clamp_targets.append((edits.clamp_induction_LH, *induction_target(tokens_BT)))
+    keep_heads = return_activations or edits.cut_LHLC is not None
     patterns, heads, resids = [], [], []
     for layer in range(n_layers):
         resids.append(x_BTD)
-        h_BTD = layer_norm(x_BTD, params["ln1_w"][layer], params["ln1_b"][layer]) if layer_norm_on else x_BTD
+        norm = ((lambda x, layer=layer: layer_norm(x, params["ln1_w"][layer], params["ln1_b"][layer]))
+                if layer_norm_on else (lambda x: x))
+        h_BTD = norm(x_BTD)
+        x_qkv = _cut_inputs(x_BTD, heads, edits.cut_LHLC, layer, norm) if edits.cut_LHLC is not None and layer else None
         out_BTD, pattern_BHTS, heads_BTHD = attention(
             h_BTD, params["W_Q"][layer], params["W_K"][layer], params["W_V"][layer], params["W_O"][layer],
             None if head_mask_LH is None else head_mask_LH[layer],
             None if head_replace_LBTHD is None else head_replace_LBTHD[layer],
-            return_heads=return_activations)
+            return_heads=keep_heads, x_qkv=x_qkv,
+            clamps=[(a_LH[layer], target, has) for a_LH, target, has in clamp_targets])
         x_BTD = x_BTD + out_BTD
         patterns.append(pattern_BHTS)
         heads.append(heads_BTHD)

@@ -30,9 +30,12 @@ class Members:
     data_seed: np.ndarray
     lr: np.ndarray
     weight_decay: np.ndarray
+    arm: np.ndarray = None            # what is done to it during training (interventions.spec); "none"
 
     def __post_init__(self):
         n = len(self.init_seed)
+        if self.arm is None:
+            object.__setattr__(self, "arm", np.full(n, "none", dtype=object))
         if n == 0:
             raise MembersError("members: the table is empty; an ensemble needs at least one member")
         for f in fields(self):
@@ -49,6 +52,9 @@ class Members:
             raise MembersError("members.lr: every learning rate must be a finite number > 0")
         if not np.all(np.isfinite(self.weight_decay)) or self.weight_decay.min() < 0:
             raise MembersError("members.weight_decay: every weight decay must be a finite number >= 0")
+        object.__setattr__(self, "arm", np.asarray([str(a).strip() for a in self.arm], dtype=object))
+        if any(not a or "," in a for a in self.arm):
+            raise MembersError("members.arm: every arm must be 'none' or an intervention spec without commas")
 
     def __len__(self) -> int:
         return len(self.init_seed)
@@ -61,8 +67,9 @@ class Members:
         return cls(seeds, seeds.copy(), np.full(t.seeds, t.lr), np.full(t.seeds, t.weight_decay))
 
     @classmethod
-    def grid(cls, cfg: RunConfig, lrs=None, weight_decays=None, init_seeds=None, data_seeds=None) -> "Members":
-        """Every lr x weight decay x (init seed, data seed) combination; data seeds vary fastest.
+    def grid(cls, cfg: RunConfig, lrs=None, weight_decays=None, init_seeds=None, data_seeds=None,
+             arms=None) -> "Members":
+        """Every arm x lr x weight decay x (init seed, data seed) combination; data seeds vary fastest.
 
         Without `init_seeds` / `data_seeds` the config's seeds are used with init seed = data
         seed (one seed per member); with both, they are crossed (a two-way design).
@@ -77,28 +84,32 @@ class Members:
             default = list(range(t.first_seed, t.first_seed + t.seeds))
             pairs = list(itertools.product(init_seeds if init_seeds is not None else default,
                                            data_seeds if data_seeds is not None else default))
-        rows = [(lr, wd, a, b) for lr, wd, (a, b) in itertools.product(lrs, wds, pairs)]
-        lr, wd, a, b = (np.asarray(col) for col in zip(*rows))
-        return cls(a.astype(np.int64), b.astype(np.int64), lr.astype(float), wd.astype(float))
+        rows = [(arm, lr, wd, a, b) for arm, lr, wd, (a, b) in itertools.product(arms or ["none"], lrs, wds, pairs)]
+        arm, lr, wd, a, b = (np.asarray(col, dtype=object if i == 0 else None) for i, col in enumerate(zip(*rows)))
+        return cls(a.astype(np.int64), b.astype(np.int64), lr.astype(float), wd.astype(float), arm)
 
     def table(self) -> dict[str, list]:
         """JSON-ready columns (as config.json stores them)."""
-        return {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+        return {f.name: [str(a) for a in self.arm] if f.name == "arm" else getattr(self, f.name).tolist()
+                for f in fields(self)}
 
     @classmethod
     def from_table(cls, table) -> "Members":
         """Read back `table()`; a malformed table raises `MembersError` in one line."""
-        names = [f.name for f in fields(cls)]
+        names = [f.name for f in fields(cls) if f.name != "arm"]
         if not isinstance(table, dict):
-            raise MembersError(f"members: must be an object with columns {', '.join(names)}")
+            raise MembersError(f"members: must be an object with columns {', '.join(names)}, arm")
         missing = [n for n in names if n not in table]
         if missing:
-            raise MembersError(f"members: missing column {missing[0]!r}; expected {', '.join(names)}")
+            raise MembersError(f"members: missing column {missing[0]!r}; expected {', '.join(names)}, arm")
         try:
             cols = {n: np.asarray(table[n], dtype=np.int64 if n.endswith("seed") else float) for n in names}
         except (TypeError, ValueError, OverflowError):
-            raise MembersError("members: every column must be a list of numbers") from None
-        return cls(**cols)
+            raise MembersError("members: every column must be a list of numbers (arm: of texts)") from None
+        arm = table.get("arm")
+        if arm is not None and (not isinstance(arm, list) or not all(isinstance(a, str) for a in arm)):
+            raise MembersError("members.arm: must be a list of texts")
+        return cls(**cols, arm=None if arm is None else np.asarray(arm, dtype=object))
 
     @property
     def crossed(self) -> bool:
@@ -116,13 +127,15 @@ class Members:
             parts.append(f"lr {self.lr[i]:g}")
         if len(np.unique(self.weight_decay)) > 1:
             parts.append(f"weight decay {self.weight_decay[i]:g}")
+        if len(set(self.arm)) > 1 or self.arm[0] != "none":
+            parts.append(f"arm {self.arm[i]}")
         return f"{parts[0]} ({', '.join(parts[1:])})"
 
     def arms(self) -> dict[str, np.ndarray]:
         """Members grouped by every setting that varies except the seeds (a sweep's arms):
         label -> member indices, in first-appearance order; one group 'all' if none varies."""
-        varying = [(name, fmt) for name, fmt in (("lr", "lr {:g}"), ("weight_decay", "weight decay {:g}"))
-                   if len(np.unique(getattr(self, name))) > 1]
+        varying = [(name, fmt) for name, fmt in (("arm", "{}"), ("lr", "lr {:g}"), ("weight_decay", "weight decay {:g}"))
+                   if len(set(getattr(self, name).tolist())) > 1]
         labels = [", ".join(fmt.format(getattr(self, name)[i]) for name, fmt in varying) or "all"
                   for i in range(len(self))]
         return {label: np.flatnonzero(np.asarray(labels) == label) for label in dict.fromkeys(labels)}

@@ -21,10 +21,11 @@ from induction_jax.probes import PROBE_METRICS
 from induction_jax.rundir import RunDirError, storage_error
 from induction_jax.training import STEP_METRICS
 
-MEMBER_COLUMNS = ("member", "init_seed", "data_seed", "lr", "weight_decay")
+MEMBER_COLUMNS = ("member", "init_seed", "data_seed", "lr", "weight_decay", "arm")
 ID_COLUMNS = MEMBER_COLUMNS + ("step",)
 METRIC_COLUMNS = ID_COLUMNS + STEP_METRICS + PROBE_METRICS
-_FORMATS = {"member": "%d", "init_seed": "%d", "data_seed": "%d", "step": "%d"}
+_FORMATS = {"member": "%d", "init_seed": "%d", "data_seed": "%d", "step": "%d", "arm": "%s"}
+TEXT_COLUMNS = ("arm",)
 
 
 def chunk_rows(members: Members, steps: np.ndarray, metrics: dict, probe_steps: np.ndarray,
@@ -38,7 +39,8 @@ def chunk_rows(members: Members, steps: np.ndarray, metrics: dict, probe_steps: 
     table = np.full((n, E, len(METRIC_COLUMNS)), np.nan)
     table[..., 0] = np.arange(E)[None, :]
     for col, name in enumerate(MEMBER_COLUMNS[1:], start=1):
-        table[..., col] = np.asarray(getattr(members, name), float)[None, :]
+        if name not in TEXT_COLUMNS:            # text columns are filled in by format_rows
+            table[..., col] = np.asarray(getattr(members, name), float)[None, :]
     table[..., len(MEMBER_COLUMNS)] = all_steps[:, None]
     for names, at, values in ((STEP_METRICS, steps, metrics), (PROBE_METRICS, probe_steps, probes)):
         idx = np.searchsorted(all_steps, at)
@@ -48,9 +50,14 @@ def chunk_rows(members: Members, steps: np.ndarray, metrics: dict, probe_steps: 
     return table[keep]
 
 
-def format_rows(table: np.ndarray) -> str:
+def format_rows(table: np.ndarray, members: Members) -> str:
+    """CSV lines of `chunk_rows`' table, each member's text settings (its arm) filled in."""
+    rows = table.astype(object)
+    member = table[:, 0].astype(int)
+    for name in TEXT_COLUMNS:
+        rows[:, METRIC_COLUMNS.index(name)] = np.asarray(getattr(members, name), dtype=object)[member]
     buf = io.StringIO()
-    np.savetxt(buf, table, fmt=[_FORMATS.get(c, "%.6g") for c in METRIC_COLUMNS], delimiter=",")
+    np.savetxt(buf, rows, fmt=[_FORMATS.get(c, "%.6g") for c in METRIC_COLUMNS], delimiter=",")
     return buf.getvalue()
 
 
@@ -145,7 +152,8 @@ class RunTables:
 
     def write(self, result) -> None:
         self.writers["metrics"].write(format_rows(chunk_rows(
-            self.members, result.steps, result.metrics, result.probe_steps, result.probes, result.diverged_step)))
+            self.members, result.steps, result.metrics, result.probe_steps, result.probes, result.diverged_step),
+            self.members))
         if "head_metrics" in self.writers:
             self.writers["head_metrics"].write(head_rows(result.probe_steps, result.head_probes, result.diverged_step))
 
@@ -184,7 +192,7 @@ def read_metrics(path: Path, warn=lambda m: print(m, file=sys.stderr)) -> dict[s
         raise RunDirError(f"{path}: cannot be read ({e.strerror})") from None
     header_end = data.find(b"\n")
     header = data[:header_end].decode(errors="replace").strip().split(",") if header_end >= 0 else []
-    if not set(ID_COLUMNS) <= set(header):
+    if not set(ID_COLUMNS) - set(TEXT_COLUMNS) <= set(header):
         raise RunDirError(f"{path}: not an induction-jax metrics table (columns {header}); expected "
                           f"{', '.join(METRIC_COLUMNS)}")
     body = data[header_end + 1:]
@@ -194,8 +202,9 @@ def read_metrics(path: Path, warn=lambda m: print(m, file=sys.stderr)) -> dict[s
         warn(f"induction-jax: {path}: dropped an incomplete last line ({len(last)} bytes): a write was cut off")
         body = body[:last_start]
     try:
-        frame = pd.read_csv(io.BytesIO(body), header=None, names=header, dtype=np.float64,
-                            na_values=["nan"], keep_default_na=False)
+        frame = pd.read_csv(io.BytesIO(body), header=None, names=header,
+                            dtype={c: (str if c in TEXT_COLUMNS else np.float64) for c in header},
+                            na_values={c: ["nan"] for c in header if c not in TEXT_COLUMNS}, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as e:
         raise RunDirError(f"{path}: not a valid metrics table ({str(e).splitlines()[0]})") from None
     return {name: frame[name].to_numpy() for name in header}

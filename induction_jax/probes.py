@@ -19,11 +19,12 @@ def probe_batch(cfg: RunConfig, probe_key: jax.Array) -> jax.Array:
     return probe_sequences(probe_key, cfg.data, cfg.model.d_vocab)
 
 
-def probe_metrics(cfg: RunConfig, params: dict, probe_key: jax.Array) -> dict[str, jax.Array]:
+def probe_metrics(cfg: RunConfig, params: dict, probe_key: jax.Array, edits=None) -> dict[str, jax.Array]:
     """In-context score (early minus late loss, nats), second-half loss, best layer-0
-    previous-token score and best last-layer induction score (attention-based)."""
+    previous-token score and best last-layer induction score (attention-based), of the model
+    as it trains: under its intervention at this step (`edits`), if it has one."""
     tokens_BT = probe_batch(cfg, probe_key)
-    logits_BTV, acts = model_lib.forward(cfg.model, params, tokens_BT, return_activations=True)
+    logits_BTV, acts = model_lib.forward(cfg.model, params, tokens_BT, return_activations=True, edits=edits)
     losses = split_losses(token_losses(logits_BTV, tokens_BT), cfg.data.half_length)
     pattern_LHTS = acts.pattern_BLHTS.mean(0)
     return {

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from induction_jax import __version__, distributed, ensemble, memory, plots, signals, snapshots
+from induction_jax import __version__, distributed, ensemble, interventions, memory, plots, signals, snapshots
 from induction_jax.checkpoint import Checkpoints, restore_latest_good
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
@@ -63,6 +63,7 @@ def _plan(cfg: RunConfig, members: Members) -> tuple[list, int]:
     """Devices and member-group size, or a one-line ResourceError: before anything is written."""
     devices = ensemble.select_devices(cfg.train.devices)
     ensemble.ensemble_sharding(len(members), devices)
+    interventions.build(members.arm, cfg)          # every arm parses for this model and run length
     group = memory.plan_groups(cfg, len(members), devices, log=_log, measured=ensemble.measured_member_bytes)
     return devices, group
 

@@ -50,6 +50,33 @@ def drop_after(run: RunDir, step: int) -> None:
             path(run, s).unlink()
 
 
+def select(run: RunDir, spec: str) -> list[int]:
+    """The snapshot steps a spec names: 'all', steps (0,100,200: each must exist) and ranges
+    (0-500: the snapshots in it); one-line errors."""
+    have = steps(run)
+    if spec == "all":
+        return have
+    chosen = []
+    for part in spec.split(","):
+        try:
+            lo, _, hi = part.strip().partition("-")
+            lo, hi = int(lo), int(hi) if hi else None
+        except ValueError:
+            raise RunDirError(f"--snapshots {spec!r}: must be 'all', steps or ranges such as 0,100 or 0-500") from None
+        if hi is None:
+            if lo not in have:
+                raise RunDirError(f"snapshot step {lo}: not in {run.path / FOLDER}; available: "
+                                  f"{', '.join(map(str, have)) or 'none'}")
+            chosen.append(lo)
+        else:
+            chosen += [s for s in have if lo <= s <= hi]
+    chosen = sorted(set(chosen))
+    if not chosen:
+        raise RunDirError(f"--snapshots {spec!r}: names no snapshot of {run.path}; available: "
+                          f"{', '.join(map(str, have)) or 'none'}")
+    return chosen
+
+
 def load(run: RunDir, which: list[int] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """`(steps [S], params {name: [S, E, ...]})` of every snapshot (or `which`), each verified;
     a run without snapshots, a missing step or a damaged file is a one-line RunDirError."""

@@ -20,6 +20,7 @@ import optax
 from induction_jax import model as model_lib
 from induction_jax.config import RunConfig
 from induction_jax.data import sample_batch
+from induction_jax.interventions import active
 from induction_jax.losses import split_losses, token_losses
 from induction_jax.probes import head_probe_metrics, probe_metrics
 
@@ -35,6 +36,7 @@ class MemberState(NamedTuple):
     data_key: jax.Array
     probe_key: jax.Array
     diverged_step: jax.Array   # int32, -1 while healthy; else the step whose loss or grads diverged
+    intervention: object = None  # interventions.Intervention (this member's arrays) or None
 
 
 def optimizer(cfg: RunConfig) -> optax.GradientTransformation:
@@ -53,22 +55,23 @@ def member_keys(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array):
 
 
 def init_member(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array, lr: jax.Array,
-                weight_decay: jax.Array) -> MemberState:
+                weight_decay: jax.Array, intervention=None) -> MemberState:
     init_key, data_key, probe_key = member_keys(cfg, init_seed, data_seed)
     params = model_lib.init_params(cfg.model, init_key)
     opt_state = optimizer(cfg).init(params)
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
     opt_state.hyperparams["weight_decay"] = jnp.asarray(weight_decay, jnp.float32)
-    return MemberState(params, opt_state, jnp.int32(0), data_key, probe_key, jnp.int32(-1))
+    return MemberState(params, opt_state, jnp.int32(0), data_key, probe_key, jnp.int32(-1), intervention)
 
 
-def loss_fn(cfg: RunConfig, params: dict, tokens_BT: jax.Array, period_B: jax.Array):
+def loss_fn(cfg: RunConfig, params: dict, tokens_BT: jax.Array, period_B: jax.Array, edits=None):
     """Mean next-token loss. With `compute_dtype` bfloat16 the float32 parameters are cast for
-    the forward pass (their gradients come back in float32 through the cast)."""
+    the forward pass (their gradients come back in float32 through the cast). `edits`: what an
+    intervention does to the forward pass at this step."""
     dtype = jnp.dtype(cfg.train.compute_dtype)
     if dtype != jnp.float32:
         params = jax.tree.map(lambda p: p.astype(dtype), params)
-    logits_BTV = model_lib.forward(cfg.model, params, tokens_BT)
+    logits_BTV = model_lib.forward(cfg.model, params, tokens_BT, edits=edits)
     metrics = split_losses(token_losses(logits_BTV, tokens_BT), cfg.data.half_length, period_B)
     return metrics["loss"], metrics
 
@@ -79,11 +82,16 @@ def divergence_limit(cfg: RunConfig) -> float:
 
 
 def train_step(cfg: RunConfig, state: MemberState) -> tuple[MemberState, dict]:
-    """One AdamW step on a fresh batch. A loss or gradient that is not finite, or a loss above
-    `divergence_limit` (a finite blow-up), freezes the member at that step."""
+    """One AdamW step on a fresh batch, under the member's intervention at this step. A loss or
+    gradient that is not finite, or a loss above `divergence_limit` (a finite blow-up),
+    freezes the member at that step."""
+    edits, freeze = active(state.intervention, state.step)
     batch = sample_batch(jax.random.fold_in(state.data_key, state.step), cfg.data, cfg.model.d_vocab)
-    grads, metrics = jax.grad(functools.partial(loss_fn, cfg), has_aux=True)(state.params, *batch)
+    grads, metrics = jax.grad(functools.partial(loss_fn, cfg), has_aux=True)(state.params, *batch, edits)
     updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
+    if freeze is not None:      # a frozen weight is not updated at all: no gradient step, no weight decay
+        updates = {k: jnp.where(_expand(freeze[k], u) > 0, jnp.zeros_like(u), u) if k in freeze else u
+                   for k, u in updates.items()}
     params = optax.apply_updates(state.params, updates)
     finite = (jnp.isfinite(metrics["loss"]) & (metrics["loss"] <= divergence_limit(cfg))
               & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])))
@@ -93,7 +101,12 @@ def train_step(cfg: RunConfig, state: MemberState) -> tuple[MemberState, dict]:
                                      (params, opt_state), (state.params, state.opt_state))
     diverged_step = jnp.where(alive & ~finite, state.step, state.diverged_step)
     return MemberState(params, opt_state, state.step + 1, state.data_key, state.probe_key,
-                       diverged_step), metrics
+                       diverged_step, state.intervention), metrics
+
+
+def _expand(mask, like):
+    """A freeze mask ([], [L] or [L, H]) broadcast against its parameter's shape."""
+    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
 
 
 def run_steps(cfg: RunConfig, state: MemberState, n_steps: int) -> tuple[MemberState, dict]:
@@ -113,14 +126,16 @@ def run_chunk(cfg: RunConfig, state: MemberState, n_active: jax.Array | int, n_e
     branches) out of the step.
     """
     def interval(s, i):
-        def active(s):
+        def run_interval(s):
             s, step_metrics = run_steps(cfg, s, eval_every)
-            return s, (step_metrics, probe_metrics(cfg, s.params, s.probe_key), head_probe_metrics(cfg, s.params))
+            edits, _ = active(s.intervention, s.step)
+            return s, (step_metrics, probe_metrics(cfg, s.params, s.probe_key, edits),
+                       head_probe_metrics(cfg, s.params))
 
-        def skip(s):
-            return s, jax.tree.map(jnp.zeros_like, jax.eval_shape(active, s)[1])
+        def skip_interval(s):
+            return s, jax.tree.map(jnp.zeros_like, jax.eval_shape(run_interval, s)[1])
 
-        return jax.lax.cond(i < n_active, active, skip, s)
+        return jax.lax.cond(i < n_active, run_interval, skip_interval, s)
 
     state, (step_metrics, probes, head_probes) = jax.lax.scan(interval, state, jnp.arange(n_evals))
     return state, jax.tree.map(lambda x: x.reshape(-1), step_metrics), probes, head_probes
@@ -155,7 +170,7 @@ def next_chunk(step: int, total: int, chunk_steps: int, eval_every: int, stop: i
     return Chunk(max_evals, eval_every, max(1, min(want, max_evals, room)))
 
 
-def train_member(cfg: RunConfig, init_seed, data_seed=None, lr=None, weight_decay=None):
+def train_member(cfg: RunConfig, init_seed, data_seed=None, lr=None, weight_decay=None, intervention=None):
     """A whole run as one pure function of its seeds: `jax.jit(jax.vmap(...))(seeds)` trains
     many. `data_seed` defaults to `init_seed` (the single-seed shorthand).
 
@@ -163,7 +178,8 @@ def train_member(cfg: RunConfig, init_seed, data_seed=None, lr=None, weight_deca
     """
     t = cfg.train
     state = init_member(cfg, init_seed, init_seed if data_seed is None else data_seed,
-                        t.lr if lr is None else lr, t.weight_decay if weight_decay is None else weight_decay)
+                        t.lr if lr is None else lr, t.weight_decay if weight_decay is None else weight_decay,
+                        intervention)
     n_evals, rem = divmod(t.steps, t.eval_every)
     state, metrics, probes, _ = run_chunk(cfg, state, n_evals, n_evals, t.eval_every)
     if rem:

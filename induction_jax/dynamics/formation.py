@@ -38,6 +38,20 @@ def formation_steps(steps: np.ndarray, events: dict[str, np.ndarray]) -> tuple[d
     return out, reasons
 
 
+def fastest_rise_steps(steps: np.ndarray, events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A second timing per event `[E]`: the middle of the snapshot interval over which its score
+    rises fastest per step. It dates a score that jumps and then keeps rising (the midpoint
+    rule waits for the end of the creep), or that overshoots and falls back (the midpoint rule
+    can be met early, by drift), to the jump itself."""
+    t = np.asarray(steps, float)
+    out = {}
+    for name, values_SE in events.items():
+        slope = np.diff(np.asarray(values_SE, float), axis=0) / np.diff(t)[:, None]      # [S-1, E]
+        k = np.nanargmax(np.where(np.isfinite(slope), slope, -np.inf), axis=0)
+        out[name] = (t[k] + t[k + 1]) / 2
+    return out
+
+
 def orders(formed: dict[str, np.ndarray]) -> list[str]:
     """Each member's formation order, e.g. 'prev_token_qk < k_composition < ...'; events that
     did not form are left out; equal steps are joined with '='."""
@@ -76,6 +90,8 @@ def summarize(steps: np.ndarray, events: dict[str, np.ndarray], labels: list[str
     formed, reasons = formation_steps(steps, events)
     member_orders = orders(formed)
     counts = Counter(member_orders)
+    fastest = fastest_rise_steps(steps, events)
+    fastest = {n: np.where(np.isfinite(formed[n]), v, np.nan) for n, v in fastest.items()}   # formed ones only
     return {
         "members": [{"member": e, "label": labels[e], "order": member_orders[e],
                      **{f"{n}_step": (float(formed[n][e]) if np.isfinite(formed[n][e]) else None) for n in formed},
@@ -85,4 +101,8 @@ def summarize(steps: np.ndarray, events: dict[str, np.ndarray], labels: list[str
         "lags": lags(formed),
         "median_step": {n: (float(np.nanmedian(v)) if np.isfinite(v).any() else None) for n, v in formed.items()},
         "n_formed": {n: int(np.isfinite(v).sum()) for n, v in formed.items()},
+        "fastest_rise": {
+            "median_step": {n: (float(np.nanmedian(v)) if np.isfinite(v).any() else None) for n, v in fastest.items()},
+            "order_counts": [{"order": o, "n": c} for o, c in Counter(orders(fastest)).most_common()],
+            "lags": lags(fastest)},
     }, formed

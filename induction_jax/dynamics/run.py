@@ -9,7 +9,6 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 
 from induction_jax import signals, snapshots
 from induction_jax.arrays import save_arrays

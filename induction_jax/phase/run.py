@@ -101,8 +101,46 @@ def _decompose(sub, values: np.ndarray) -> dict:
                                              "matrix": matrix.tolist()}
 
 
+CONTROL = "none"
+
+
+def arm_effects(members, timings: dict[str, Timing], circuit: dict | None = None, n_boot: int = 2000,
+                seed: int = 0) -> dict | None:
+    """Each intervention arm against the control arm ('none'), paired: a treated member is
+    compared with the control member of the same init seed, data seed, lr and weight decay.
+    The in-context midpoint shift (treated minus control) over the pairs where both formed,
+    with a bootstrap 95% CI of the mean (pairs resampled), and how many members of each arm
+    formed the transition (and, after `analyze`, the induction circuit)."""
+    arms = list(dict.fromkeys(members.arm))
+    if CONTROL not in arms or len(arms) < 2:
+        return None
+    mid = timings["in_context_score"].midpoint
+    key = lambda i: (members.init_seed[i], members.data_seed[i], members.lr[i], members.weight_decay[i])  # noqa: E731
+    control = {key(i): i for i in range(len(members)) if members.arm[i] == CONTROL}
+    verdicts = None if circuit is None else [r.get("induction_circuit", False) for r in circuit["members"]]
+    rng = np.random.default_rng(seed)
+    out = {}
+    for arm in arms:
+        idx = [i for i in range(len(members)) if members.arm[i] == arm]
+        row = {"n": len(idx), "n_timed": int(np.isfinite(mid[idx]).sum())}
+        if verdicts is not None:
+            row["n_induction_circuit"] = int(sum(verdicts[i] for i in idx))
+        if arm != CONTROL:
+            pairs = [(i, control[key(i)]) for i in idx if key(i) in control]
+            d = np.array([mid[i] - mid[c] for i, c in pairs])
+            d = d[np.isfinite(d)]
+            row |= {"n_pairs": len(pairs), "n_pairs_timed": int(len(d))}
+            if len(d):
+                boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+                lo, hi = np.percentile(boots, [2.5, 97.5])
+                row |= {"mean_shift": float(d.mean()), "median_shift": float(np.median(d)),
+                        "ci95_low": float(lo), "ci95_high": float(hi)}
+        out[arm] = row
+    return {"control": CONTROL, "timing": "in_context_score midpoint", "arms": out}
+
+
 def phase_stats(cfg, members, timings: dict[str, Timing], table: dict, last_step: int,
-                predictors: dict | None = None) -> dict:
+                predictors: dict | None = None, circuit: dict | None = None) -> dict:
     stats = {name: _curve_stats(t) for name, t in timings.items()}
     eval_every = timings["in_context_score"].probe_interval
     # By onset and by peak slope as well as by midpoint: a curve that jumps and then creeps up
@@ -117,6 +155,7 @@ def phase_stats(cfg, members, timings: dict[str, Timing], table: dict, last_step
         "per_member": lag.tolist()}
     stats["arms"] = {label: arm_stats(cfg, members, timings, table, idx, last_step, predictors)
                      for label, idx in members.arms().items()}
+    stats["interventions"] = arm_effects(members, timings, circuit)
     return stats
 
 
@@ -160,7 +199,9 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
         w.writeheader()
         w.writerows(rows)
         write_text_atomic(out / "timings.csv", buf.getvalue())
-        stats = phase_stats(cfg, members, timings, table, last, predictors)
+        circuit_path = run.path / "analysis" / "circuit.json"
+        circuit = json.loads(circuit_path.read_text()) if circuit_path.is_file() else None
+        stats = phase_stats(cfg, members, timings, table, last, predictors, circuit)
         stats["censored"] = {name: [{"member": e, "reason": t.reason[e]} for e in range(E) if t.censored[e]]
                              for name, t in timings.items()}
         stats["last_step"], stats["steps"] = last, cfg.train.steps

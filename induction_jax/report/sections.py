@@ -202,10 +202,11 @@ def read_phase(run: RunDir) -> dict | None:
 
 
 from induction_jax.report.formation import read_dynamics, render_dynamics  # noqa: E402 (sections of later capabilities)
+from induction_jax.report.llc import read_llc, render_llc  # noqa: E402
 
 READERS: dict[str, Callable[[RunDir], dict | None]] = {
     "run": read_run, "divergence": read_divergence, "training": read_training,
-    "circuit": read_circuit, "phase": read_phase, "dynamics": read_dynamics,
+    "circuit": read_circuit, "phase": read_phase, "dynamics": read_dynamics, "llc": read_llc,
 }
 
 
@@ -560,4 +561,5 @@ SECTIONS: list[Section] = [
     Section("analysis-figures", "Figures", render_analysis_figures),
     Section("phase", "Phase change", render_phase),
     Section("dynamics", "Formation", render_dynamics),
+    Section("llc", "LLC", render_llc),
 ]

@@ -1,0 +1,187 @@
+"""`llc_run(RUN_DIR)`: the local learning coefficient of every member at every snapshot, with
+diagnostics; writes RUN_DIR/llc/ (llc.csv, traces.npz, stats.json, figures) and a report section.
+
+Each (snapshot, member) pair is one model: w* its snapshot, its dataset `n` sequences drawn
+from the member's training distribution with a fixed key (the same for all its snapshots),
+its loss the training loss. All models run in one compiled call, sharded over the devices as
+training is (`vmap`, or `lax.map` per device on a CPU), each with its chains vmapped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from induction_jax import ensemble, signals, snapshots
+from induction_jax.arrays import save_arrays
+from induction_jax.config import ConfigError, RunConfig
+from induction_jax.data import sample_batch
+from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
+from induction_jax.slt import figures
+from induction_jax.slt.diagnostics import CHAIN_FLAGS, chain_diagnostics, eps_sensitivity
+from induction_jax.slt.llc import llc_estimate
+from induction_jax.slt.sampler import SGLDConfig, sample
+from induction_jax.slt.stages import stage_boundaries
+
+LLC_DATA = 0x11C        # folded into a member's data key: its LLC dataset, apart from every training batch
+DEFAULT_N = 1024        # sequences in a member's LLC dataset
+
+
+@dataclass(frozen=True)
+class TrainingLoss:
+    """The mean next-token loss of a batch `(tokens, periods)` (hashable: a static argument)."""
+
+    cfg: RunConfig
+
+    def __call__(self, params, batch):
+        from induction_jax.training import loss_fn
+        return loss_fn(self.cfg, params, *batch)[0]
+
+
+def llc_dataset(cfg: RunConfig, data_seed: int, n: int):
+    """`n` sequences of the member's training distribution (`(tokens [n, T], periods [n])`)."""
+    key = jax.random.fold_in(jax.random.split(jax.random.PRNGKey(data_seed), 3)[1], LLC_DATA)
+    return sample_batch(key, dataclasses.replace(cfg.data, batch_size=n), cfg.model.d_vocab)
+
+
+def restriction_mask(params: dict, where: str | None, cfg: RunConfig):
+    """None (every weight moves) or a 0/1 mask moving only one head's weights (`L1H0`: its
+    W_Q, W_K, W_V, W_O) or one layer's (`L1`); a one-line error for one the model lacks."""
+    if where is None:
+        return None
+    L, H = cfg.model.n_layers, cfg.model.n_heads
+    m = re.fullmatch(r"L(\d+)(?:H(\d+))?", where)
+    if not m or int(m.group(1)) >= L or (m.group(2) is not None and int(m.group(2)) >= H):
+        raise ConfigError(f"--head {where}: not a head or layer of this model; allowed: L0H0..L{L - 1}H{H - 1}, "
+                          f"or L0..L{L - 1} for a layer")
+    layer = int(m.group(1))
+    heads = np.zeros((L, H, 1, 1), np.float32)
+    if m.group(2) is None:
+        heads[layer] = 1.0
+    else:
+        heads[layer, int(m.group(2))] = 1.0
+    return {k: (jnp.asarray(heads) if k in ("W_Q", "W_K", "W_V", "W_O") else jnp.zeros(())) for k in params}
+
+
+def _model(cfg: RunConfig, sgld: SGLDConfig, mask, args):
+    """One model's chains, estimate and diagnostics."""
+    key, w_star, data = args
+    result = sample(key, TrainingLoss(cfg), w_star, data, sgld, mask)
+    est = llc_estimate(result, None, sgld.burn_in)
+    flags = chain_diagnostics(result, sgld.burn_in)
+    return {"llc_mean": est["llc_mean"], "llc_std": est["llc_std"], "llc_se": est["llc_se"],
+            "llc_per_chain": est["llc_per_chain"], "init_loss": est["init_loss"], "loss": result.chains.loss,
+            **{f: flags[f] for f in CHAIN_FLAGS}, "drifting": flags["drifting"]}
+
+
+def estimate(cfg: RunConfig, sgld: SGLDConfig, params_N: dict, data_N, keys_N, mask=None) -> dict:
+    """The LLC of N models at once: `params_N` and `data_N` stacked `[N, ...]`, one key each."""
+    cfg = cfg.replace(compute_dtype="float32")
+    N = len(keys_N)
+    sharding = ensemble.ensemble_sharding(N)
+    fn = ensemble.over_members(cfg, lambda a: _model(cfg, sgld, mask, a), sharding.mesh, donate=False)
+    out = fn(jax.device_put((keys_N, params_N, data_N), sharding))
+    return jax.tree.map(np.asarray, jax.device_get(out))
+
+
+def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_steps: str = "all",
+            which_members: list[int] | None = None, head: str | None = None, seed: int = 0) -> Path:
+    run = RunDir(Path(run_dir))
+    cfg = run.read_config()
+    members = run.members()
+    sgld.check_items(n)
+    members_idx = list(range(len(members))) if which_members is None else which_members
+    if any(not 0 <= e < len(members) for e in members_idx):
+        raise RunDirError(f"--members: out of range; this run has members 0..{len(members) - 1}")
+    with run.lock():
+        run.check_config()
+        if not snapshots.steps(run):
+            snapshots.load(run)                  # the one-line error of a run without snapshots
+        steps, params = snapshots.load(run, snapshots.select(run, which_steps))
+        restriction_mask({k: v[0, 0] for k, v in params.items()}, head, cfg)        # a bad head fails here
+        S, E = len(steps), len(members_idx)
+        params = {k: v[:, members_idx].reshape(S * E, *v.shape[2:]) for k, v in params.items()}
+        data = jax.vmap(lambda s: llc_dataset(cfg, s, n))(jnp.asarray(members.data_seed[members_idx], jnp.uint32))
+        data_N = jax.tree.map(lambda x: jnp.tile(x, (S,) + (1,) * (x.ndim - 1)), data)
+        keys = jax.random.split(jax.random.PRNGKey(seed), S * E)
+        mask = restriction_mask({k: v[0] for k, v in params.items()}, head, cfg)
+        curves = _behaviour(run, members_idx, steps)
+        signals.check(f"during the LLC estimation; the run is intact: run again 'induction-jax llc {run.path}'")
+        out = estimate(cfg, sgld, jax.tree.map(jnp.asarray, params), data_N, keys, mask)
+        signals.check(f"during the LLC estimation; the run is intact: run again 'induction-jax llc {run.path}'")
+        llc = {k: v.reshape(S, E, *v.shape[1:]) for k, v in out.items()}
+        # Sensitivity to eps, at the last snapshot of the first member asked for.
+        w_last = {k: jnp.asarray(v[(S - 1) * E]) for k, v in params.items()}
+        d_first = jax.tree.map(lambda x: x[0], data)
+        sweep = eps_sensitivity(jax.random.PRNGKey(seed + 1), TrainingLoss(cfg.replace(compute_dtype="float32")),
+                                w_last, d_first, sgld, mask=mask)
+        stats = _stats(run, members, members_idx, steps, llc, sgld, n, head, sweep, curves)
+        folder = run.output_dir("llc")
+        save_arrays(folder / "traces.npz", {"steps": steps, "members": np.asarray(members_idx), "loss": llc["loss"],
+                                            "llc_per_chain": llc["llc_per_chain"], "init_loss": llc["init_loss"]})
+        write_text_atomic(folder / "llc.csv", _table(members, members_idx, steps, llc, head))
+        write_json_atomic(folder / "stats.json", json_safe(stats))
+        figures.llc_curves(steps, llc["llc_mean"], llc["llc_se"], stats, folder / "llc_curves.png")
+        from induction_jax.slt.diagnostics import eps_figure, trace_figure
+        trace_figure(llc["loss"][-1, 0], float(llc["init_loss"][-1, 0]), sgld.burn_in, folder / "traces.png",
+                     f"SGLD loss traces: {members.label(members_idx[0])}, step {steps[-1]}")
+        eps_figure(sweep, folder / "eps.png", f"eps sensitivity at step {steps[-1]}, {members.label(members_idx[0])}: "
+                                              f"{'stable' if sweep.stable else 'NOT stable'}")
+        from induction_jax.report import write_report
+        write_report(run)
+    return folder.path
+
+
+def _stats(run, members, members_idx, steps, llc, sgld, n, head, sweep, curves) -> dict:
+    per_member = []
+    for j, e in enumerate(members_idx):
+        flagged = [int(steps[s]) for s in range(len(steps)) if any(llc[f][s, j].any() for f in CHAIN_FLAGS)
+                   or llc["drifting"][s, j]]
+        per_member.append({"member": e, "label": members.label(e),
+                           "boundaries": stage_boundaries(steps, llc["llc_mean"][:, j], llc["llc_se"][:, j]),
+                           "flagged_steps": flagged, "in_context_score": curves.get(e)})
+    n_flagged = sum(len(m["flagged_steps"]) for m in per_member)
+    warnings = ([sweep.warning] if not sweep.stable else []) + (
+        [f"{n_flagged} of {llc['llc_mean'].size} estimates have a flagged chain or drift (see llc.csv)"]
+        if n_flagged else [])
+    phase = run.path / "phase" / "stats.json"
+    window = None
+    if phase.is_file():
+        s = json.loads(phase.read_text()).get("in_context_score", {})
+        window = [s.get("onset", {}).get("median"), s.get("end", {}).get("median"), s.get("midpoint", {}).get("median")]
+    return {"sgld": dataclasses.asdict(sgld), "n": n, "n_beta": sgld.n_beta_for(n), "head": head,
+            "steps": np.asarray(steps).tolist(), "members": per_member, "phase_window": window,
+            "eps_sweep": {"eps": sweep.eps, "llc_mean": sweep.llc_mean, "llc_se": sweep.llc_se,
+                          "stable": sweep.stable, "warning": sweep.warning},
+            "warnings": warnings, "llc_mean": llc["llc_mean"], "llc_se": llc["llc_se"]}
+
+
+def _behaviour(run: RunDir, members_idx, steps) -> dict:
+    """Each member's in-context score at the snapshot steps (from metrics.csv), for the figure."""
+    from induction_jax.metrics import metric_matrix, read_metrics
+
+    E = len(run.members())
+    probe_steps, ic = metric_matrix(read_metrics(run.metrics_csv), "in_context_score", E)
+    return {e: np.interp(steps, probe_steps, ic[e]).tolist() for e in members_idx}
+
+
+def _table(members, members_idx, steps, llc, head) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["member", "init_seed", "data_seed", "step", "restricted_to", "llc_mean", "llc_std", "llc_se",
+                "init_loss", *[f"chains_{f}" for f in CHAIN_FLAGS], "drifting"])
+    for s, step in enumerate(steps):
+        for j, e in enumerate(members_idx):
+            w.writerow([e, members.init_seed[e], members.data_seed[e], int(step), head or "all",
+                        *(f"{llc[k][s, j]:.6g}" for k in ("llc_mean", "llc_std", "llc_se", "init_loss")),
+                        *(int(llc[f][s, j].sum()) for f in CHAIN_FLAGS), bool(llc["drifting"][s, j])])
+    return buf.getvalue()
