@@ -178,6 +178,11 @@ def cmd_phase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _num(x, digits: int = 1) -> str:
+    """A number for a one-line summary; `None` (an estimate that was refused or diverged) as "n/a"."""
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
 def _fmt_ci(ci) -> str:
     return "n/a" if ci is None else f"{ci[0]:.2f}-{ci[1]:.2f}"
 
@@ -333,7 +338,7 @@ def cmd_llc(args: argparse.Namespace) -> int:
           f"{len(stats['members'])} members (n {stats['n']}, n_beta {stats['n_beta']:.1f}, eps {sgld.eps:g}, "
           f"gamma {sgld.gamma:g}, {sgld.chains} chains x {sgld.draws} draws):")
     for j, m in enumerate(stats["members"]):
-        curve = ", ".join(f"{stats['steps'][s]}: {stats['llc_mean'][s][j]:.1f}" for s in range(len(stats["steps"]))
+        curve = ", ".join(f"{stats['steps'][s]}: {_num(stats['llc_mean'][s][j])}" for s in range(len(stats["steps"]))
                           if s in (0, len(stats["steps"]) // 2, len(stats["steps"]) - 1))
         bounds = ", ".join(f"{b['kind']} {b['step']:.0f}" for b in m["boundaries"]) or "none"
         print(f"  {m['label']}: {curve}; stage boundaries: {bounds}")

@@ -74,7 +74,7 @@ def test_a_second_writer_is_refused_while_a_run_trains(capsys, tmp_path):
         proc.kill()
     assert proc.returncode == 0, err
     # The run finished whole: every member has every step exactly once.
-    rows = np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1, usecols=(0, 5))
+    rows = np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1, usecols=(0, 6))  # member, step
     for member in (0, 1):
         steps = rows[rows[:, 0] == member, 1]
         np.testing.assert_array_equal(np.sort(steps), np.arange(0, 3001))
@@ -89,7 +89,7 @@ def test_analysis_outputs_name_the_checkpoint_step_they_describe(capsys, referen
     assert "checkpoint step 900 of 1000" in capsys.readouterr().out
     circuit = json.loads((run / "analysis" / "circuit.json").read_text())
     assert (circuit["checkpoint_step"], circuit["steps"]) == (900, 1000)
-    assert "Describes checkpoint step 900 of 1000</b> (not the end of training)" in (run / "report.html").read_text()
+    assert "checkpoint step <b>900</b> of 1000: <b>not the end of training</b>" in (run / "report.html").read_text()
     assert main(["phase", str(run)]) == 0
     stats = json.loads((run / "phase" / "stats.json").read_text())
     assert (stats["last_step"], stats["steps"]) == (1000, 1000)
@@ -410,7 +410,7 @@ def test_broken_inputs_get_one_line(capsys, reference, tmp_path):
     extra = tmp_path / "extra"
     shutil.copytree(reference, extra)
     with open(extra / "metrics.csv", "a") as f:
-        f.write("7,7,7,0.003,0.01,1000,1,1,1,1,1,1,1\n")
+        f.write("7,7,7,0.003,0.01,none,1000,1,1,1,1,1,1,1\n")
     assert "a row for member 7, but the run has members 0..1" in _one_line_error(capsys, 2, "phase", str(extra))
 
 

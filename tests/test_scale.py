@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from induction_jax import ensemble, memory
@@ -108,9 +109,10 @@ def test_two_processes_equal_one(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    a = np.loadtxt(tmp_path / "one" / "metrics.csv", delimiter=",", skiprows=1)
-    b = np.loadtxt(tmp_path / "two" / "metrics.csv", delimiter=",", skiprows=1)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+    a, b = (pd.read_csv(tmp_path / name / "metrics.csv") for name in ("one", "two"))
+    assert list(a.columns) == list(b.columns) and (a["arm"] == b["arm"]).all()
+    numeric = [c for c in a.columns if c != "arm"]
+    np.testing.assert_allclose(a[numeric].to_numpy(float), b[numeric].to_numpy(float), rtol=1e-5, atol=1e-6, equal_nan=True)
     pa, pb = load_run_params(tmp_path / "one"), load_run_params(tmp_path / "two")
     for k in pa:
         np.testing.assert_allclose(pa[k], pb[k], rtol=1e-4, atol=1e-6)

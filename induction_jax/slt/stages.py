@@ -5,8 +5,8 @@ spread out):
 - a **local extremum** is a snapshot whose estimate is above (a peak) or below (a trough) both
   neighbours by more than a tolerance on each side: tol = max(2 x the larger standard error of
   the three estimates, 5% of the curve's range), so chain noise does not make stages;
-- a **plateau** is a run of at least 3 consecutive snapshots over which the slope
-  |d llc / d ln t| stays below 10% of its largest value on the curve;
+- a **plateau** is a run of at least 3 consecutive snapshots over which the slope between
+  neighbouring snapshots, |delta llc / delta ln t|, stays below 10% of its largest value on the curve;
 stage boundaries are the extrema and the two ends of each plateau.
 """
 
@@ -23,7 +23,8 @@ def stage_boundaries(steps, llc, se) -> list[dict]:
     """`[{"step", "kind", "llc"}]` sorted by step, kind one of peak, trough, plateau_start, plateau_end."""
     steps, llc, se = (np.asarray(a, float) for a in (steps, llc, se))
     ok = (steps > 0) & np.isfinite(llc)
-    t, y, e = np.log(steps[ok]), llc[ok], np.nan_to_num(se[ok])
+    x = steps[ok]
+    t, y, e = np.log(x), llc[ok], np.nan_to_num(se[ok])
     out = []
     if len(y) < 3:
         return out
@@ -32,8 +33,10 @@ def stage_boundaries(steps, llc, se) -> list[dict]:
         tol = max(2 * e[k - 1:k + 2].max(), RANGE_TOL * span)
         up, down = y[k] - max(y[k - 1], y[k + 1]), min(y[k - 1], y[k + 1]) - y[k]
         if up > tol or down > tol:
-            out.append({"step": float(np.exp(t[k])), "kind": "peak" if up > tol else "trough", "llc": float(y[k])})
-    slope = np.abs(np.gradient(y, t))
+            out.append({"step": float(x[k]), "kind": "peak" if up > tol else "trough", "llc": float(y[k])})
+    # Slopes of the segments between consecutive snapshots (central differences would blur a
+    # plateau's ends into the rises beside it).
+    slope = np.abs(np.diff(y) / np.diff(t))
     flat = slope < PLATEAU_SLOPE * slope.max() if slope.max() > 0 else np.ones_like(slope, bool)
     k = 0
     while k < len(flat):
@@ -41,9 +44,9 @@ def stage_boundaries(steps, llc, se) -> list[dict]:
             j = k
             while j + 1 < len(flat) and flat[j + 1]:
                 j += 1
-            if j - k + 1 >= MIN_PLATEAU:
-                out += [{"step": float(np.exp(t[k])), "kind": "plateau_start", "llc": float(y[k])},
-                        {"step": float(np.exp(t[j])), "kind": "plateau_end", "llc": float(y[j])}]
+            if j - k + 2 >= MIN_PLATEAU:          # segments k..j span snapshots k..j+1
+                out += [{"step": float(x[k]), "kind": "plateau_start", "llc": float(y[k])},
+                        {"step": float(x[j + 1]), "kind": "plateau_end", "llc": float(y[j + 1])}]
             k = j + 1
         else:
             k += 1
