@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None = None,
-           compile_only: bool = False, member_loop: str = "auto") -> dict:
+           compile_only: bool = False, member_loop: str = "auto", overrides: dict | None = None,
+           arms: list[str] | None = None) -> dict:
     """Runs in its own process: compile and time one ensemble size."""
     import functools
 
@@ -44,8 +45,11 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
         ensemble.enable_compilation_cache(cache_dir)
     every = eval_every or steps
     cfg = RunConfig().replace(seeds=size, min_half_length=25, eval_every=every, chunk_steps=steps,
-                              member_loop=member_loop)
+                              member_loop=member_loop, **(overrides or {}))
     members = Members.from_config(cfg)
+    if arms:                        # interventions: the arms in turn over the members
+        from dataclasses import replace
+        members = replace(members, arm=[arms[i % len(arms)] for i in range(size)])
     state = ensemble.init_ensemble(cfg, members)
     chunk = ensemble.compiled_chunk(cfg, steps // every, every, state)
     tic = time.perf_counter()
@@ -115,9 +119,11 @@ def torch_reference(steps: int) -> dict | None:
 
 
 def run_worker(size: int, steps: int, cache_dir: str, eval_every: int | None = None,
-               compile_only: bool = False, member_loop: str = "auto") -> dict:
+               compile_only: bool = False, member_loop: str = "auto", overrides: dict | None = None,
+               arms: list[str] | None = None) -> dict:
     extra = (["--eval-every", str(eval_every)] if eval_every else []) + (["--compile-only"] if compile_only else [])
-    extra += ["--member-loop", member_loop]
+    extra += ["--member-loop", member_loop, "--overrides", json.dumps(overrides or {})]
+    extra += ["--arms", ";".join(arms)] if arms else []
     out = subprocess.run([sys.executable, __file__, "--worker", str(size), "--steps", str(steps),
                           "--cache-dir", cache_dir, *extra], capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -152,6 +158,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--eval-every", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--arms", default="", help=argparse.SUPPRESS)
     parser.add_argument("--member-loop", default="auto", choices=("auto", "vmap", "map"),
                         help="how members share a device (TrainConfig.member_loop); the other loop is "
                              "measured too, at one size, for the ratio")
@@ -162,7 +170,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker is not None:
         print(json.dumps(worker(args.worker, args.steps, args.cache_dir, args.eval_every, args.compile_only,
-                                args.member_loop)))
+                                args.member_loop, json.loads(args.overrides),
+                                [a for a in args.arms.split(";") if a])))
         return
     import tempfile
 
@@ -193,9 +202,36 @@ def main() -> None:
         probed = run_worker(probe_size, args.steps, cache_dir, eval_every=every, member_loop=args.member_loop)
         cost = plain["model_steps_per_s"] / probed["model_steps_per_s"] - 1
         cadences.append({"eval_every": every, "members": probe_size, "model_steps_per_s": probed["model_steps_per_s"],
+                         "result": probed,
                          "extra_time_fraction": cost})
         print(f"probes every {every} steps, {probe_size} members: {probed['model_steps_per_s']:.1f} model-steps/s, "
               f"{cost:+.1%} time against probing once per {args.steps} steps", flush=True)
+    # What runs inside training, at the default probe cadence, side by side: the per-head weight
+    # probes (on by default) against the same run without them, and a mix of interventions (the
+    # five arms of experiments/interventions.py in turn over the members) against no interventions.
+    default_every = 10
+    with_weights = next((c["result"] for c in cadences if c["eval_every"] == default_every), None)
+    if with_weights is None:
+        with_weights = run_worker(probe_size, args.steps, cache_dir, eval_every=default_every,
+                                  member_loop=args.member_loop)
+    no_weights = run_worker(probe_size, args.steps, cache_dir, eval_every=default_every,
+                            member_loop=args.member_loop, overrides={"weight_probes": False})
+    arms = ["none", "clamp:prev:L0H0:1.0", "freeze:W_pos", "cut:K:L0H*",
+            "ablate:L1H1+ablate:L1H2+ablate:L1H3"]
+    intervened = run_worker(probe_size, args.steps, cache_dir, eval_every=default_every,
+                            member_loop=args.member_loop, arms=arms)
+    features = {"members": probe_size, "eval_every": default_every,
+                "without_weight_probes": no_weights["model_steps_per_s"],
+                "with_weight_probes": with_weights["model_steps_per_s"],
+                "weight_probes_extra_time": no_weights["model_steps_per_s"] / with_weights["model_steps_per_s"] - 1,
+                "interventions_arms": arms, "with_interventions": intervened["model_steps_per_s"],
+                "interventions_extra_time": with_weights["model_steps_per_s"] / intervened["model_steps_per_s"] - 1}
+    print(f"weight probes every {default_every} steps, {probe_size} members: {no_weights['model_steps_per_s']:.1f} "
+          f"model-steps/s without, {with_weights['model_steps_per_s']:.1f} with: "
+          f"{features['weight_probes_extra_time']:+.1%} time", flush=True)
+    print(f"interventions ({len(arms)} arms in turn), {probe_size} members: {intervened['model_steps_per_s']:.1f} "
+          f"model-steps/s against {with_weights['model_steps_per_s']:.1f} without: "
+          f"{features['interventions_extra_time']:+.1%} time", flush=True)
     # The other member loop at the same size, measured now, for the ratio between the two.
     other_loop = "vmap" if plain["member_loop"] == "map" else "map"
     other = run_worker(probe_size, args.steps, cache_dir, member_loop=other_loop)
@@ -212,7 +248,7 @@ def main() -> None:
     name = f"{device['platform']}-{device['device_kind']}-{os.cpu_count()}cores".replace(" ", "_").lower()
     results = {"device_name": name, "machine": platform.processor() or platform.machine(),
                "matmul_peak": peak, "jax": rows, "second_run": again, "torch": torch_row,
-               "probe_cadences": cadences,
+               "probe_cadences": cadences, "inside_training": features,
                "other_member_loop": other,
                "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
     out = Path(args.out)

@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from induction_jax import use_cpu_cores
 from induction_jax.config import RunConfig
 from induction_jax.dynamics.run import dynamics_run
 from induction_jax.phase.run import phase_run
-from induction_jax.rundir import RunDir
-from induction_jax.runner import train_run
+from induction_jax.runner import train_or_resume
 
 MODEL_STEPS_PER_S = 85.0       # the default config on a 2-core CPU (README, Performance)
 
@@ -38,8 +36,7 @@ def main() -> None:
           f"{args.seeds * args.steps / MODEL_STEPS_PER_S / 60:.0f} min of training and a few of analysis on a "
           f"2-core CPU", flush=True)
     tic = time.perf_counter()
-    if args.overwrite or not RunDir(Path(args.out)).is_run():
-        train_run(cfg, args.out, overwrite=args.overwrite, progress=False)
+    train_or_resume(cfg, args.out, overwrite=args.overwrite, progress=False)
     trained = time.perf_counter() - tic
     phase_run(args.out)
     tic = time.perf_counter()

@@ -27,8 +27,7 @@ from induction_jax.analysis.analyze import analyze_run
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
 from induction_jax.phase.run import phase_run
-from induction_jax.rundir import RunDir
-from induction_jax.runner import train_run
+from induction_jax.runner import train_or_resume
 
 ARMS = ["none", "clamp:prev:L0H0:1.0", "freeze:W_pos", "cut:K:L0H*", "ablate:L1H1+ablate:L1H2+ablate:L1H3"]
 MODEL_STEPS_PER_S = 70.0      # measured with this mix of arms on the default config, 2-core CPU
@@ -47,8 +46,7 @@ def main() -> None:
     print(f"{len(ARMS)} arms x {args.seeds} seeds = {len(members)} members x {args.steps} steps in one compiled "
           f"call; about {len(members) * args.steps / MODEL_STEPS_PER_S / 60:.0f} min on a 2-core CPU", flush=True)
     tic = time.perf_counter()
-    if args.overwrite or not RunDir(Path(args.out)).is_run():
-        train_run(cfg, args.out, overwrite=args.overwrite, members=members, progress=False)
+    train_or_resume(cfg, args.out, overwrite=args.overwrite, members=members, progress=False)
     trained = time.perf_counter() - tic
     analyze_run(args.out)
     stats = json.loads((phase_run(args.out) / "stats.json").read_text())

@@ -25,8 +25,7 @@ from induction_jax import use_cpu_cores
 from induction_jax.analysis.analyze import analyze_run
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
-from induction_jax.rundir import RunDir
-from induction_jax.runner import train_run
+from induction_jax.runner import train_or_resume
 
 # run name -> (config overrides, lr list or None, weight-decay list or None)
 RUNS = {
@@ -72,8 +71,7 @@ def main() -> None:
     for name, cfg, members in plans:
         out = Path(args.out) / name
         tic = time.perf_counter()
-        if args.overwrite or not RunDir(out).is_run():
-            train_run(cfg, out, overwrite=args.overwrite, members=members, progress=False)
+        train_or_resume(cfg, out, overwrite=args.overwrite, members=members, progress=False)
         circuit = json.loads((analyze_run(out) / "circuit.json").read_text())
         summary = json.loads((out / "summary.json").read_text())
         print(f"{name}: {time.perf_counter() - tic:.0f} s", flush=True)

@@ -32,7 +32,7 @@ from induction_jax import use_cpu_cores
 from induction_jax.config import RunConfig
 from induction_jax.metrics import metric_matrix, read_metrics
 from induction_jax.phase.detect import detect, window_points
-from induction_jax.runner import train_run
+from induction_jax.runner import train_or_resume
 from induction_jax.rundir import RunDir
 
 CURVE = "in_context_score"
@@ -67,11 +67,11 @@ def train_twice(args) -> list[dict]:
     tables = []
     for probe_seed in (0, 1):
         out = Path(args.out) / f"probe-seed-{probe_seed}"
-        if not RunDir(out).is_run() or args.overwrite:
+        if args.overwrite or not (out / "summary.json").is_file():
             print(f"training {args.seeds} members x {args.steps} steps (probes every 2 steps on probe seed "
                   f"{probe_seed}); about {args.seeds * args.steps / 55 / 60:.0f} min on a 2-core CPU", flush=True)
             tic = time.perf_counter()
-            train_run(cfg.replace(probe_seed=probe_seed), out, overwrite=args.overwrite, progress=False)
+            train_or_resume(cfg.replace(probe_seed=probe_seed), out, overwrite=args.overwrite, progress=False)
             print(f"  trained in {time.perf_counter() - tic:.0f} s", flush=True)
         tables.append(read_metrics(RunDir(out).metrics_csv))
     return tables

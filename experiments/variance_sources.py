@@ -22,9 +22,8 @@ from induction_jax.api import open_run
 from induction_jax.members import Members
 from induction_jax.phase.figures import survival_and_ecdf
 from induction_jax.phase.survival import censor_at_last_step
-from induction_jax.rundir import RunDir
 from induction_jax.phase.run import phase_run
-from induction_jax.runner import train_run
+from induction_jax.runner import train_or_resume
 
 # (learning rate, steps): long enough for every member to finish its transition with room for
 # the final plateau that the 90% threshold needs (midpoints near 190 at 1e-2, 420 at 3e-3).
@@ -49,8 +48,7 @@ def main() -> None:
         members = Members.grid(cfg, init_seeds=range(n), data_seeds=range(n))
         out = Path(args.out) / f"lr-{lr:g}"
         tic = time.perf_counter()
-        if args.overwrite or not RunDir(out).is_run():
-            train_run(cfg, out, overwrite=args.overwrite, members=members, progress=False)
+        train_or_resume(cfg, out, overwrite=args.overwrite, members=members, progress=False)
         trained = time.perf_counter() - tic
         stats = json.loads((phase_run(out, variance=True) / "stats.json").read_text())
         arm = stats["arms"]["all"]

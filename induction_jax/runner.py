@@ -228,3 +228,25 @@ def resume_run(out: str | Path, overrides: dict | None = None, progress: bool = 
                                                 "resumed_from_step": start})
             state = _train_loop(cfg, run, ckpt, members, state, start, tables, progress, group)
         return _finish(cfg, run, members, state)
+
+
+def train_or_resume(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, members: Members | None = None,
+                    progress: bool = True) -> RunDir:
+    """What a study script wants: train `out` if it is not a run yet (or `overwrite`), resume it if
+    an earlier attempt was interrupted before `cfg`'s last step, and leave a finished run alone.
+    A run trained with a different config or members is refused, never reused silently."""
+    run = RunDir(Path(out))
+    if overwrite or not run.is_run():
+        return train_run(cfg, out, overwrite=overwrite, members=members, progress=progress)
+    have = run.read_config()
+    wanted = members or Members.from_config(cfg)
+    if have.replace(steps=cfg.train.steps) != cfg or run.members().table() != wanted.table():
+        raise RunDirError(f"{run.path}: holds a run with another config or members; pass --overwrite to retrain "
+                          f"it, or another --out")
+    with Checkpoints(run.checkpoints, async_save=False) as ckpt:
+        done = max(ckpt.steps(), default=0)
+    if done >= cfg.train.steps and (run.path / "summary.json").is_file():
+        return run
+    _log(f"{run.path}: trained to step {done} of {cfg.train.steps}; resuming")
+    return resume_run(out, {"steps": cfg.train.steps}, progress=progress)
+

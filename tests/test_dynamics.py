@@ -172,6 +172,7 @@ def _switched_on(steps, seeds=(0, 1)):
 def test_a_circuit_switched_on_in_stages_gives_the_known_order_and_steps():
     steps = np.arange(0, 701, 25)
     result = snapshot_analysis(_switched_on(steps), P, batch=16, probe_batch=64)
+    assert [c["member"] for c in result["final_circuits"]] == list(range(len(result["final_circuits"])))
     assert all(c["prev_token_head"] == [0, 0] and c["induction_head"] == [1, 0] for c in result["final_circuits"])
     formed, reasons = formation_steps(steps, result["events"])
     for event, (a, b) in EXPECTED.items():

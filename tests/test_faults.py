@@ -305,15 +305,36 @@ def test_a_full_disk_stops_with_one_line_and_resumes_to_the_same_run(reference, 
         full = subprocess.run(cli("--steps", STEPS, "--out", str(out)), capture_output=True, text=True)
         assert full.returncode == 4, full.stderr
         lines = full.stderr.strip().splitlines()
-        # The metrics or a checkpoint, whichever write meets the full disk first.
+        # A metrics table or a checkpoint, whichever write meets the full disk first.
         assert len(lines) == 1 and any(lines[0] == f"induction-jax train: error: no space left on device while "
                                                   f"writing {out / name}; the run can be resumed once space is freed"
-                                       for name in ("metrics.csv", "checkpoints")), lines
+                                       for name in ("metrics.csv", "head_metrics.csv", "checkpoints")), lines
         _assert_whole_rows(out / "metrics.csv")
         subprocess.run(["mount", "-o", "remount,size=20m", str(fs)], check=True)
         done = _resume(out)
         assert done.returncode == 0, done.stderr
         _assert_same_run(reference, out)
+
+
+def test_a_study_script_resumes_an_interrupted_run_and_reuses_only_a_matching_one(reference, tmp_path):
+    """`train_or_resume`, what every experiments/ script calls: an interrupted run continues to
+    the same result, a finished one is left alone, a different one is refused."""
+    from induction_jax.rundir import RunDir, RunDirError
+    from induction_jax.runner import train_or_resume
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "checkpoints" / STEPS)            # killed after checkpoint 900
+    (run / "summary.json").unlink()
+    cfg = RunDir(reference).read_config()
+    train_or_resume(cfg, run, progress=False)
+    _assert_same_run(reference, run)
+    before = tree_digest(run)
+    train_or_resume(cfg, run, progress=False)
+    assert tree_digest(run) == before
+    with pytest.raises(RunDirError, match="another config or members"):
+        train_or_resume(cfg.replace(lr=1e-3), run, progress=False)
+    assert tree_digest(run) == before
 
 
 def test_an_injected_enospc_rolls_the_chunk_back(capsys, monkeypatch, tmp_path):

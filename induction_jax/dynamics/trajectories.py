@@ -63,7 +63,8 @@ def snapshot_analysis(params_SE: dict, half_length: int, batch: int = 32, probe_
     tokens = behaviour.probe_tokens(jax.random.PRNGKey(12345), probe_batch, half_length, flat["W_E"].shape[1])
     jflat = jax.tree.map(jnp.asarray, flat)
     scores["in_context_score"] = np.asarray(in_context_scores(jflat, tokens, half_length, batch)).reshape(S, E)
-    circuits = [result["circuit"]["members"][(S - 1) * E + e] for e in range(E)]    # at the last snapshot
+    # At the last snapshot, each named by its member (the analysis numbered the flattened models).
+    circuits = [{**result["circuit"]["members"][(S - 1) * E + e], "member": e} for e in range(E)]
     events = member_events(scores, circuits, result["baseline"], jflat, tokens, half_length, batch)
     patterns = np.asarray(result["extra"]["patterns"]).reshape(S, E, *np.shape(result["extra"]["patterns"])[1:])
     return {"scores": scores, "events": events, "final_circuits": circuits, "baseline": result["baseline"],
