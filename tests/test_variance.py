@@ -175,3 +175,20 @@ def test_figures_with_a_censored_member(tmp_path):
     table = [{"name": "init norm", **spearman(rng.normal(size=20), rng.normal(size=20), n_boot=200)},
              {"name": "too few", **spearman([1.0, 2.0], [2.0, 1.0])}]
     assert figures.predictors(table, tmp_path / "pred.png").stat().st_size > 1000
+
+
+def test_only_a_formation_counts_as_started_in_the_survival_curve():
+    """A member with no transition (a small rise, which still crosses 10% of itself) or a collapse
+    never started: censored in the survival curve, not an early event."""
+    from induction_jax.phase.detect import detect
+    steps = np.arange(0, 1001, 10.0)
+    rise = lambda t0, height: height / (1 + np.exp(-(steps - t0) / 15))  # noqa: E731
+    curves = np.stack([rise(200, 4.0),                 # forms
+                       rise(50, 0.6),                  # a rise below the 1-nat minimum: no transition
+                       4.0 - rise(300, 3.0)])          # collapses
+    t = detect(steps, curves, "in_context_score", window=1)
+    assert t.censored.tolist() == [False, True, True]
+    assert t.reason[1].startswith("no transition") and "collapse" in t.reason[2]
+    assert abs(t.raw_onset[0] - t.onset[0]) < 1e-9 and np.isnan(t.raw_onset[1:]).all()
+    times, observed = censor_at_last_step(t.raw_onset, steps[-1])
+    assert observed.tolist() == [True, False, False] and times[1:].tolist() == [1000, 1000]

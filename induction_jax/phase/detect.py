@@ -76,7 +76,7 @@ class Timing:
     censored: np.ndarray
     reason: list
     probe_interval: float  # median spacing of `steps`: the resolution the curve was logged at
-    raw_onset: np.ndarray  # the onset crossing before censoring: a start even where the end is missing
+    raw_onset: np.ndarray  # the onset of a formation, kept where only its end is missing; NaN with no formation
 
     def as_rows(self, members) -> list[dict]:
         """One row per member: its settings (`Members`), the timings and why it was censored."""
@@ -229,6 +229,10 @@ def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int
             reasons.append("")
     censored = np.array([bool(r) for r in reasons])
     nan_if = lambda v: np.where(censored, np.nan, v)  # noqa: E731
+    # A start counts (for the survival of "not yet started") only where there is a formation
+    # that has not finished; a curve with no transition, or one that collapses, never started.
+    started = np.array([r in ("", "transition not finished by the last step") for r in reasons])
     return Timing(metric, steps, s, s0, s1, nan_if(out["onset"]), nan_if(out["midpoint"]), nan_if(out["end"]),
                   nan_if(peak), nan_if(t0), nan_if(w), censored, reasons,
-                  float(np.median(np.diff(steps))) if len(steps) > 1 else float("nan"), out["onset"])
+                  float(np.median(np.diff(steps))) if len(steps) > 1 else float("nan"),
+                  np.where(started, out["onset"], np.nan))
