@@ -164,3 +164,27 @@ def test_the_paired_shift_against_control(short):
     assert (row["n_pairs"], row["n_pairs_timed"], row["mean_shift"]) == (3, 2, 27.5)
     assert row["ci95_low"] <= 25 and row["ci95_high"] >= 30
     assert effects["arms"]["none"]["n_timed"] == 2
+
+
+def test_a_sweep_of_arms_names_every_arm_in_its_tables_figures_and_report(tmp_path):
+    """`sweep --intervention ...` end to end: the arm column, the effects against control, the
+    figures grouped by arm and the report."""
+    import json
+
+    import pandas as pd
+
+    out = tmp_path / "arms"
+    flags = [f for f in tiny(seeds=2) if f != "--no-analysis"]
+    assert main(["sweep", *flags, "--steps", "300", "--intervention", "none", "--intervention", "freeze:W_pos",
+                 "--out", str(out)]) == 0
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert sorted(metrics["arm"].unique()) == ["freeze:W_pos", "none"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["arm"] for m in summary["members"]] == ["none", "none", "freeze:W_pos", "freeze:W_pos"]
+    stats = json.loads((out / "phase" / "stats.json").read_text())
+    assert set(stats["arms"]) == {"none", "freeze:W_pos"}
+    assert stats["interventions"]["arms"]["freeze:W_pos"]["n_pairs"] == 2
+    for name in ("timing_by_arm", "survival", "in_context_score", "midpoint_distribution"):
+        assert (out / "phase" / f"{name}.png").stat().st_size > 1000, name
+    report = (out / "report.html").read_text()
+    assert "freeze:W_pos" in report and "timing_by_arm" in report

@@ -12,10 +12,23 @@ from induction_jax.phase.survival import kaplan_meier, survival_at
 from induction_jax.plots import plt, save
 
 
-def curves_with_marks(t, raw_EN, path: Path, ylabel: str) -> Path:
-    """Every member's curve with its onset / midpoint / end, the ensemble's window shaded."""
+def _group_colors(n_members: int, groups: dict | None):
+    """A colour per member: one per group (a sweep's arms) when there are several, else a
+    gradient over the members; and the legend's (label, colour) pairs."""
+    if groups and len(groups) > 1:
+        palette = plt.cm.tab10(np.arange(len(groups)) % 10)
+        colors = np.zeros((n_members, 4))
+        for c, idx in zip(palette, groups.values()):
+            colors[np.asarray(idx)] = c
+        return colors, list(zip(groups, palette))
+    return plt.cm.viridis(np.linspace(0, 0.9, n_members)), []
+
+
+def curves_with_marks(t, raw_EN, path: Path, ylabel: str, groups: dict | None = None) -> Path:
+    """Every member's curve with its onset / midpoint / end, the ensemble's window shaded;
+    coloured by group (label -> member indices) when there are several."""
     fig, ax = plt.subplots(figsize=(8, 4.6))
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(raw_EN)))
+    colors, legend = _group_colors(len(raw_EN), groups)
     for e, c in enumerate(colors):
         ax.plot(t.steps, raw_EN[e], color=c, lw=0.5, alpha=0.35)
         ax.plot(t.steps, t.smoothed[e], color=c, lw=1.2)
@@ -24,11 +37,15 @@ def curves_with_marks(t, raw_EN, path: Path, ylabel: str) -> Path:
             if np.isfinite(x):
                 y = np.interp(x, t.steps, t.smoothed[e])
                 ax.plot([x], [y], marker=marker, color=c, ms=7 if marker == "o" else 12, mew=1.5)
+    for (label, c), idx in zip(legend, (groups or {}).values()):
+        formed = int(np.isfinite(t.midpoint[np.asarray(idx)]).sum())
+        ax.plot([], [], color=c, lw=2, label=f"{textwrap.shorten(str(label), 40)} ({formed} of {len(idx)} timed)")
     on, end = np.nanmedian(t.onset) if np.isfinite(t.onset).any() else None, \
         np.nanmedian(t.end) if np.isfinite(t.end).any() else None
     if on is not None and end is not None:
         ax.axvspan(on, end, color="tab:orange", alpha=0.15, label="ensemble window (median onset to end)")
-        ax.legend(loc="lower right")
+    if legend or (on is not None and end is not None):
+        ax.legend(loc="lower right", fontsize=7 if legend else None)
     n_c = int(t.censored.sum())
     ax.set_title(f"{t.metric} per member with onset | midpoint o | end |"
                  + (f"  ({n_c} censored)" if n_c else ""))
@@ -68,29 +85,43 @@ def loss_bump(steps, loss_EN, window, path: Path) -> Path:
     return save(fig, path)
 
 
-def midpoint_distribution(mid, path: Path, label="in-context score midpoint step") -> Path:
-    v = np.sort(mid[np.isfinite(mid)])
+def midpoint_distribution(mid, path: Path, label="in-context score midpoint step", groups: dict | None = None) -> Path:
+    """Histogram and ECDF of the timed members, one colour per group when there are several."""
+    groups = groups if groups and len(groups) > 1 else {"all": np.arange(len(mid))}
+    _, legend = _group_colors(len(mid), groups)
+    colours = [c for _, c in legend] or ["tab:blue"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
-    if len(v):
-        a.hist(v, bins=min(20, max(3, len(v) // 2)), color="tab:blue", alpha=0.8)
-        b.step(v, np.arange(1, len(v) + 1) / len(v), where="post", color="tab:blue")
-    a.set_xlabel(label), a.set_ylabel("members"), a.set_title(f"histogram ({len(v)} members)")
-    b.set_xlabel(label), b.set_ylabel("fraction of members"), b.set_title("ECDF"), b.set_ylim(0, 1.02)
+    timed = mid[np.isfinite(mid)]
+    bins = np.histogram_bin_edges(timed, bins=min(20, max(3, len(timed) // 2))) if len(timed) else 10
+    for (name, idx), c in zip(groups.items(), colours):
+        v = np.sort(mid[np.asarray(idx)][np.isfinite(mid[np.asarray(idx)])])
+        text = f"{textwrap.shorten(str(name), 36)} ({len(v)} of {len(idx)})" if len(groups) > 1 else None
+        if len(v):
+            a.hist(v, bins=bins, color=c, alpha=0.6 if len(groups) > 1 else 0.8, label=text)
+            b.step(v, np.arange(1, len(v) + 1) / len(v), where="post", color=c, label=text)
+    a.set_xlabel(label), a.set_ylabel("members"), a.set_title(f"histogram ({len(timed)} members timed)")
+    b.set_xlabel(label), b.set_ylabel("fraction of timed members"), b.set_title("ECDF"), b.set_ylim(0, 1.02)
+    if len(groups) > 1:
+        b.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return save(fig, path)
 
 
 def timing_by_group(groups: dict, path: Path, xlabel: str) -> Path:
-    """Box plot of midpoint steps per group (e.g. per learning rate)."""
-    keys = sorted(groups)
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(keys)), 3.8))
-    data = [np.asarray(groups[k])[np.isfinite(groups[k])] for k in keys]
-    ax.boxplot(data, showfliers=True)
+    """Box plot of midpoint steps per group (a learning rate, a sweep arm), in the given order;
+    each label says how many of the group's members were timed."""
+    keys = list(groups)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(keys)), 4.2))
+    data = [np.asarray(groups[k], float)[np.isfinite(np.asarray(groups[k], float))] for k in keys]
+    ax.boxplot([d if len(d) else [np.nan] for d in data], showfliers=True)
     for i, d in enumerate(data):
         ax.scatter(np.full(len(d), i + 1), d, s=10, color="tab:blue", alpha=0.6)
-    ax.set_xticks(range(1, len(keys) + 1), [f"{k:g}" for k in keys])
+    names = [f"{k:g}" if isinstance(k, (int, float, np.number)) else textwrap.fill(str(k), 16) for k in keys]
+    ax.set_xticks(range(1, len(keys) + 1),
+                  [f"{n}\n({len(d)} of {len(groups[k])} timed)" for n, d, k in zip(names, data, keys)], fontsize=7)
     ax.set_xlabel(xlabel), ax.set_ylabel("in-context score midpoint step")
     ax.set_title("Phase-change timing by " + xlabel)
+    fig.tight_layout()
     return save(fig, path)
 
 

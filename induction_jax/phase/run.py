@@ -216,13 +216,15 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
 def write_phase_figures(table, timings, members, stats: dict, out) -> dict[str, Path]:
     ic = timings["in_context_score"]
     E = len(members)
+    arms = members.arms()           # a sweep's arms (one group "all" for a plain run): every figure by arm
     figs = {
         "in_context_score": figures.curves_with_marks(
-            ic, metric_matrix(table, "in_context_score", E)[1], out / "in_context_score.png", "nats"),
+            ic, metric_matrix(table, "in_context_score", E)[1], out / "in_context_score.png", "nats", arms),
         "induction_score": figures.curves_with_marks(
             timings["induction_score"], metric_matrix(table, "induction_score", E)[1],
-            out / "induction_score.png", "attention"),
-        "midpoint_distribution": figures.midpoint_distribution(ic.midpoint, out / "midpoint_distribution.png"),
+            out / "induction_score.png", "attention", arms),
+        "midpoint_distribution": figures.midpoint_distribution(ic.midpoint, out / "midpoint_distribution.png",
+                                                               groups=arms),
         "prev_vs_induction": figures.prev_vs_induction(
             timings["prev_token_score"].midpoint, timings["induction_score"].midpoint,
             out / "prev_vs_induction.png"),
@@ -232,10 +234,12 @@ def write_phase_figures(table, timings, members, stats: dict, out) -> dict[str, 
     if np.isfinite(ic.onset).any():
         window = (float(np.nanmedian(ic.onset)), float(np.nanmedian(ic.end)))
     figs["loss_bump"] = figures.loss_bump(steps, loss, window, out / "loss_bump.png")
-    arms = members.arms()
     if len(np.unique(members.lr)) > 1:
         groups = {lr: ic.midpoint[members.lr == lr] for lr in np.unique(members.lr)}
         figs["timing_by_lr"] = figures.timing_by_group(groups, out / "timing_by_lr.png", "learning rate")
+    if len(arms) > 1:
+        figs["timing_by_arm"] = figures.timing_by_group({label: ic.midpoint[idx] for label, idx in arms.items()},
+                                                        out / "timing_by_arm.png", "sweep arm")
     last = stats["last_step"]
     groups = {label: censor_at_last_step(ic.raw_onset[idx], last) for label, idx in arms.items()}
     figs["survival"] = figures.survival_and_ecdf(groups, out / "survival.png", "in-context score onset step")

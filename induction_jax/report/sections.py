@@ -33,7 +33,7 @@ from induction_jax.rundir import RunDir, RunDirError
 REDRAWN_FIGURES = ("attention_patterns", "head_scores", "ablations", "k_composition")
 ANALYSIS_FIGURES = ("ensemble_scores", "positional_qk_prev_token_head", "full_ov_induction_head", "ov_eigenvalues")
 PHASE_FIGURES = ("in_context_score", "induction_score", "loss_bump", "midpoint_distribution",
-                 "prev_vs_induction", "timing_by_lr", "survival", "variance", "predictors")
+                 "prev_vs_induction", "timing_by_lr", "timing_by_arm", "survival", "variance", "predictors")
 PHASE_CURVES = ("in_context_score", "induction_score", "prev_token_score", "loss_second_half")
 PHASE_TIMINGS = ("onset", "midpoint", "end", "peak_slope", "logistic_midpoint", "logistic_width")
 SIG = 5          # significant digits of the per-head numbers sent to the page
