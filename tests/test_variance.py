@@ -192,3 +192,10 @@ def test_only_a_formation_counts_as_started_in_the_survival_curve():
     assert abs(t.raw_onset[0] - t.onset[0]) < 1e-9 and np.isnan(t.raw_onset[1:]).all()
     times, observed = censor_at_last_step(t.raw_onset, steps[-1])
     assert observed.tolist() == [True, False, False] and times[1:].tolist() == [1000, 1000]
+
+
+def test_predictors_of_a_group_where_nothing_formed_are_not_tested():
+    from induction_jax.phase.predictors import predictor_table
+    quantities = {"norm_W_E": np.arange(8.0), "norm_W_pos": np.arange(8.0)[::-1]}
+    table = predictor_table(quantities, np.full(8, np.nan), np.arange(8), n_boot=50)
+    assert table["verdict"].startswith("not tested: 0 of 8 members timed") and not table["ci_excludes_zero"]

@@ -101,7 +101,10 @@ def predictor_table(quantities: dict, timing: np.ndarray, init_seed: np.ndarray,
         rows.append({"name": name, "description": what, "unit": unit, **spearman(x, t, n_boot=n_boot)})
     rows.sort(key=lambda r: -abs(r["rho"]) if r["rho"] is not None else 0)
     excluding = [r["name"] for r in rows if r["rho"] is not None and (r["ci95_low"] > 0 or r["ci95_high"] < 0)]
-    if excluding:
+    if all(r["rho"] is None for r in rows):
+        verdict = (f"not tested: {int(np.isfinite(timing).sum())} of {len(timing)} members timed; a rank "
+                   f"correlation needs at least 3 timed members whose values vary")
+    elif excluding:
         best = rows[0]
         verdict = (f"{len(excluding)} of {len(rows)} quantities have a 95% CI that excludes 0 (no correction for "
                    f"testing {len(rows)}); the strongest is {best['name']} (rho {best['rho']:+.2f}, "
