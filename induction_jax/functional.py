@@ -156,7 +156,7 @@ def attention(x_BTD, W_Q, W_K, W_V, W_O, head_mask_H=None, head_replace_BTHD=Non
 
 def _cut_inputs(x_BTD, heads, cut_LHLC, layer, norm):
     """The queries', keys' and values' inputs of `layer` without the cut earlier heads' writes."""
-    return tuple(norm(x_BTD - sum(jnp.einsum("bthd,h->btd", heads[l1], cut_LHLC[l1, :, layer, c].astype(x_BTD.dtype))
+    return tuple(norm(x_BTD - sum((heads[l1] * cut_LHLC[l1, :, layer, c].astype(x_BTD.dtype)[:, None]).sum(2)
                                   for l1 in range(layer)))
                  for c in range(3))
 
@@ -182,19 +182,19 @@ def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None 
         clamp_targets.append((edits.clamp_prev_LH, previous_token_target(T), None))
     if edits.clamp_induction_LH is not None:
         clamp_targets.append((edits.clamp_induction_LH, *induction_target(tokens_BT)))
-    keep_heads = return_activations or edits.cut_LHLC is not None
+    cut_on = edits.cut_LHLC is not None
     patterns, heads, resids = [], [], []
     for layer in range(n_layers):
         resids.append(x_BTD)
         norm = ((lambda x, layer=layer: layer_norm(x, params["ln1_w"][layer], params["ln1_b"][layer]))
                 if layer_norm_on else (lambda x: x))
         h_BTD = norm(x_BTD)
-        x_qkv = _cut_inputs(x_BTD, heads, edits.cut_LHLC, layer, norm) if edits.cut_LHLC is not None and layer else None
+        x_qkv = _cut_inputs(x_BTD, heads, edits.cut_LHLC, layer, norm) if cut_on and layer else None
         out_BTD, pattern_BHTS, heads_BTHD = attention(
             h_BTD, params["W_Q"][layer], params["W_K"][layer], params["W_V"][layer], params["W_O"][layer],
             None if head_mask_LH is None else head_mask_LH[layer],
             None if head_replace_LBTHD is None else head_replace_LBTHD[layer],
-            return_heads=keep_heads, x_qkv=x_qkv,
+            return_heads=return_activations or (cut_on and layer < n_layers - 1), x_qkv=x_qkv,
             clamps=[(a_LH[layer], target, has) for a_LH, target, has in clamp_targets])
         x_BTD = x_BTD + out_BTD
         patterns.append(pattern_BHTS)
