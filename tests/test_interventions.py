@@ -187,4 +187,4 @@ def test_a_sweep_of_arms_names_every_arm_in_its_tables_figures_and_report(tmp_pa
     for name in ("timing_by_arm", "survival", "in_context_score", "midpoint_distribution"):
         assert (out / "phase" / f"{name}.png").stat().st_size > 1000, name
     report = (out / "report.html").read_text()
-    assert "freeze:W_pos" in report and "timing_by_arm" in report
+    assert "freeze:W_pos" in report and "timing_by_arm" in report and "effects-table" in report

@@ -460,6 +460,22 @@ def _share(sh, ci, k) -> str:
     return f"{sh[k]:.2f}" + (f" [{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]" if lo_hi else "")
 
 
+def _effects_html(effects: dict | None) -> str:
+    """Each intervention arm against the control: formed, circuit, the paired midpoint shift."""
+    if not effects or not effects.get("arms"):
+        return ""
+    rows = [{"arm": label, "n": r.get("n"), "timed": r.get("n_timed"), "circuit": r.get("n_induction_circuit"),
+             "pairs": r.get("n_pairs_timed"), "shift": r.get("mean_shift"), "lo": r.get("ci95_low"),
+             "hi": r.get("ci95_high")} for label, r in effects["arms"].items()]
+    return (f"<p>Each arm against the control <code>{esc(effects.get('control', 'none'))}</code>: the shift of the "
+            f"{esc(effects.get('timing', 'in-context midpoint'))} (treated minus control, paired by seed, over the "
+            f"pairs where both formed) with a bootstrap 95% CI.</p>"
+            + table([Col("arm", "arm", cls="txt"), Col("n", "members"), Col("timed", "formed", "members timed"),
+                     Col("circuit", "circuit", "members with the induction circuit (after analyze)"),
+                     Col("pairs", "pairs", "seed pairs where both formed"), Col("shift", "shift (steps)"),
+                     Col("lo", "CI95 lo"), Col("hi", "CI95 hi")], rows, table_id="effects-table", sortable=False))
+
+
 def _arm_html(label: str, arm: dict) -> str:
     ic = arm.get("in_context_midpoint") or {}
     out = [f"<h4>Arm: {esc(label)} ({fmt(arm.get('n'))} members)</h4>",
@@ -540,7 +556,8 @@ def render_phase(data: dict) -> str | None:
                        f"steps over {fmt(lag.get('n'))} members.</p>")
         arms = stats.get("arms") or {}
         if arms:
-            out.append("<h3>Arms</h3>" + "".join(_arm_html(label, arm) for label, arm in arms.items()))
+            out.append("<h3>Arms</h3>" + _effects_html(stats.get("interventions"))
+                       + "".join(_arm_html(label, arm) for label, arm in arms.items()))
         cens = [(curve, c) for curve, lst in (stats.get("censored") or {}).items() for c in lst]
         if cens:
             out.append("<h3>Censored</h3><ul class=\"censored\">" + "".join(
