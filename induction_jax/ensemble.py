@@ -24,8 +24,6 @@ from induction_jax import training as train_lib
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
 from induction_jax.memory import ResourceError, member_loop
-from induction_jax.interventions import active
-from induction_jax.probes import head_probe_metrics, probe_metrics
 
 # A compiled call runs as many probe intervals as take about this long, so progress, metrics
 # and signals reach the host about once a second whatever the ensemble size or device.
@@ -139,15 +137,9 @@ def run_chunk(cfg: RunConfig, chunk: train_lib.Chunk, state):
     return fn(state, jnp.int32(chunk.n_active))
 
 
-def _probe(cfg: RunConfig, s: train_lib.MemberState):
-    """The probes of one member as it is at its step, under its intervention."""
-    edits, _ = active(s.intervention, s.step)
-    return probe_metrics(cfg, s.params, s.probe_key, edits), head_probe_metrics(cfg, s.params)
-
-
 @functools.lru_cache(maxsize=None)
 def _compiled_probe(cfg: RunConfig, mesh: Mesh | None):
-    return over_members(cfg, functools.partial(_probe, cfg), mesh, donate=False)
+    return over_members(cfg, functools.partial(train_lib.member_probes, cfg), mesh, donate=False)
 
 
 def run_probe(cfg: RunConfig, state):

@@ -152,8 +152,9 @@ def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, membe
     run = RunDir(Path(out))
     members = members or Members.from_config(cfg)
     devices, group = _plan(cfg, members)          # what cannot work fails before anything is written
-    if distributed.is_writer() and snapshots.describe(cfg, len(members)):
-        _log(snapshots.describe(cfg, len(members)))
+    described = snapshots.describe(cfg, len(members))
+    if distributed.is_writer() and described:
+        _log(described)
     if distributed.is_writer():
         run.create()
     with _writer_lock(run):

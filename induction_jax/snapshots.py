@@ -43,6 +43,15 @@ def steps(run: RunDir) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _NAME.search(p.name)))
 
 
+def _available(run: RunDir) -> list[int]:
+    """The snapshot steps, or the one-line error of a run that has none."""
+    have = steps(run)
+    if not have:
+        raise RunDirError(f"{run.path}: has no snapshots; train with --snapshots log (or every:N) to save "
+                          f"the parameters during training")
+    return have
+
+
 def drop_after(run: RunDir, step: int) -> None:
     """Remove the snapshots after `step` (a resume retakes them, bit for bit)."""
     for s in steps(run):
@@ -53,7 +62,7 @@ def drop_after(run: RunDir, step: int) -> None:
 def select(run: RunDir, spec: str) -> list[int]:
     """The snapshot steps a spec names: 'all', steps (0,100,200: each must exist) and ranges
     (0-500: the snapshots in it); one-line errors."""
-    have = steps(run)
+    have = _available(run)
     if spec == "all":
         return have
     chosen = []
@@ -80,10 +89,7 @@ def select(run: RunDir, spec: str) -> list[int]:
 def load(run: RunDir, which: list[int] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """`(steps [S], params {name: [S, E, ...]})` of every snapshot (or `which`), each verified;
     a run without snapshots, a missing step or a damaged file is a one-line RunDirError."""
-    have = steps(run)
-    if not have:
-        raise RunDirError(f"{run.path}: has no snapshots; train with --snapshots log (or every:N) to save "
-                          f"the parameters during training")
+    have = _available(run)
     which = have if which is None else list(which)
     missing = [s for s in which if s not in have]
     if missing:

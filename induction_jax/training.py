@@ -46,12 +46,19 @@ def optimizer(cfg: RunConfig) -> optax.GradientTransformation:
                                                  b1=t.b1, b2=t.b2, eps=t.eps)
 
 
+INIT, DATA, PROBE = 0, 1, 2         # what a key split from a seed is for
+
+
+def seed_key(seed, purpose: int) -> jax.Array:
+    """Purpose `INIT`, `DATA` or `PROBE` of the three-way split of a seed's key."""
+    return jax.random.split(jax.random.PRNGKey(seed), 3)[purpose]
+
+
 def member_keys(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array):
-    """`(init_key, data_key, probe_key)`: purpose i of the split of its own seed. With
-    init_seed = data_seed = s and per-member probes these are the three keys of seed s."""
-    purpose = lambda seed, i: jax.random.split(jax.random.PRNGKey(seed), 3)[i]  # noqa: E731
+    """`(init_key, data_key, probe_key)`: each from its own seed. With init_seed = data_seed = s
+    and per-member probes these are the three keys of seed s."""
     probe_seed = data_seed if cfg.data.per_member_probes else jnp.uint32(cfg.data.probe_seed)
-    return purpose(init_seed, 0), purpose(data_seed, 1), purpose(probe_seed, 2)
+    return seed_key(init_seed, INIT), seed_key(data_seed, DATA), seed_key(probe_seed, PROBE)
 
 
 def init_member(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array, lr: jax.Array,
@@ -109,6 +116,13 @@ def _expand(mask, like):
     return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
 
 
+def member_probes(cfg: RunConfig, state: MemberState):
+    """The probes of one member as it is at its step, under its intervention: behaviour on the
+    probe batch, and the per-head weight probes."""
+    edits, _ = active(state.intervention, state.step)
+    return probe_metrics(cfg, state.params, state.probe_key, edits), head_probe_metrics(cfg, state.params)
+
+
 def run_steps(cfg: RunConfig, state: MemberState, n_steps: int) -> tuple[MemberState, dict]:
     """`n_steps` train steps inside one `lax.scan`; metrics come back stacked `[n_steps]`."""
     return jax.lax.scan(lambda s, _: train_step(cfg, s), state, None, length=n_steps)
@@ -128,9 +142,7 @@ def run_chunk(cfg: RunConfig, state: MemberState, n_active: jax.Array | int, n_e
     def interval(s, i):
         def run_interval(s):
             s, step_metrics = run_steps(cfg, s, eval_every)
-            edits, _ = active(s.intervention, s.step)
-            return s, (step_metrics, probe_metrics(cfg, s.params, s.probe_key, edits),
-                       head_probe_metrics(cfg, s.params))
+            return s, (step_metrics, *member_probes(cfg, s))
 
         def skip_interval(s):
             return s, jax.tree.map(jnp.zeros_like, jax.eval_shape(run_interval, s)[1])

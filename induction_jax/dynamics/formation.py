@@ -86,6 +86,11 @@ def lags(formed: dict[str, np.ndarray], n_boot: int = 2000, seed: int = 0) -> li
     return rows
 
 
+def _medians(steps_by_event: dict[str, np.ndarray]) -> dict:
+    """Each event's median step over the members where it formed (None where none did)."""
+    return {n: (float(np.nanmedian(v)) if np.isfinite(v).any() else None) for n, v in steps_by_event.items()}
+
+
 def summarize(steps: np.ndarray, events: dict[str, np.ndarray], labels: list[str]) -> dict:
     formed, reasons = formation_steps(steps, events)
     member_orders = orders(formed)
@@ -99,10 +104,10 @@ def summarize(steps: np.ndarray, events: dict[str, np.ndarray], labels: list[str
                     for e in range(len(labels))],
         "order_counts": [{"order": o, "n": n} for o, n in counts.most_common()],
         "lags": lags(formed),
-        "median_step": {n: (float(np.nanmedian(v)) if np.isfinite(v).any() else None) for n, v in formed.items()},
+        "median_step": _medians(formed),
         "n_formed": {n: int(np.isfinite(v).sum()) for n, v in formed.items()},
         "fastest_rise": {
-            "median_step": {n: (float(np.nanmedian(v)) if np.isfinite(v).any() else None) for n, v in fastest.items()},
+            "median_step": _medians(fastest),
             "order_counts": [{"order": o, "n": c} for o, c in Counter(orders(fastest)).most_common()],
             "lags": lags(fastest)},
     }, formed

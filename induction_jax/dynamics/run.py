@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 
@@ -15,6 +14,7 @@ from induction_jax.arrays import save_arrays
 from induction_jax.dynamics import figures
 from induction_jax.dynamics.formation import summarize
 from induction_jax.dynamics.trajectories import snapshot_analysis
+from induction_jax.phase.run import phase_window
 from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
 
 # Per-head arrays kept in trajectories.npz, `[S, E, ...]`.
@@ -23,13 +23,11 @@ KEPT = ("prev_token_score", "induction_score", "positional_prev_token_score", "o
 
 
 def _phase_window(run: RunDir) -> tuple[float, float] | None:
-    """The ensemble's phase window (median in-context onset to end) if `phase` has run."""
-    stats_path = run.path / "phase" / "stats.json"
-    if not stats_path.is_file():
+    """The ensemble's phase window (median in-context onset to end) if `phase` has timed it."""
+    medians = phase_window(run.path)
+    if medians is None or medians["onset"] is None or medians["end"] is None:
         return None
-    s = json.loads(stats_path.read_text()).get("in_context_score", {})
-    on, end = s.get("onset", {}).get("median"), s.get("end", {}).get("median")
-    return (on, end) if on is not None and end is not None else None
+    return medians["onset"], medians["end"]
 
 
 def dynamics_run(run_dir: str | Path, member: int = 0, batch: int = 32) -> Path:

@@ -38,6 +38,16 @@ SMOOTH_STEPS = 10
 LOSS_SMOOTH_STEPS = 25
 
 
+def phase_window(run_path: Path) -> dict | None:
+    """The in-context score's median onset, end and midpoint over the ensemble (values None where
+    every member is censored), from `phase/stats.json`; None before `phase` has run."""
+    path = Path(run_path) / "phase" / "stats.json"
+    if not path.is_file():
+        return None
+    s = json.loads(path.read_text()).get("in_context_score", {})
+    return {k: s.get(k, {}).get("median") for k in ("onset", "end", "midpoint")}
+
+
 def time_curves(table: dict, n_members: int, smooth_steps: float = SMOOTH_STEPS,
                 loss_smooth_steps: float = LOSS_SMOOTH_STEPS,
                 diverged_step: np.ndarray | None = None) -> dict[str, Timing]:

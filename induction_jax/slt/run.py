@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,14 @@ from induction_jax import ensemble, signals, snapshots
 from induction_jax.arrays import save_arrays
 from induction_jax.config import ConfigError, RunConfig
 from induction_jax.data import sample_batch
+from induction_jax.phase.run import phase_window
 from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
 from induction_jax.slt import figures
 from induction_jax.slt.diagnostics import CHAIN_FLAGS, chain_diagnostics, eps_sensitivity
 from induction_jax.slt.llc import llc_estimate
 from induction_jax.slt.sampler import SGLDConfig, sample
 from induction_jax.slt.stages import stage_boundaries
+from induction_jax.training import DATA, loss_fn, seed_key
 
 LLC_DATA = 0x11C        # folded into a member's data key: its LLC dataset, apart from every training batch
 DEFAULT_N = 1024        # sequences in a member's LLC dataset
@@ -43,13 +44,12 @@ class TrainingLoss:
     cfg: RunConfig
 
     def __call__(self, params, batch):
-        from induction_jax.training import loss_fn
         return loss_fn(self.cfg, params, *batch)[0]
 
 
 def llc_dataset(cfg: RunConfig, data_seed: int, n: int):
     """`n` sequences of the member's training distribution (`(tokens [n, T], periods [n])`)."""
-    key = jax.random.fold_in(jax.random.split(jax.random.PRNGKey(data_seed), 3)[1], LLC_DATA)
+    key = jax.random.fold_in(seed_key(data_seed, DATA), LLC_DATA)
     return sample_batch(key, dataclasses.replace(cfg.data, batch_size=n), cfg.model.d_vocab)
 
 
@@ -104,16 +104,13 @@ def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_ste
         raise RunDirError(f"--members: out of range; this run has members 0..{len(members) - 1}")
     with run.lock():
         run.check_config()
-        if not snapshots.steps(run):
-            snapshots.load(run)                  # the one-line error of a run without snapshots
         steps, params = snapshots.load(run, snapshots.select(run, which_steps))
-        restriction_mask({k: v[0, 0] for k, v in params.items()}, head, cfg)        # a bad head fails here
+        mask = restriction_mask({k: v[0, 0] for k, v in params.items()}, head, cfg)   # a bad head fails here
         S, E = len(steps), len(members_idx)
         params = {k: v[:, members_idx].reshape(S * E, *v.shape[2:]) for k, v in params.items()}
         data = jax.vmap(lambda s: llc_dataset(cfg, s, n))(jnp.asarray(members.data_seed[members_idx], jnp.uint32))
         data_N = jax.tree.map(lambda x: jnp.tile(x, (S,) + (1,) * (x.ndim - 1)), data)
         keys = jax.random.split(jax.random.PRNGKey(seed), S * E)
-        mask = restriction_mask({k: v[0] for k, v in params.items()}, head, cfg)
         curves = _behaviour(run, members_idx, steps)
         signals.check(f"during the LLC estimation; the run is intact: run again 'induction-jax llc {run.path}'")
         out = estimate(cfg, sgld, jax.tree.map(jnp.asarray, params), data_N, keys, mask)
@@ -153,11 +150,8 @@ def _stats(run, members, members_idx, steps, llc, sgld, n, head, sweep, curves) 
     warnings = ([sweep.warning] if not sweep.stable else []) + (
         [f"{n_flagged} of {llc['llc_mean'].size} estimates have a flagged chain or drift (see llc.csv)"]
         if n_flagged else [])
-    phase = run.path / "phase" / "stats.json"
-    window = None
-    if phase.is_file():
-        s = json.loads(phase.read_text()).get("in_context_score", {})
-        window = [s.get("onset", {}).get("median"), s.get("end", {}).get("median"), s.get("midpoint", {}).get("median")]
+    medians = phase_window(run.path)
+    window = None if medians is None else [medians["onset"], medians["end"], medians["midpoint"]]
     return {"sgld": dataclasses.asdict(sgld), "n": n, "n_beta": sgld.n_beta_for(n), "head": head,
             "steps": np.asarray(steps).tolist(), "members": per_member, "phase_window": window,
             "eps_sweep": {"eps": sweep.eps, "llc_mean": sweep.llc_mean, "llc_se": sweep.llc_se,
