@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import base64
-import json
 
-from induction_jax.report.markup import Col, esc, figures, find_figures, fmt, table
+from induction_jax.report.markup import Col, esc, figures, find_figures, fmt, read_json, table
 from induction_jax.rundir import RunDir
 
 
@@ -14,13 +13,12 @@ def read_dynamics(run: RunDir) -> dict | None:
     stats_path = folder / "stats.json"
     if not stats_path.is_file():
         return None
-    try:
-        stats = json.loads(stats_path.read_text())
-    except (OSError, ValueError) as e:
-        return {"_notes": [f"dynamics/stats.json: unreadable ({type(e).__name__}); left out"], "_stats": None,
-                "_figures": [], "_gif": None}
+    notes: list[str] = []
+    stats = read_json(stats_path, notes)
+    if stats is None:
+        return {"_notes": notes, "_stats": None, "_figures": [], "_gif": None}
     gif = folder / "animation.gif"
-    return {"_notes": [], "_stats": stats, "_figures": find_figures(folder, ("trajectories", "order")),
+    return {"_notes": notes, "_stats": stats, "_figures": find_figures(folder, ("trajectories", "order")),
             "_gif": base64.b64encode(gif.read_bytes()).decode() if gif.is_file() else None}
 
 

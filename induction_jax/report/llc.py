@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from induction_jax.report.markup import Col, esc, figures, find_figures, fmt, table
+from induction_jax.report.markup import Col, esc, figures, find_figures, fmt, read_json, table
 from induction_jax.rundir import RunDir
 
 
@@ -12,12 +10,10 @@ def read_llc(run: RunDir) -> dict | None:
     folder = run.path / "llc"
     if not (folder / "stats.json").is_file():
         return None
-    try:
-        stats = json.loads((folder / "stats.json").read_text())
-    except (OSError, ValueError) as e:
-        return {"_notes": [f"llc/stats.json: unreadable ({type(e).__name__}); left out"], "_stats": None,
-                "_figures": []}
-    return {"_notes": [], "_stats": stats, "_figures": find_figures(folder, ("llc_curves", "traces", "eps"))}
+    notes: list[str] = []
+    stats = read_json(folder / "stats.json", notes)
+    return {"_notes": notes, "_stats": stats,
+            "_figures": find_figures(folder, ("llc_curves", "traces", "eps")) if stats is not None else []}
 
 
 def render_llc(data: dict) -> str | None:

@@ -4,6 +4,7 @@ can sort (every cell carries its sort value), inlined PNG figures."""
 from __future__ import annotations
 
 import base64
+import json
 import math
 from dataclasses import dataclass
 from html import escape
@@ -111,3 +112,14 @@ def find_figures(folder: Path, names=(), *, rest: bool = True) -> list[dict]:
         paths += [p for p in sorted(folder.glob("*.png")) if p not in paths]
     return [{"name": f"{folder.name}-{p.stem}", "title": p.stem.replace("_", " "), "b64": png_b64(p)}
             for p in paths]
+
+
+def read_json(path: Path, notes: list[str]):
+    """A JSON file, or None (absent, or unreadable: then a note says so)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        notes.append(f"{path.parent.name}/{path.name}: unreadable ({type(e).__name__}); left out")
+        return None

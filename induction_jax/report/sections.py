@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import csv
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 
 from induction_jax.arrays import load_arrays
 from induction_jax.config import SECTIONS as CONFIG_SECTIONS
-from induction_jax.report.markup import Col, esc, figures, find_figures, fmt, table
+from induction_jax.report.markup import Col, esc, figures, find_figures, fmt, read_json, table
 from induction_jax.rundir import RunDir, RunDirError
 
 # Figures the page redraws from the data (per member, interactive); their PNGs (one member)
@@ -41,17 +40,6 @@ SIG = 5          # significant digits of the per-head numbers sent to the page
 
 def _round(v):
     return None if v is None or not math.isfinite(v) else float(f"{v:.{SIG}g}")
-
-
-def _json(path: Path, notes: list[str]):
-    """A JSON file, or None (absent, or unreadable: then a note says so)."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        notes.append(f"{path.parent.name}/{path.name}: unreadable ({type(e).__name__}); left out")
-        return None
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -83,7 +71,7 @@ def read_run(run: RunDir) -> dict:
     cfg = run.read_config()
     members = run.members()
     notes: list[str] = []
-    summary = _json(run.summary_json, notes) or {}
+    summary = read_json(run.summary_json, notes) or {}
     finals = {m.get("member"): m for m in summary.get("members", []) if isinstance(m, dict)}
     rows = []
     for i in range(len(members)):
@@ -101,7 +89,7 @@ def read_run(run: RunDir) -> dict:
 
 def read_divergence(run: RunDir) -> dict | None:
     """summary.json, when any member diverged: who, at which step, by which rule."""
-    summary = _json(run.summary_json, [])
+    summary = read_json(run.summary_json, [])
     if not summary or not summary.get("n_diverged"):
         return None
     return {"n_diverged": summary["n_diverged"], "n_members": summary.get("n_members"),
@@ -159,7 +147,7 @@ def read_circuit(run: RunDir) -> dict | None:
         return None
     notes: list[str] = []
     out: dict = {"_notes": notes}
-    circuit = _json(folder / "circuit.json", notes)
+    circuit = read_json(folder / "circuit.json", notes)
     if isinstance(circuit, dict):
         out["summary"] = {k: v for k, v in circuit.items() if k != "members"}
         out["members"] = circuit.get("members", [])
@@ -189,7 +177,7 @@ def read_phase(run: RunDir) -> dict | None:
     if not folder.is_dir():
         return None
     notes: list[str] = []
-    out: dict = {"_notes": notes, "_stats": _json(folder / "stats.json", notes),
+    out: dict = {"_notes": notes, "_stats": read_json(folder / "stats.json", notes),
                  "_figures": find_figures(folder, PHASE_FIGURES)}
     if (folder / "timings.csv").is_file():
         timings: dict[str, dict] = {}
