@@ -18,18 +18,40 @@ import jax.numpy as jnp
 LN_EPS = 1e-5
 
 
+class Sites(NamedTuple):
+    """Where an intervention can act at all: static, so the compiled pass computes nothing
+    anywhere else. Built from the arms of an ensemble (some member acts there, at some step)."""
+
+    clamp_prev: tuple[int, ...] = ()                 # layers with a head some member clamps
+    clamp_induction: tuple[int, ...] = ()
+    ablate: tuple[int, ...] = ()                     # layers with a head some member ablates
+    cut: tuple[tuple[int, int, int], ...] = ()       # (source layer, target layer, Q/K/V) some member cuts
+
+
 class Edits(NamedTuple):
     """What an intervention does to one forward pass, per layer and head (None: nothing).
 
     The pass applies them at three points: the inputs of each layer's queries, keys and values
     (a cut removes an earlier head's write from one of them), the attention pattern (a clamp
     pulls it towards a target pattern), and each head's output (an ablation zeroes it).
+    `sites` says where they can be non-zero (None: anywhere); the pass computes them only there.
     """
 
     clamp_prev_LH: jax.Array | None = None        # strength a in [0, 1] towards the previous-token pattern
     clamp_induction_LH: jax.Array | None = None   # ... towards the induction pattern of the sequence
     ablate_LH: jax.Array | None = None            # 1: the head's output is zero
     cut_LHLC: jax.Array | None = None             # [source layer, source head, target layer, Q/K/V]: 1 = cut
+    sites: Sites | None = None
+
+    def at(self, n_layers: int) -> Sites:
+        """The sites of these edits: `sites`, or every place their arrays cover."""
+        if self.sites is not None:
+            return self.sites
+        every = tuple(range(n_layers))
+        return Sites(*(every if a is not None else () for a in (self.clamp_prev_LH, self.clamp_induction_LH,
+                                                                  self.ablate_LH)),
+                     tuple((s, t, c) for t in every for s in range(t) for c in range(3))
+                     if self.cut_LHLC is not None else ())
 
 
 class Activations(NamedTuple):
@@ -108,6 +130,11 @@ def previous_token_target(T: int) -> jax.Array:
     return jnp.eye(T, k=-1).at[0, 0].set(1.0)
 
 
+def previous_token_values(v_BHSK: jax.Array) -> jax.Array:
+    """`previous_token_target(T) @ v` as a shift (row i reads value i-1, row 0 its own), no product."""
+    return jnp.concatenate([v_BHSK[:, :, :1], v_BHSK[:, :, :-1]], axis=2)
+
+
 def induction_target(tokens_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The ideal induction pattern of each sequence `[B, T, S]` (uniform over the keys j <= i-1
     with x[j-1] == x[i]) and which rows have such a key `[B, T]`."""
@@ -118,47 +145,64 @@ def induction_target(tokens_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
     return hits_BTS / jnp.maximum(n_BT, 1)[..., None], n_BT > 0
 
 
-def _clamp(z_BHTK, pattern_BHTS, v_BHSK, a_H, target, has_BT=None):
+class Clamp(NamedTuple):
+    """A pull of one layer's pattern towards a target: strengths `a_H`, the target pattern
+    (`[T, S]` or per sequence `[B, T, S]`), the rows that have a target (`[B, T]` or None) and
+    `values(v_BHSK)`, the target pattern applied to the values."""
+
+    a_H: jax.Array
+    target: jax.Array
+    has_BT: jax.Array | None
+    values: object
+
+
+def _clamp(z_BHTK, pattern_BHTS, v_BHSK, c: Clamp):
     """A' = (1 - a) A + a A* on the rows that have a target, and the output A' v."""
-    w_BHT1 = a_H[None, :, None, None] * (1.0 if has_BT is None else has_BT[:, None, :, None])
+    w_BHT1 = c.a_H[None, :, None, None] * (1.0 if c.has_BT is None else c.has_BT[:, None, :, None])
     w_BHT1 = w_BHT1.astype(z_BHTK.dtype)
-    tv_BHTK = jnp.einsum("ts,bhsk->bhtk" if target.ndim == 2 else "bts,bhsk->bhtk", target.astype(v_BHSK.dtype), v_BHSK)
-    target_BHTS = target[None, None] if target.ndim == 2 else target[:, None]
-    return (z_BHTK + w_BHT1 * (tv_BHTK - z_BHTK),
+    target_BHTS = c.target[None, None] if c.target.ndim == 2 else c.target[:, None]
+    return (z_BHTK + w_BHT1 * (c.values(v_BHSK) - z_BHTK),
             pattern_BHTS + w_BHT1.astype(pattern_BHTS.dtype) * (target_BHTS - pattern_BHTS))
 
 
 def attention(x_BTD, W_Q, W_K, W_V, W_O, head_mask_H=None, head_replace_BTHD=None, *,
-              return_heads: bool = False, x_qkv=None, clamps=()):
-    """One attention layer: (output [B,T,D], pattern [B,H,T,S], per-head output [B,T,H,D] or None).
+              return_heads: bool = False, x_qkv=(None, None, None), clamps=()):
+    """One attention layer: (output [B,T,D], pattern [B,H,T,S], per-head output [B,T,H,D] or
+    None, each head's mixed values z [B,H,T,K] as its output projection reads them).
 
     `head_mask_H` scales each head's output (0 = zero-ablation); `head_replace_BTHD` is added
     to it (mean-ablation adds the mean of the head where the mask removed the head itself).
-    `x_qkv` gives the queries', keys' and values' inputs separately (a cut); each of `clamps`,
-    `(a_H, target, has_BT)`, pulls the pattern towards `target`.
+    `x_qkv` gives the queries', keys' or values' input where it differs from `x_BTD` (a cut);
+    each of `clamps` (`Clamp`) pulls the pattern towards its target.
     """
-    x_q, x_k, x_v = x_qkv if x_qkv is not None else (x_BTD, x_BTD, x_BTD)
+    x_q, x_k, x_v = (x_BTD if x is None else x for x in x_qkv)
     q_BHTK = jnp.einsum("btd,hdk->bhtk", x_q, W_Q)
     k_BHSK = jnp.einsum("bsd,hdk->bhsk", x_k, W_K)
     v_BHSK = jnp.einsum("bsd,hdk->bhsk", x_v, W_V)
     z_BHTK, pattern_BHTS = attention_core(q_BHTK, k_BHSK, v_BHSK)
-    for a_H, target, has_BT in clamps:
-        z_BHTK, pattern_BHTS = _clamp(z_BHTK, pattern_BHTS, v_BHSK, a_H, target, has_BT)
+    for clamp in clamps:
+        z_BHTK, pattern_BHTS = _clamp(z_BHTK, pattern_BHTS, v_BHSK, clamp)
     if head_mask_H is not None:
         z_BHTK = z_BHTK * head_mask_H[None, :, None, None]
     if return_heads or head_replace_BTHD is not None:
         heads_BTHD = jnp.einsum("bhtk,hkd->bthd", z_BHTK, W_O)
         if head_replace_BTHD is not None:
             heads_BTHD = heads_BTHD + head_replace_BTHD
-        return heads_BTHD.sum(2), pattern_BHTS, heads_BTHD if return_heads else None
-    return jnp.einsum("bhtk,hkd->btd", z_BHTK, W_O), pattern_BHTS, None
+        return heads_BTHD.sum(2), pattern_BHTS, heads_BTHD if return_heads else None, z_BHTK
+    return jnp.einsum("bhtk,hkd->btd", z_BHTK, W_O), pattern_BHTS, None, z_BHTK
 
 
-def _cut_inputs(x_BTD, heads, cut_LHLC, layer, norm):
-    """The queries', keys' and values' inputs of `layer` without the cut earlier heads' writes."""
-    return tuple(norm(x_BTD - sum((heads[l1] * cut_LHLC[l1, :, layer, c].astype(x_BTD.dtype)[:, None]).sum(2)
-                                  for l1 in range(layer)))
-                 for c in range(3))
+def _cut_write(zs, W_O_LHKD, replace, cut_LHLC, sources, layer: int, c: int):
+    """What the cut heads of the `sources` layers wrote, for input `c` (Q/K/V) of `layer`: each
+    source layer's z through its output weights with the uncut heads' rows zeroed, one product
+    of the size of that layer's own output projection (no per-head copy of the residual)."""
+    total = 0.0
+    for src in sources:
+        m_H = cut_LHLC[src, :, layer, c].astype(zs[src].dtype)
+        total = total + jnp.einsum("bhtk,hkd->btd", zs[src], W_O_LHKD[src] * m_H[:, None, None])
+        if replace is not None:
+            total = total + jnp.einsum("bthd,h->btd", replace[src], m_H)
+    return total
 
 
 def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None = None,
@@ -174,31 +218,40 @@ def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None 
                  else params["W_E"][tokens_BT])
     x_BTD = embed_BTD + params["W_pos"][:T]
     edits = edits or Edits()
-    if edits.ablate_LH is not None:
-        keep_LH = 1.0 - edits.ablate_LH
-        head_mask_LH = keep_LH if head_mask_LH is None else head_mask_LH * keep_LH
-    clamp_targets = []
-    if edits.clamp_prev_LH is not None:
-        clamp_targets.append((edits.clamp_prev_LH, previous_token_target(T), None))
-    if edits.clamp_induction_LH is not None:
-        clamp_targets.append((edits.clamp_induction_LH, *induction_target(tokens_BT)))
-    cut_on = edits.cut_LHLC is not None
-    patterns, heads, resids = [], [], []
+    sites = edits.at(n_layers)
+    clamp_kinds = []
+    if sites.clamp_prev:
+        clamp_kinds.append((sites.clamp_prev, edits.clamp_prev_LH, previous_token_target(T), None,
+                            previous_token_values))
+    if sites.clamp_induction:
+        target_BTS, has_BT = induction_target(tokens_BT)
+        clamp_kinds.append((sites.clamp_induction, edits.clamp_induction_LH, target_BTS, has_BT,
+                            lambda v_BHSK: jnp.einsum("bts,bhsk->bhtk", target_BTS.astype(v_BHSK.dtype), v_BHSK)))
+    patterns, heads, resids, zs = [], [], [], []
     for layer in range(n_layers):
         resids.append(x_BTD)
         norm = ((lambda x, layer=layer: layer_norm(x, params["ln1_w"][layer], params["ln1_b"][layer]))
                 if layer_norm_on else (lambda x: x))
-        h_BTD = norm(x_BTD)
-        x_qkv = _cut_inputs(x_BTD, heads, edits.cut_LHLC, layer, norm) if cut_on and layer else None
-        out_BTD, pattern_BHTS, heads_BTHD = attention(
-            h_BTD, params["W_Q"][layer], params["W_K"][layer], params["W_V"][layer], params["W_O"][layer],
-            None if head_mask_LH is None else head_mask_LH[layer],
-            None if head_replace_LBTHD is None else head_replace_LBTHD[layer],
-            return_heads=return_activations or (cut_on and layer < n_layers - 1), x_qkv=x_qkv,
-            clamps=[(a_LH[layer], target, has) for a_LH, target, has in clamp_targets])
+        mask_H = None if head_mask_LH is None else head_mask_LH[layer]
+        if layer in sites.ablate:
+            keep_H = 1.0 - edits.ablate_LH[layer]
+            mask_H = keep_H if mask_H is None else mask_H * keep_H
+        x_qkv = [None, None, None]          # the inputs a cut changes; the others read x itself
+        for c in range(3):
+            cut_from = [src for src, target, c_ in sites.cut if target == layer and c_ == c]
+            if cut_from:
+                x_qkv[c] = norm(x_BTD - _cut_write(zs, params["W_O"], head_replace_LBTHD, edits.cut_LHLC,
+                                                   cut_from, layer, c))
+        out_BTD, pattern_BHTS, heads_BTHD, z_BHTK = attention(
+            norm(x_BTD), params["W_Q"][layer], params["W_K"][layer], params["W_V"][layer], params["W_O"][layer],
+            mask_H, None if head_replace_LBTHD is None else head_replace_LBTHD[layer],
+            return_heads=return_activations, x_qkv=x_qkv,
+            clamps=[Clamp(a_LH[layer], target, has, values)
+                    for at, a_LH, target, has, values in clamp_kinds if layer in at])
         x_BTD = x_BTD + out_BTD
         patterns.append(pattern_BHTS)
         heads.append(heads_BTHD)
+        zs.append(z_BHTK)
         if "W_in" in params:
             h_BTD = layer_norm(x_BTD, params["ln2_w"][layer], params["ln2_b"][layer]) if layer_norm_on else x_BTD
             x_BTD = x_BTD + jax.nn.gelu(h_BTD @ params["W_in"][layer]) @ params["W_out"][layer]

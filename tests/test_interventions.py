@@ -124,6 +124,50 @@ def test_ablation_zeroes_a_head_and_a_cut_removes_exactly_one_write_from_one_inp
                                cutted.head_out_BLTHD[:, 1], atol=1e-5)
 
 
+def test_each_kind_is_computed_only_where_some_member_uses_it_and_that_changes_no_number(short):
+    """`Intervention.sites`: the layers and cut paths some arm touches. The pass restricted to
+    them gives the numbers of the pass over every layer, head and path, member by member, with
+    and without LayerNorm (a cut then normalises the residual without the cut writes)."""
+    arms = ["none", "clamp:prev:L0H0:1.0", "freeze:W_pos", "cut:K:L0H*", "ablate:L1H1+ablate:L1H2+ablate:L1H3",
+            "clamp:induction:L1H0:0.5+cut:V:L0H1@10-30+cut:Q:L0H0"]
+    iv = interventions.build(arms, short)
+    assert iv.sites == ((0,), (1,), (1,), ((0, 1, 0), (0, 1, 1), (0, 1, 2)))
+    assert interventions.build(arms[:5], short).sites == ((0,), (), (1,), ((0, 1, 1),))
+    tokens = _probe_tokens(short)
+    for cfg in (short, short.replace(layer_norm=True)):
+        params = init_params(cfg.model, jax.random.PRNGKey(2))
+        iv = interventions.build(arms, cfg)
+        for e in range(len(arms)):
+            edits, _ = interventions.active(jax.tree.map(lambda x, e=e: jnp.asarray(x[e]), iv), 20)
+            _, narrow = apply(params, tokens, return_activations=True, edits=edits)
+            _, everywhere = apply(params, tokens, return_activations=True, edits=edits._replace(sites=None))
+            for a, b in zip(narrow, everywhere):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # by hand with LayerNorm: L0H1's write is removed before layer 1's keys are normalised
+    cfg = short.replace(layer_norm=True)
+    params = init_params(cfg.model, jax.random.PRNGKey(2))
+    cut = jnp.zeros((2, 4, 2, 3)).at[0, 1, 1, 1].set(1.0)
+    _, plain = apply(params, tokens, return_activations=True)
+    _, cutted = apply(params, tokens, return_activations=True, edits=Edits(cut_LHLC=cut))
+    from induction_jax.functional import layer_norm
+    x = plain.resid_pre_BLTD[:, 1]
+    q = jnp.einsum("btd,hdk->bhtk", layer_norm(x, params["ln1_w"][1], params["ln1_b"][1]), params["W_Q"][1])
+    k = jnp.einsum("btd,hdk->bhtk", layer_norm(x - plain.head_out_BLTHD[:, 0, :, 1], params["ln1_w"][1],
+                                               params["ln1_b"][1]), params["W_K"][1])
+    T = tokens.shape[1]
+    scores = jnp.einsum("bhtk,bhsk->bhts", q, k) / jnp.sqrt(jnp.float32(cfg.model.d_head))
+    by_hand = jax.nn.softmax(jnp.where(jnp.tril(jnp.ones((T, T), bool)), scores, -jnp.inf), -1)
+    np.testing.assert_allclose(cutted.pattern_BLHTS[:, 1], by_hand, atol=1e-5)
+
+
+def test_the_intervention_arrays_keep_their_checkpoint_layout(short):
+    """The static sites are not arrays: the leaves and their paths (what a checkpoint stores and
+    its digest covers) are those of earlier versions, so their runs resume."""
+    iv = interventions.build(["none", "clamp:prev:L0H0:1.0", "cut:K:L0H*"], short)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(iv)[0]]
+    assert paths == [f".{kind}.{field}" for kind in ("clamp_prev", "cut") for field in ("value", "start", "stop")]
+
+
 def test_every_arm_runs_in_one_compiled_program(short):
     cfg = short.replace(steps=40, eval_every=20, chunk_steps=40)
     arms = ["none", "clamp:prev:L0H0:1.0", "freeze:W_pos", "cut:K:L0H*", "ablate:L1H1+ablate:L1H2+ablate:L1H3"]

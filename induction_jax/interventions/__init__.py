@@ -21,6 +21,6 @@ def active(iv: Intervention | None, step) -> tuple[Edits | None, dict | None]:
     if iv is None:
         return None, None
     edits = Edits(*(None if w is None else _on(w, step)
-                    for w in (iv.clamp_prev, iv.clamp_induction, iv.ablate, iv.cut)))
+                    for w in (iv.clamp_prev, iv.clamp_induction, iv.ablate, iv.cut)), sites=iv.sites)
     freeze = None if iv.freeze is None else {k: _on(w, step) for k, w in iv.freeze.items()}
     return edits, freeze

@@ -14,17 +14,21 @@ steps `@START-STOP` (active while START <= step < STOP; `@START-` runs to the en
 
 An ensemble's arms become one `Intervention`: per kind a `Window` of arrays (value, start,
 stop) with a leading ensemble axis, so every arm of a sweep runs in one compiled program; a
-kind no member uses is None and costs nothing.
+kind no member uses is None and costs nothing, and a kind some member uses is computed only
+where some member uses it (`Intervention.sites`: which layers, which cut paths).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from induction_jax.config import ConfigError, RunConfig
+from induction_jax.functional import Sites
 
 KINDS = ("clamp", "ablate", "freeze", "cut")
 CLAMP_TARGETS = ("prev", "induction")
@@ -45,14 +49,23 @@ class Window(NamedTuple):
     stop: np.ndarray
 
 
-class Intervention(NamedTuple):
-    """Everything done to the members, stacked on a leading ensemble axis (None: nobody does it)."""
+@dataclasses.dataclass(frozen=True)
+class Intervention:
+    """Everything done to the members, stacked on a leading ensemble axis (None: nobody does it).
+
+    `sites` (static, not an array) is where any member acts at all, so the compiled step
+    computes each kind only there: an ensemble pays for what its arms do, not for every head
+    of every layer. (Its arrays keep their layout: checkpoints of earlier versions restore.)"""
 
     clamp_prev: Window | None         # [E, L, H] strength a
     clamp_induction: Window | None    # [E, L, H]
     ablate: Window | None             # [E, L, H] 1 = output zeroed
     cut: Window | None                # [E, L, H, L, 3]: source layer, source head, target layer, Q/K/V
     freeze: dict | None               # param name -> Window of [E] or [E, L] or [E, L, H]
+    sites: Sites = dataclasses.field(default=Sites(), metadata={"static": True})
+
+
+jax.tree_util.register_dataclass(Intervention)
 
 
 def _heads(text: str, cfg: RunConfig, arm: str) -> list[tuple[int, int]]:
@@ -182,5 +195,8 @@ def build(arms, cfg: RunConfig) -> Intervention | None:
             else:
                 w, index = windows[kind], (e, *target) + (where or ())
             w.value[index], w.start[index], w.stop[index] = value, start, stop
+    sites = Sites(*(tuple(sorted({target[0] for p in parsed for kind_, target, *_ in p if kind_ == kind}))
+                    for kind in ("clamp_prev", "clamp_induction", "ablate")),
+                  tuple(sorted({(target[0], *where) for p in parsed for kind_, target, where, *_ in p if kind_ == "cut"})))
     return Intervention(windows.get("clamp_prev"), windows.get("clamp_induction"), windows.get("ablate"),
-                        windows.get("cut"), freeze)
+                        windows.get("cut"), freeze, sites)
