@@ -165,6 +165,17 @@ def _clamp(z_BHTK, pattern_BHTS, v_BHSK, c: Clamp):
             pattern_BHTS + w_BHT1.astype(pattern_BHTS.dtype) * (target_BHTS - pattern_BHTS))
 
 
+def _where_used(used, edit, plain):
+    """`edit()` where this member uses the edit (`used`, a scalar), else `plain` in the edit's
+    dtypes: the same numbers either way (the edit is the identity where its masks are zero).
+    A real branch when an ensemble's members run one after another (`lax.map`, the CPU member
+    loop), so a member whose arm does not use it skips its work, forward and backward; under
+    `vmap` it becomes a select, which costs what computing it for every member does."""
+    shapes = jax.eval_shape(edit)
+    plain = jax.tree.map(lambda x, s: x.astype(s.dtype), plain, shapes)
+    return jax.lax.cond(used, edit, lambda: plain)
+
+
 def attention(x_BTD, W_Q, W_K, W_V, W_O, head_mask_H=None, head_replace_BTHD=None, *,
               return_heads: bool = False, x_qkv=(None, None, None), clamps=()):
     """One attention layer: (output [B,T,D], pattern [B,H,T,S], per-head output [B,T,H,D] or
@@ -181,7 +192,9 @@ def attention(x_BTD, W_Q, W_K, W_V, W_O, head_mask_H=None, head_replace_BTHD=Non
     v_BHSK = jnp.einsum("bsd,hdk->bhsk", x_v, W_V)
     z_BHTK, pattern_BHTS = attention_core(q_BHTK, k_BHSK, v_BHSK)
     for clamp in clamps:
-        z_BHTK, pattern_BHTS = _clamp(z_BHTK, pattern_BHTS, v_BHSK, clamp)
+        z_BHTK, pattern_BHTS = _where_used(
+            jnp.any(clamp.a_H != 0), lambda z=z_BHTK, p=pattern_BHTS, c=clamp: _clamp(z, p, v_BHSK, c),
+            (z_BHTK, pattern_BHTS))
     if head_mask_H is not None:
         z_BHTK = z_BHTK * head_mask_H[None, :, None, None]
     if return_heads or head_replace_BTHD is not None:
@@ -240,8 +253,11 @@ def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None 
         for c in range(3):
             cut_from = [src for src, target, c_ in sites.cut if target == layer and c_ == c]
             if cut_from:
-                x_qkv[c] = norm(x_BTD - _cut_write(zs, params["W_O"], head_replace_LBTHD, edits.cut_LHLC,
-                                                   cut_from, layer, c))
+                x_qkv[c] = _where_used(
+                    jnp.any(edits.cut_LHLC[jnp.asarray(cut_from), :, layer, c] != 0),
+                    lambda c=c, cut_from=cut_from: norm(x_BTD - _cut_write(
+                        zs, params["W_O"], head_replace_LBTHD, edits.cut_LHLC, cut_from, layer, c)),
+                    norm(x_BTD))
         out_BTD, pattern_BHTS, heads_BTHD, z_BHTK = attention(
             norm(x_BTD), params["W_Q"][layer], params["W_K"][layer], params["W_V"][layer], params["W_O"][layer],
             mask_H, None if head_replace_LBTHD is None else head_replace_LBTHD[layer],
