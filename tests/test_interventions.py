@@ -160,6 +160,35 @@ def test_each_kind_is_computed_only_where_some_member_uses_it_and_that_changes_n
     np.testing.assert_allclose(cutted.pattern_BLHTS[:, 1], by_hand, atol=1e-5)
 
 
+def test_a_member_skips_an_edit_its_arm_does_not_use_and_vmap_gives_the_same_gradients(short):
+    """A clamp or cut is a branch per member (taken only where that member's masks are
+    non-zero; a select under vmap): each member's gradients and logits, computed alone, equal
+    those of the vmapped ensemble, for arms that use each kind, none, and a closed window."""
+    arms = ["none", "clamp:prev:L0H0:1.0", "cut:K:L0H*", "clamp:induction:L1H0:0.5+cut:V:L0H1@10-30",
+            "cut:Q:L0H0@50-60"]
+    tokens = _probe_tokens(short)
+    for cfg in (short, short.replace(layer_norm=True)):
+        params = init_params(cfg.model, jax.random.PRNGKey(3))
+        iv = interventions.build(arms, cfg)
+
+        def loss(p, member_iv):
+            logits = apply(p, tokens, edits=interventions.active(member_iv, 40)[0])
+            return jax.nn.logsumexp(logits, -1).mean(), logits
+
+        together = jax.jit(jax.vmap(jax.grad(loss, has_aux=True), in_axes=(None, 0)))(params, iv)
+        alone = jax.jit(jax.grad(loss, has_aux=True))
+        for e in range(len(arms)):
+            one = alone(params, jax.tree.map(lambda x, e=e: x[e], iv))
+            for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(jax.tree.map(lambda x, e=e: x[e], together))):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        # members whose arm does nothing at step 40 (none; a cut whose window has not opened) equal the plain pass
+        plain = jax.grad(lambda p: (jax.nn.logsumexp(apply(p, tokens), -1).mean(), apply(p, tokens)),
+                         has_aux=True)(params)
+        for e in (0, 4):
+            for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(jax.tree.map(lambda x, e=e: x[e], together))):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_the_intervention_arrays_keep_their_checkpoint_layout(short):
     """The static sites are not arrays: the leaves and their paths (what a checkpoint stores and
     its digest covers) are those of earlier versions, so their runs resume."""
