@@ -30,7 +30,7 @@ from induction_jax.phase.run import phase_run
 from induction_jax.runner import train_or_resume
 
 ARMS = ["none", "clamp:prev:L0H0:1.0", "freeze:W_pos", "cut:K:L0H*", "ablate:L1H1+ablate:L1H2+ablate:L1H3"]
-MODEL_STEPS_PER_S = 55.0      # this mix of arms, 2-core CPU: 59.5 at 8 members in the bench (39 over 40 members before the cut fix)
+MODEL_STEPS_PER_S = 50.0      # this mix of arms over 40 members, 2-core CPU: 50 (1195 s, a slow host) to 78 (765 s) measured
 
 
 def main() -> None:
