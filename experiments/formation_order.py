@@ -20,7 +20,7 @@ from induction_jax.dynamics.run import dynamics_run
 from induction_jax.phase.run import phase_run
 from induction_jax.runner import train_or_resume
 
-MODEL_STEPS_PER_S = 85.0       # the default config on a 2-core CPU (README, Performance)
+MODEL_STEPS_PER_S = 85.0       # the default config on a 2-core CPU (docs/performance.md)
 
 
 def main() -> None:

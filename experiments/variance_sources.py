@@ -28,7 +28,7 @@ from induction_jax.runner import train_or_resume
 # (learning rate, steps): long enough for every member to finish its transition with room for
 # the final plateau that the 90% threshold needs (midpoints near 190 at 1e-2, 420 at 3e-3).
 SETTINGS = ((1e-2, 800), (3e-3, 1500))
-MODEL_STEPS_PER_S = 85.0       # measured on the default config, 2-core CPU (README, Performance)
+MODEL_STEPS_PER_S = 85.0       # measured on the default config, 2-core CPU (docs/performance.md)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def test_defaults_are_the_reference():
     assert (c.model.n_layers, c.model.n_heads, c.model.d_model, c.model.d_head) == (2, 4, 64, 16)
     assert c.model.attn_only and not c.model.layer_norm
     assert c.data.batch_size == 64
-    assert c.train.lr == 1e-2    # deviates from the reference 1e-3; measured reasons in the README
+    assert c.train.lr == 1e-2    # deviates from the reference 1e-3; measured reasons in docs/task.md
 
 
 def test_dict_round_trip_and_unknown_keys():
