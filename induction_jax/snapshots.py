@@ -5,7 +5,13 @@ One file per snapshot step holds the circuit-layout weights of the whole ensembl
 with no template. Each carries a digest of its arrays (`arrays.save_arrays`), checked by every
 reader. The schedule (`TrainConfig.snapshots`) is on the probe grid, with step 0 and the last.
 Training is deterministic, so a resumed run drops the snapshots after its checkpoint and
-retakes them: it ends with exactly the snapshots of an uninterrupted run.
+retakes them: it ends with exactly the snapshots of an uninterrupted run. The snapshots it keeps
+are verified first: a damaged one is moved aside to RUN_DIR/snapshots_broken/, and a missing or
+damaged one is re-made from the checkpoints where they allow (the runner); one that cannot be
+stays missing, and `dynamics` / `llc` name every scheduled step that is missing.
+
+The schedule a run was trained with is recorded in config.json (`snapshot_steps`): a resume
+with another --steps changes the schedule of the steps still to come only.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from induction_jax.memory import F32, n_params
 from induction_jax.rundir import RunDir, RunDirError
 
 FOLDER = "snapshots"
+BROKEN = "snapshots_broken"        # damaged snapshots moved aside by a resume
 _NAME = re.compile(r"step_(\d+)\.npz$")
 
 
@@ -52,6 +59,79 @@ def _available(run: RunDir) -> list[int]:
     return have
 
 
+def scheduled(run: RunDir, cfg: RunConfig | None = None) -> list[int]:
+    """The steps the run was scheduled to snapshot: config.json's record (`snapshot_steps`,
+    which a resume with another --steps keeps for the steps already trained), else its config's."""
+    recorded = run.read_meta().get("snapshot_steps")
+    if isinstance(recorded, list) and all(isinstance(s, int) for s in recorded):
+        return sorted(recorded)
+    return (cfg or run.read_config()).train.snapshot_steps
+
+
+def resume_schedule(run: RunDir, cfg: RunConfig, start: int, trained_with: dict | None = None) -> list[int]:
+    """The schedule of a run resumed at checkpoint `start` with `cfg`: what it was scheduled to
+    take up to `start` (config.json's record, else the schedule of the config `trained_with`, a
+    checkpoint's record), then `cfg`'s for the steps still to come."""
+    recorded = run.read_meta().get("snapshot_steps")
+    if isinstance(recorded, list) and all(isinstance(s, int) for s in recorded):
+        before = recorded
+    else:
+        try:
+            before = RunConfig.from_dict(trained_with["config"]).train.snapshot_steps
+        except Exception:  # noqa: BLE001 - no usable record: the config's own schedule
+            before = cfg.train.snapshot_steps
+    return sorted({s for s in before if s <= start} | {s for s in cfg.train.snapshot_steps if s > start})
+
+
+def verify(run: RunDir, upto: int) -> dict[int, str]:
+    """Read and check the digest of every snapshot at or before `upto`: `{step: one-line reason}`
+    of those that cannot be used (empty when all are good)."""
+    bad = {}
+    for s in steps(run):
+        if s <= upto:
+            try:
+                load_arrays(path(run, s))
+            except RunDirError as e:
+                bad[s] = str(e)
+    return bad
+
+
+def move_aside(run: RunDir, step: int) -> Path:
+    """Move a damaged snapshot to RUN_DIR/snapshots_broken/ (never deleted: the user may want it)."""
+    aside = run.owned_dir(BROKEN)
+    aside.mkdir(exist_ok=True)
+    target = aside / path(run, step).name
+    n = 1
+    while target.exists():
+        target = aside / f"{path(run, step).stem}.{n}.npz"
+        n += 1
+    path(run, step).rename(target)
+    return target
+
+
+def _trained_to(run: RunDir, have: list[int]) -> int:
+    """The last step the run is known to have trained: its newest checkpoint or snapshot."""
+    ckpts = [int(p.name) for p in run.checkpoints.iterdir() if p.name.isdigit()] if run.checkpoints.is_dir() else []
+    return max(ckpts + have, default=0)
+
+
+def missing(run: RunDir, cfg: RunConfig | None = None, spec: str = "all") -> list[int]:
+    """The scheduled steps (up to the run's last trained step, within what `spec` names) that
+    have no snapshot file: deleted, moved aside as damaged, or never re-made after a resume."""
+    have = steps(run)
+    upto = _trained_to(run, have)
+    ranges = _parse(spec)
+    return [s for s in scheduled(run, cfg) if s <= upto and s not in have
+            and any(lo <= s <= (lo if hi is None else hi) for lo, hi in ranges)]
+
+
+def missing_message(run: RunDir, gap: list[int], have: list[int]) -> str:
+    """One line naming the scheduled snapshots that are missing (the analysis spans the gap)."""
+    return (f"induction-jax: {run.path / FOLDER}: scheduled snapshot step{'s' if len(gap) > 1 else ''} "
+            f"{', '.join(map(str, gap))} {'are' if len(gap) > 1 else 'is'} missing (deleted, or damaged and not "
+            f"re-made); analysing the {len(have)} there are, across the gap")
+
+
 def drop_after(run: RunDir, step: int) -> None:
     """Remove the snapshots after `step` (a resume retakes them, bit for bit)."""
     for s in steps(run):
@@ -59,22 +139,37 @@ def drop_after(run: RunDir, step: int) -> None:
             path(run, s).unlink()
 
 
-def select(run: RunDir, spec: str) -> list[int]:
-    """The snapshot steps a spec names: 'all', steps (0,100,200: each must exist) and ranges
-    (0-500: the snapshots in it); one-line errors."""
-    have = _available(run)
+def _parse(spec: str) -> list[tuple[int, int | None]]:
+    """A --snapshots spec as `(lo, hi)` ranges (`hi` None: the one step `lo`); one-line errors."""
     if spec == "all":
-        return have
-    chosen = []
+        return [(0, 2**63)]
+    out = []
     for part in spec.split(","):
         try:
             lo, _, hi = part.strip().partition("-")
             lo, hi = int(lo), int(hi) if hi else None
         except ValueError:
             raise RunDirError(f"--snapshots {spec!r}: must be 'all', steps or ranges such as 0,100 or 0-500") from None
+        if hi is not None and hi < lo:
+            raise RunDirError(f"--snapshots {spec!r}: range {part.strip()} is empty (end before start)")
+        out.append((lo, hi))
+    return out
+
+
+def select(run: RunDir, spec: str) -> list[int]:
+    """The snapshot steps a spec names: 'all', steps (0,100,200: each must exist) and ranges
+    (0-500: the snapshots in it); one-line errors."""
+    ranges = _parse(spec)
+    have = _available(run)
+    if spec == "all":
+        return have
+    chosen = []
+    for lo, hi in ranges:
         if hi is None:
             if lo not in have:
-                raise RunDirError(f"snapshot step {lo}: not in {run.path / FOLDER}; available: "
+                why = ("missing (scheduled, but deleted, or damaged and not re-made)" if lo in missing(run)
+                       else f"not in {run.path / FOLDER}")
+                raise RunDirError(f"--snapshots {spec!r}: snapshot step {lo}: {why}; available: "
                                   f"{', '.join(map(str, have)) or 'none'}")
             chosen.append(lo)
         else:

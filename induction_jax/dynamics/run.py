@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 
 
@@ -41,7 +42,8 @@ def dynamics_run(run_dir: str | Path, member: int = 0, batch: int = 32) -> Path:
     if batch < 1:
         raise RunDirError(f"--batch {batch}: must be >= 1")
     with run.lock():
-        run.check_config()
+        interrupted = f"during the dynamics analysis; the run is intact: run again 'induction-jax dynamics {run.path}'"
+        signals.run(run.check_config, what=interrupted)        # Orbax: a second on a busy machine
         steps, params = snapshots.load(run)
         if params["W_E"].shape[1] != len(members):
             raise RunDirError(f"{run.path / snapshots.FOLDER}: snapshots hold {params['W_E'].shape[1]} members, the "
@@ -49,15 +51,18 @@ def dynamics_run(run_dir: str | Path, member: int = 0, batch: int = 32) -> Path:
         if len(steps) < 3:
             raise RunDirError(f"{run.path / snapshots.FOLDER}: {len(steps)} snapshots; timing a formation needs at "
                               f"least 3 (train with --snapshots log)")
-        interrupted = f"during the dynamics analysis; the run is intact: run again 'induction-jax dynamics {run.path}'"
+        gap = snapshots.missing(run, cfg)          # scheduled steps with no file: named, not skipped silently
+        if gap:
+            print(snapshots.missing_message(run, gap, steps.tolist()), file=sys.stderr)
         signals.check(interrupted)
-        result = snapshot_analysis(params, cfg.data.half_length, batch=batch)
+        result = signals.run(snapshot_analysis, params, cfg.data.half_length, batch=batch, what=interrupted)
         signals.check(interrupted)
         labels = [members.label(e) for e in range(len(members))]
         stats, formed = summarize(steps, result["events"], labels)
         stats |= {"snapshot_steps": steps.tolist(), "events": list(result["events"]),
                   "weight_based_not_applicable": result["not_applicable"], "phase_window": _phase_window(run),
-                  "animation_member": member, "final_circuits": result["final_circuits"]}
+                  "animation_member": member, "final_circuits": result["final_circuits"],
+                  "missing_snapshot_steps": gap}
         out = run.output_dir("dynamics")
         save_arrays(out / "trajectories.npz", {"steps": steps, **{f"event_{k}": v for k, v in result["events"].items()},
                                                **{k: result["scores"][k] for k in KEPT if k in result["scores"]}})
