@@ -27,7 +27,7 @@ from induction_jax.arrays import tree_digest
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be trusted: unreadable, or its arrays do not match their digest."""
+    """A checkpoint that cannot be trusted: unreadable, or the digest of its arrays does not match."""
 
 
 def _is_orbax_noise(unraisable) -> bool:
@@ -201,7 +201,8 @@ def _verify(tree, meta: dict, item: str) -> None:
     if want is None:
         raise CheckpointError(f"it records no digest of its {item}")
     if tree_digest(tree) != want:
-        raise CheckpointError(f"its {item} do not match their digest (the files were altered or damaged)")
+        raise CheckpointError(f"the digest of its {item} does not match the one recorded (the files were altered "
+                              f"or damaged)")
 
 
 def restore_latest_good(ckpt: Checkpoints, run_path: Path, restore: Callable[[int], tuple],

@@ -46,8 +46,11 @@ class Members:
             object.__setattr__(self, f.name, value)
         for name in ("init_seed", "data_seed"):
             v = getattr(self, name)
-            if not np.issubdtype(v.dtype, np.integer) or v.min() < 0 or v.max() > SEED_MAX:
+            if not np.issubdtype(v.dtype, np.integer):
                 raise MembersError(f"members.{name}: must be integers in 0..{SEED_MAX}")
+            bad = v[(v < 0) | (v > SEED_MAX)]
+            if len(bad):
+                raise MembersError(f"members.{name}: {bad[0]} out of range; allowed: integers 0..{SEED_MAX}")
         if not np.all(np.isfinite(self.lr)) or self.lr.min() <= 0:
             raise MembersError("members.lr: every learning rate must be a finite number > 0")
         if not np.all(np.isfinite(self.weight_decay)) or self.weight_decay.min() < 0:
@@ -63,7 +66,7 @@ class Members:
     def from_config(cls, cfg: RunConfig) -> "Members":
         """`seeds` members with init seed = data seed = first_seed + i (the `seed` shorthand)."""
         t = cfg.train
-        seeds = np.arange(t.first_seed, t.first_seed + t.seeds, dtype=np.int64)
+        seeds = np.asarray(config_seeds(cfg), dtype=np.int64)
         return cls(seeds, seeds.copy(), np.full(t.seeds, t.lr), np.full(t.seeds, t.weight_decay))
 
     @classmethod
@@ -78,10 +81,10 @@ class Members:
         lrs = [t.lr] if lrs is None else list(lrs)
         wds = [t.weight_decay] if weight_decays is None else list(weight_decays)
         if init_seeds is None and data_seeds is None:
-            seeds = list(range(t.first_seed, t.first_seed + t.seeds))
+            seeds = config_seeds(cfg)
             pairs = [(s, s) for s in seeds]
         else:
-            default = list(range(t.first_seed, t.first_seed + t.seeds))
+            default = config_seeds(cfg) if init_seeds is None or data_seeds is None else []
             pairs = list(itertools.product(init_seeds if init_seeds is not None else default,
                                            data_seeds if data_seeds is not None else default))
         rows = [(arm, lr, wd, a, b) for arm, lr, wd, (a, b) in itertools.product(arms or ["none"], lrs, wds, pairs)]
@@ -142,6 +145,18 @@ class Members:
 
     def select(self, index) -> "Members":
         return Members(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+def config_seeds(cfg: RunConfig) -> list[int]:
+    """The seeds first_seed .. first_seed + seeds - 1 of the config, or a one-line error naming
+    --first-seed and --seeds when the last is past SEED_MAX."""
+    t = cfg.train
+    last = t.first_seed + t.seeds - 1
+    if last > SEED_MAX:
+        raise MembersError(f"--first-seed {t.first_seed} --seeds {t.seeds}: the members' seeds "
+                           f"{t.first_seed}..{last} go past {SEED_MAX}; allowed: first seed + seeds - 1 <= "
+                           f"{SEED_MAX}, so --first-seed at most {SEED_MAX - t.seeds + 1} for --seeds {t.seeds}")
+    return list(range(t.first_seed, last + 1))
 
 
 def _check_seed(value: int) -> int:

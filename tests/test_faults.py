@@ -146,7 +146,7 @@ def test_arrays_that_decode_but_differ_fail_their_digest(reference, tmp_path):
         forged.save(900, state, meta)
     shutil.rmtree(run / "checkpoints" / "900" / "state")
     shutil.copytree(tmp_path / "forged" / "900" / "state", run / "checkpoints" / "900" / "state")
-    _assert_fell_back(_resume(run), run, reference, "do not match their digest")
+    _assert_fell_back(_resume(run), run, reference, "does not match the one recorded")
 
 
 def test_flipped_params_bytes_are_caught_by_the_analysis(capsys, reference, tmp_path):

@@ -126,7 +126,17 @@ def parse(arm: str, cfg: RunConfig) -> list[tuple]:
         raise InterventionError(f"intervention '': empty; allowed: {SYNTAX}")
     out = []
     L = cfg.model.n_layers
-    for part in arm.split("+"):
+    parts = [p.strip() for p in arm.split("+")]
+    if "none" in parts:
+        raise InterventionError(f"--intervention {arm!r}: 'none' stands alone (the arm with no intervention) and "
+                                f"cannot be combined with +; allowed: {SYNTAX}")
+    repeated = next((p for i, p in enumerate(parts) if p in parts[:i]), None)
+    if repeated is not None:
+        raise InterventionError(f"--intervention {arm!r}: {repeated!r} appears twice in one arm; each part may appear "
+                                f"once (different heads, kinds or windows combine, e.g. ablate:L0H0+ablate:L0H1)")
+    owner = {}                      # (kind, target, where) -> the part that set it: one window each
+    for part in parts:
+        first = len(out)
         body, _, window = part.partition("@")
         span = _window(window or None, cfg.train.steps, arm)
         fields = body.split(":")
@@ -158,6 +168,11 @@ def parse(arm: str, cfg: RunConfig) -> list[tuple]:
                 out += [("cut", head, (t, PATHS.index(fields[1])), 1.0, span) for t in targets]
         else:
             out += [("freeze", target, where, 1.0, span) for target, where in _freeze_targets(fields[1:], cfg, arm)]
+        for kind_, target, where, *_ in out[first:]:
+            other = owner.setdefault((kind_, target, where), part)
+            if other != part:
+                raise InterventionError(f"--intervention {arm!r}: {part!r} sets what {other!r} already sets (one "
+                                        f"strength and window per head or weight and kind); name it once")
     return out
 
 
