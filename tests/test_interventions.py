@@ -226,16 +226,22 @@ def test_bad_arms_get_one_line_and_nothing_is_written(capsys, tmp_path, arm, fra
 
 def test_the_paired_shift_against_control(short):
     from induction_jax.phase.run import arm_effects
-    members = Members.grid(short.replace(seeds=3), arms=["none", "ablate:L1H0"])
+    members = Members.grid(short.replace(seeds=4), arms=["none", "ablate:L1H0"])
 
     class T:
-        midpoint = np.array([100.0, 110.0, np.nan, 130.0, 135.0, 150.0])
+        midpoint = np.array([100.0, 110.0, np.nan, 120.0, 130.0, 135.0, 150.0, 148.0])
 
     effects = arm_effects(members, {"in_context_score": T})
     row = effects["arms"]["ablate:L1H0"]
-    assert (row["n_pairs"], row["n_pairs_timed"], row["mean_shift"]) == (3, 2, 27.5)
+    assert (row["n_pairs"], row["n_pairs_timed"]) == (4, 3) and row["mean_shift"] == pytest.approx(83 / 3)
     assert row["ci95_low"] <= 25 and row["ci95_high"] >= 30
-    assert effects["arms"]["none"]["n_timed"] == 2
+    assert effects["arms"]["none"]["n_timed"] == 3
+
+    class Two:      # two timed pairs: a shift, but no interval (docs/definitions.md: n >= 3)
+        midpoint = np.array([100.0, 110.0, np.nan, np.nan, 130.0, 135.0, 150.0, np.nan])
+
+    row = arm_effects(members, {"in_context_score": Two})["arms"]["ablate:L1H0"]
+    assert row["mean_shift"] == 27.5 and row["ci95_low"] is None and "needs at least 3" in row["ci95_note"]
 
 
 def test_a_sweep_of_arms_names_every_arm_in_its_tables_figures_and_report(tmp_path):

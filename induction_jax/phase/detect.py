@@ -1,9 +1,14 @@
 """Phase-change timing of one curve per member (docs/definitions.md), vectorised over members.
 
 From a curve s(t) logged during training, smoothed with a centred moving average:
-s0 = mean of the first 5%, s1 = mean of the last 10%; onset / midpoint / end = the step
-where s first crosses s0 + {0.1, 0.5, 0.9}(s1 - s0); peak-slope step = argmax of the
-derivative of the smoothed s. A threshold crossing is located between the two probe points
+s0 = the level before the transition (mean of the first BASELINE_STEPS steps), s1 = the level
+of the plateau right after it (`plateau_levels`: from the steepest rise, the slope falls under
+PLATEAU_FRACTION of its peak tau steps later; s1 = the mean level over [peak + tau, peak +
+2 tau], where the slope must stay under PLATEAU_RESUME of it), so neither depends on how long the
+run went on after the transition; onset / midpoint / end = the step where s first crosses
+s0 + {0.1, 0.5, 0.9}(s1 - s0); peak-slope step = argmax of the derivative of the smoothed s.
+A curve whose plateau is not yet in the record (still rising at its end) is censored "not
+finished". A threshold crossing is located between the two probe points
 that bracket it, by linear interpolation of the smoothed curve, and the peak slope at the
 vertex of a parabola through the largest slope and its neighbours: a timing is never
 quantised to the probe grid. A member whose rise |s1 - s0| is below `min_rise` is censored
@@ -31,6 +36,22 @@ TIMINGS = (*FRACTIONS, "peak_slope", "logistic_midpoint", "logistic_width")
 # (a trained member collapsing) is censored, not timed as a phase change.
 DIRECTION = {"in_context_score": 1, "induction_score": 1, "prev_token_score": 1,
              "probe_loss_second_half": -1, "loss_second_half": -1}
+
+# The levels of a transition, from the transition itself (docs/definitions.md): s0 = the mean
+# of the first BASELINE_STEPS steps (cut at the foot of the steepest rise); s1 = the plateau
+# after it. The slope that finds the plateau is taken on the curve smoothed over
+# PLATEAU_SMOOTH_STEPS (at least the timing window), in the formation's direction; tau = the
+# steps from its peak to the first point where it falls under PLATEAU_FRACTION of the peak;
+# the plateau is [peak + PLATEAU_FROM tau, peak + PLATEAU_TO tau], over which (from the
+# slowdown on) the slope must stay under PLATEAU_RESUME of the peak (else the rise resumed and
+# the search goes on from there: hysteresis, so probe noise alone does not restart it), and
+# every point it uses must be unaffected by where the record ends.
+BASELINE_STEPS = 50.0
+PLATEAU_SMOOTH_STEPS = 50.0
+PLATEAU_FRACTION = 0.1
+PLATEAU_RESUME = 0.2        # hysteresis: the rise has resumed only where the slope is back over this fraction
+PLATEAU_FROM, PLATEAU_TO = 1.0, 2.0
+NOT_FINISHED = "transition not finished by the last step"
 
 
 def window_points(probe_interval: float, smooth_steps: float) -> int:
@@ -195,6 +216,58 @@ def _refine(t, y_EN, ok_EN, t0_EK, w_EK, axis: str) -> np.ndarray:
     return np.take_along_axis(grid, best[:, None], -1)[:, 0]
 
 
+def plateau_levels(steps: np.ndarray, s_EN: np.ndarray, wide_EN: np.ndarray, direction_E: np.ndarray,
+                   half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`(s0, s1, finished, plateau_end)` per member from the timing-smoothed curve `s_EN` and the curve smoothed
+    for the slope `wide_EN` (half-window `half` points); see the constants above.
+
+    A point counts only where neither smoothing reaches past the end of the record, so a member
+    trained longer gets the same levels. Where no plateau is in the record, `finished` is False
+    and s1 is the level at the last such point (provisional: it still sets the onset of a
+    formation that has started), and plateau_end is +inf.
+    """
+    t = np.asarray(steps, float)
+    E, N = s_EN.shape
+    last_ok = N - 2 - half          # slope at i uses the wide average at i +- 1, which reaches i + 1 + half
+    s0, s1 = np.full(E, np.nan), np.full(E, np.nan)
+    finished = np.zeros(E, bool)
+    plateau_end = np.full(E, np.inf)
+    slope_EN = np.gradient(wide_EN, t, axis=-1) * direction_E[:, None] if N > 1 else np.zeros_like(wide_EN)
+    for e in range(E):
+        y, g = s_EN[e], np.where(np.isfinite(slope_EN[e]), slope_EN[e], -np.inf)
+        if not np.isfinite(y).any():
+            continue
+        j = int(np.argmax(g))
+        thr = PLATEAU_FRACTION * g[j] if np.isfinite(g[j]) and g[j] > 0 else 0.0
+        under = np.flatnonzero(g[:j] < thr)
+        foot = t[under[-1]] if len(under) else t[0]
+        base = np.isfinite(y) & (t <= max(min(t[0] + BASELINE_STEPS, foot), t[np.argmax(np.isfinite(y))]))
+        s0[e] = y[base].mean()
+        ok_last = min(last_ok, N - 1)
+        s1[e] = y[:ok_last + 1][np.isfinite(y[:ok_last + 1])][-1] if np.isfinite(y[:ok_last + 1]).any() else np.nan
+        k = j
+        while j <= ok_last:
+            after = np.flatnonzero(g[k + 1:ok_last + 1] < thr)
+            if not len(after):
+                break
+            q = k + 1 + int(after[0])
+            tau = t[q] - t[j]
+            t_end = t[j] + PLATEAU_TO * tau
+            if t_end > t[ok_last]:
+                break
+            end = int(np.searchsorted(t, t_end, side="right")) - 1
+            resumed = np.flatnonzero(g[q:end + 1] >= thr * PLATEAU_RESUME / PLATEAU_FRACTION)
+            if len(resumed):
+                k = q + int(resumed[0])
+                continue
+            window = np.flatnonzero((t >= t[j] + PLATEAU_FROM * tau) & (t <= t_end) & np.isfinite(y))
+            s1[e] = y[window].mean() if len(window) else y[end]
+            finished[e] = True
+            plateau_end[e] = t_end
+            break
+    return s0, s1, finished, plateau_end
+
+
 def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int = 5,
            min_rise: float | None = None) -> Timing:
     """Onset, midpoint, end, peak-slope and logistic estimates for every member's curve."""
@@ -205,33 +278,46 @@ def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int
     min_rise = MIN_RISE.get(metric, 0.2) if min_rise is None else min_rise
     s = moving_average(values_EN, window)
     N = s.shape[-1]
-    n0, n1 = max(1, int(round(0.05 * N))), max(1, int(round(0.10 * N)))
-    s0 = np.nanmean(s[:, :n0], -1)
-    s1 = np.array([row[np.isfinite(row)][-n1:].mean() if np.isfinite(row).any() else np.nan for row in s])
+    n1 = max(1, int(round(0.10 * N)))
+    # the level the record ends at: only to tell a collapse (and the direction of a curve of
+    # unknown direction), never a level of the transition
+    last = np.array([row[np.isfinite(row)][-n1:].mean() if np.isfinite(row).any() else np.nan for row in s])
+    first = np.array([row[np.isfinite(row)][0] if np.isfinite(row).any() else np.nan for row in s])
+    if metric in DIRECTION:
+        direction = np.full(len(s), float(DIRECTION[metric]))
+    else:
+        direction = np.where(last - first >= 0, 1.0, -1.0)
+    wide = max(window, window_points(float(np.median(np.diff(steps))) if N > 1 else 1.0, PLATEAU_SMOOTH_STEPS))
+    s0, s1, finished, plateau_end = plateau_levels(steps, s, moving_average(values_EN, min(wide, N - (1 - N % 2))),
+                                      direction, wide // 2)
     rise = s1 - s0
-    direction = np.where(rise >= 0, 1.0, -1.0)
     progress = (s - s0[:, None]) / np.where(np.abs(rise) > 0, rise, 1.0)[:, None]
     out = {name: _first_crossing(steps, progress, f) for name, f in FRACTIONS.items()}
     slope = np.gradient(s * direction[:, None], steps, axis=-1)
     peak = _peak_vertex(steps, slope)
-    t0, w = logistic_fit(steps, values_EN)
+    # the logistic is fitted up to the end of the plateau, not over whatever followed it
+    t0, w = logistic_fit(steps, np.where(np.asarray(steps, float)[None] <= plateau_end[:, None], values_EN, np.nan))
     reasons = []
     for e in range(len(s0)):
-        if not np.isfinite(rise[e]):
+        moved = (last[e] - s0[e]) * direction[e]
+        if not (np.isfinite(rise[e]) and np.isfinite(last[e])):
             reasons.append("no finite values")
+        elif moved < -min_rise:
+            reasons.append(f"moves the wrong way ({last[e] - s0[e]:+.3g}): a collapse, not a formation")
         elif abs(rise[e]) < min_rise:
             reasons.append(f"no transition: rise {rise[e]:+.3g} below {min_rise:g}")
-        elif metric in DIRECTION and np.sign(rise[e]) != DIRECTION[metric]:
-            reasons.append(f"moves the wrong way ({rise[e]:+.3g}): a collapse, not a formation")
+        elif not finished[e]:
+            reasons.append(f"{NOT_FINISHED}: still rising at its end (its slope has not stayed under "
+                           f"{PLATEAU_FRACTION:g} of its peak over a plateau)")
         elif not np.isfinite(out["end"][e]):
-            reasons.append("transition not finished by the last step")
+            reasons.append(NOT_FINISHED)
         else:
             reasons.append("")
     censored = np.array([bool(r) for r in reasons])
     nan_if = lambda v: np.where(censored, np.nan, v)  # noqa: E731
     # A start counts (for the survival of "not yet started") only where there is a formation
     # that has not finished; a curve with no transition, or one that collapses, never started.
-    started = np.array([r in ("", "transition not finished by the last step") for r in reasons])
+    started = np.array([r == "" or r.startswith(NOT_FINISHED) for r in reasons])
     return Timing(metric, steps, s, s0, s1, nan_if(out["onset"]), nan_if(out["midpoint"]), nan_if(out["end"]),
                   nan_if(peak), nan_if(t0), nan_if(w), censored, reasons,
                   float(np.median(np.diff(steps))) if len(steps) > 1 else float("nan"),

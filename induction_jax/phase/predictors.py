@@ -22,7 +22,7 @@ from induction_jax.analysis import circuits
 from induction_jax.analysis.factored import FactoredMatrix
 from induction_jax.config import RunConfig
 from induction_jax.data import sample_batch
-from induction_jax.phase.variance import spearman
+from induction_jax.phase.variance import MIN_N_SPEARMAN, spearman
 
 # name -> (what it is, whether it depends on the init seed alone)
 DESCRIPTIONS = {
@@ -100,10 +100,15 @@ def predictor_table(quantities: dict, timing: np.ndarray, init_seed: np.ndarray,
             x, t, unit = values, timing, "member"
         rows.append({"name": name, "description": what, "unit": unit, **spearman(x, t, n_boot=n_boot)})
     rows.sort(key=lambda r: -abs(r["rho"]) if r["rho"] is not None else 0)
-    excluding = [r["name"] for r in rows if r["rho"] is not None and (r["ci95_low"] > 0 or r["ci95_high"] < 0)]
+    excluding = [r["name"] for r in rows if r["ci95_low"] is not None and (r["ci95_low"] > 0 or r["ci95_high"] < 0)]
     if all(r["rho"] is None for r in rows):
         verdict = (f"not tested: {int(np.isfinite(timing).sum())} of {len(timing)} members timed; a rank "
                    f"correlation needs at least 3 timed members whose values vary")
+    elif all(r["ci95_low"] is None for r in rows):
+        n = max(r["n"] for r in rows)
+        verdict = (f"not tested: {n} points (timed members, or init seeds where a quantity depends on the init "
+                   f"seed alone); a Spearman CI covers too rarely below {MIN_N_SPEARMAN} (docs/definitions.md), "
+                   f"so none is given and no rho here means anything yet")
     elif excluding:
         best = rows[0]
         verdict = (f"{len(excluding)} of {len(rows)} quantities have a 95% CI that excludes 0 (no correction for "

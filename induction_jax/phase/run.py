@@ -16,11 +16,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy import stats as _scipy_stats
 
 from induction_jax.phase import figures
 from induction_jax.phase.detect import TIMINGS, PhaseError, Timing, detect, window_points
 from induction_jax.phase.predictors import init_quantities, predictor_table
-from induction_jax.phase.stats import formation_order, resolution, summarize
+from induction_jax.phase.stats import MIN_N_MEAN_CI, formation_order, plan_sample_size, resolution, summarize
 from induction_jax.phase.survival import censor_at_last_step, kaplan_meier
 from induction_jax.phase.variance import crossed_matrix, variance_decomposition
 from induction_jax.metrics import metric_matrix, read_metrics
@@ -30,7 +31,7 @@ CURVES = ("in_context_score", "induction_score", "prev_token_score")
 # The training loss of every step: a second estimate of the timing at no cost in probes.
 STEP_CURVE = "loss_second_half"
 DECOMPOSED = ("onset", "midpoint", "end")
-# Smoothing spans in steps, chosen by measurement (experiments/timing_precision.py, README): on
+# Smoothing spans in steps, chosen by measurement (experiments/timing_precision.py, docs/studies/phase-timing.md): on
 # the default run, wider windows bias every crossing (a 41-step window moved midpoints by +4.8
 # steps, onsets by -8) and blur the differences between members, while the probe noise they
 # average away is under half a step. The per-step training loss is far noisier per point.
@@ -73,10 +74,11 @@ def time_curves(table: dict, n_members: int, smooth_steps: float = SMOOTH_STEPS,
     return out
 
 
-def _curve_stats(t: Timing) -> dict:
+def _curve_stats(t: Timing, loss_smooth_steps: float = LOSS_SMOOTH_STEPS) -> dict:
     stats = {k: summarize(getattr(t, k)) for k in TIMINGS}
+    per_step = loss_smooth_steps if t.metric == STEP_CURVE else None     # recorded every step: no probes
     for k in ("onset", "midpoint", "end", "peak_slope"):
-        stats[k]["resolution"] = resolution(stats[k], t.probe_interval)
+        stats[k]["resolution"] = resolution(stats[k], t.probe_interval, per_step)
     return stats | {"probe_interval": t.probe_interval}
 
 
@@ -89,6 +91,8 @@ def arm_stats(cfg, members, timings: dict[str, Timing], table: dict, idx: np.nda
     out = {"members": idx.tolist(), "n": len(idx), "in_context_midpoint": summarize(ic.midpoint[idx]),
            "probe_interval": ic.probe_interval}
     out["in_context_midpoint"]["resolution"] = resolution(out["in_context_midpoint"], ic.probe_interval)
+    # how many members a study of this timing needs, from this arm as a pilot
+    out["planning"] = plan_sample_size(ic.midpoint[idx]) | {"timing": "in_context_score midpoint"}
     try:
         crossed_matrix(sub.init_seed, sub.data_seed, np.zeros(len(idx)))
         out["variance"] = {name: {k: _decompose(sub, getattr(t, k)[idx]) for k in DECOMPOSED}
@@ -119,8 +123,9 @@ def arm_effects(members, timings: dict[str, Timing], circuit: dict | None = None
     """Each intervention arm against the control arm ('none'), paired: a treated member is
     compared with the control member of the same init seed, data seed, lr and weight decay.
     The in-context midpoint shift (treated minus control) over the pairs where both formed,
-    with a bootstrap 95% CI of the mean (pairs resampled), and how many members of each arm
-    formed the transition (and, after `analyze`, the induction circuit)."""
+    with a Student-t 95% CI of the mean (from 2 pairs: 1 degree of freedom, wide but with its
+    coverage), the sd of the differences and the pairs a study needs to detect a shift (`plan_sample_size`), and
+    how many members of each arm formed the transition (and, after `analyze`, the induction circuit)."""
     arms = list(dict.fromkeys(members.arm))
     if CONTROL not in arms or len(arms) < 2:
         return None
@@ -128,7 +133,6 @@ def arm_effects(members, timings: dict[str, Timing], circuit: dict | None = None
     key = lambda i: (members.init_seed[i], members.data_seed[i], members.lr[i], members.weight_decay[i])  # noqa: E731
     control = {key(i): i for i in range(len(members)) if members.arm[i] == CONTROL}
     verdicts = None if circuit is None else [r.get("induction_circuit", False) for r in circuit["members"]]
-    rng = np.random.default_rng(seed)
     out = {}
     for arm in arms:
         idx = [i for i in range(len(members)) if members.arm[i] == arm]
@@ -141,17 +145,24 @@ def arm_effects(members, timings: dict[str, Timing], circuit: dict | None = None
             d = d[np.isfinite(d)]
             row |= {"n_pairs": len(pairs), "n_pairs_timed": int(len(d))}
             if len(d):
-                boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
-                lo, hi = np.percentile(boots, [2.5, 97.5])
                 row |= {"mean_shift": float(d.mean()), "median_shift": float(np.median(d)),
-                        "ci95_low": float(lo), "ci95_high": float(hi)}
+                        "ci95_low": None, "ci95_high": None}
+            if 0 < len(d) < MIN_N_MEAN_CI:
+                row["ci95_note"] = (f"no interval from {len(d)} timed pair(s); a Student-t interval needs at "
+                                    f"least {MIN_N_MEAN_CI} (docs/definitions.md)")
+            if len(d) >= MIN_N_MEAN_CI:
+                h = _scipy_stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+                row |= {"ci95_low": float(d.mean() - h), "ci95_high": float(d.mean() + h),
+                        "sd_diff": float(d.std(ddof=1)),
+                        "planning": plan_sample_size(np.array([mid[c] for _, c in pairs]), d)}
         out[arm] = row
     return {"control": CONTROL, "timing": "in_context_score midpoint", "arms": out}
 
 
 def phase_stats(cfg, members, timings: dict[str, Timing], table: dict, last_step: int,
-                predictors: dict | None = None, circuit: dict | None = None) -> dict:
-    stats = {name: _curve_stats(t) for name, t in timings.items()}
+                predictors: dict | None = None, circuit: dict | None = None,
+                loss_smooth_steps: float = LOSS_SMOOTH_STEPS) -> dict:
+    stats = {name: _curve_stats(t, loss_smooth_steps) for name, t in timings.items()}
     eval_every = timings["in_context_score"].probe_interval
     # By onset and by peak slope as well as by midpoint: a curve that jumps and then creeps up
     # (the previous-token score here) has a late midpoint though it forms with the other.
@@ -211,7 +222,7 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
         write_text_atomic(out / "timings.csv", buf.getvalue())
         circuit_path = run.path / "analysis" / "circuit.json"
         circuit = json.loads(circuit_path.read_text()) if circuit_path.is_file() else None
-        stats = phase_stats(cfg, members, timings, table, last, predictors, circuit)
+        stats = phase_stats(cfg, members, timings, table, last, predictors, circuit, loss_smooth_steps)
         stats["censored"] = {name: [{"member": e, "reason": t.reason[e]} for e in range(E) if t.censored[e]]
                              for name, t in timings.items()}
         stats["last_step"], stats["steps"] = last, cfg.train.steps

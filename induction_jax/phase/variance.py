@@ -2,8 +2,11 @@
 
 A crossed design of I init seeds x J data seeds, one member (one timing) per cell, splits the
 variance of the timing into an init-seed part, a data-seed part and a residual by a two-way
-random-effects ANOVA without replication; a bootstrap over the crossed grid gives their CIs.
-`spearman` gives a rank correlation with a bootstrap CI, for timing predictors.
+random-effects ANOVA without replication; generalized confidence intervals (generalized
+pivotal quantities of the normal random-effects model) give their 95% CIs. `spearman` gives a
+rank correlation with a bootstrap CI, for timing predictors. Below MIN_LEVELS of either
+factor, or MIN_N_SPEARMAN pairs, no interval is given (tests/test_stats_calibration.py
+measures why).
 """
 
 from __future__ import annotations
@@ -13,6 +16,14 @@ import numpy as np
 from induction_jax.phase.detect import PhaseError
 
 SOURCES = ("init", "data", "residual")
+# The smallest grid given a decomposition: with 2 levels a factor's variance has 1 degree of
+# freedom and the 95% CI of its share spans all of [0, 1] (median width 1.0 at 2 x 2, 0.89 at 3 x 3,
+# 0.49 at 8 x 8; tests/test_stats_calibration.py).
+MIN_LEVELS = 3
+# The fewest pairs given a Spearman CI and verdict: the bootstrap CI covers 0.94-0.97 from 6
+# pairs (rho 0, 0.5, 0.8) but 0.87 at 5 (rho 0), and at 4 a bootstrap of 4 ranks gives [1, 1]
+# (tests/test_stats_calibration.py; docs/definitions.md).
+MIN_N_SPEARMAN = 6
 
 
 def crossed_matrix(init_seeds, data_seeds, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,34 +100,67 @@ def anova_two_way(matrix_IJ: np.ndarray) -> dict:
             "shares": _floats(a["shares"])}
 
 
-def variance_decomposition(matrix_IJ: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
-    """`anova_two_way` plus 95% percentile CIs of each component and share.
+CI_METHOD = "generalized pivotal quantities of the random-effects model (percentile 2.5-97.5)"
 
-    The bootstrap resamples init seeds (rows) with replacement and, independently, data seeds
-    (columns), keeping the grid crossed: both are random factors, so both are sampled. A
-    censored member (NaN cell) breaks the grid: the shares are then None, with the reason.
+
+def generalized_intervals(ms_init, ms_data, ms_res, I: int, J: int, n_draws: int = 2000,
+                          rng: np.random.Generator | None = None) -> dict:
+    """95% generalized confidence intervals `[R, 2]` of each component and share, for R grids
+    given by their mean squares `[R]` (vectorised over grids so the coverage can be simulated).
+
+    Under x_ij = m + a_i + b_j + e_ij with normal effects, SS_A / (J var_a + var_e), SS_B /
+    (I var_b + var_e) and SS_E / var_e are independent chi-squares with I-1, J-1, (I-1)(J-1)
+    df. Replacing each by a chi-square draw U gives the generalized pivots var_e* = SS_E / U_E,
+    var_a* = max(0, (SS_A / U_A - var_e*) / J), var_b* likewise, and the shares from the same
+    draw; their 2.5 and 97.5 percentiles are the interval (Weerahandi 1993; for the residual it
+    is the exact chi-square interval). A nonparametric bootstrap over the crossed grid covers
+    the components too rarely (0.77-0.87 at 8 x 8), a parametric percentile bootstrap 0.86-0.90;
+    these cover 0.93-0.97 (tests/test_stats_calibration.py).
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    ms = [np.atleast_1d(np.asarray(v, float)) for v in (ms_init, ms_data, ms_res)]
+    R = len(ms[0])
+    df_a, df_b, df_e = I - 1, J - 1, (I - 1) * (J - 1)
+    u_a = rng.chisquare(df_a, (R, n_draws))
+    u_b = rng.chisquare(df_b, (R, n_draws))
+    u_e = rng.chisquare(df_e, (R, n_draws))
+    res = ms[2][:, None] * df_e / u_e
+    comp = {"init": np.maximum(0.0, (ms[0][:, None] * df_a / u_a - res) / J),
+            "data": np.maximum(0.0, (ms[1][:, None] * df_b / u_b - res) / I),
+            "residual": res}
+    total = comp["init"] + comp["data"] + comp["residual"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = {k: np.where(total > 0, v / total, np.nan) for k, v in comp.items()}
+    q = lambda v: np.moveaxis(np.nanpercentile(v, [2.5, 97.5], axis=1), 0, -1)  # noqa: E731
+    return {"components": {k: q(v) for k, v in comp.items()}, "shares": {k: q(v) for k, v in share.items()}}
+
+
+def variance_decomposition(matrix_IJ: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """`anova_two_way` plus 95% CIs of each component and share (`generalized_intervals`,
+    `n_boot` draws). A censored member (NaN cell) breaks the grid, and a grid under MIN_LEVELS
+    of either factor is too small to mean anything: the shares are then None, with the reason.
     """
     x_IJ = np.asarray(matrix_IJ, float)
     n_nan = int((~np.isfinite(x_IJ)).sum())
+    none = {"I": x_IJ.shape[0], "J": x_IJ.shape[1], "n_boot": n_boot, "ci_method": CI_METHOD, "grand_mean": None,
+            "mean_squares": None, "components": None, "shares": None, "components_ci95": None, "shares_ci95": None}
     if n_nan:
-        return {"I": x_IJ.shape[0], "J": x_IJ.shape[1], "n_boot": n_boot, "grand_mean": None,
-                "mean_squares": None, "components": None, "shares": None,
-                "components_ci95": None, "shares_ci95": None,
-                "reason": f"{n_nan} of {x_IJ.size} members censored: the ANOVA needs every cell timed"}
+        return none | {"reason": f"{n_nan} of {x_IJ.size} members censored: the ANOVA needs every cell timed"}
+    if min(x_IJ.shape) < MIN_LEVELS:
+        return none | {"reason": f"{x_IJ.shape[0]} init x {x_IJ.shape[1]} data seeds: a decomposition needs at least "
+                                 f"{MIN_LEVELS} of each (with 2, a factor's variance has 1 degree of freedom and the "
+                                 f"95% CI of its share spans all of 0-1)"}
     out = anova_two_way(x_IJ)
     I, J = x_IJ.shape
-    rng = np.random.default_rng(seed)
-    rows_BI = rng.integers(0, I, (n_boot, I))
-    cols_BJ = rng.integers(0, J, (n_boot, J))
-    boot = _anova_BIJ(x_IJ[rows_BI[:, :, None], cols_BJ[:, None, :]])
+    ms = out["mean_squares"]
+    gi = generalized_intervals(ms["init"], ms["data"], ms["residual"], I, J, n_boot, np.random.default_rng(seed))
 
-    def ci(v_B):
-        v_B = v_B[np.isfinite(v_B)]
-        return [float(q) for q in np.percentile(v_B, [2.5, 97.5])] if len(v_B) else None
+    def ci(v_R2):
+        return [float(v) for v in v_R2[0]] if np.isfinite(v_R2[0]).all() else None
 
-    return out | {"n_boot": n_boot,
-                  "components_ci95": {k: ci(boot["components"][k]) for k in SOURCES},
-                  "shares_ci95": {k: ci(boot["shares"][k]) for k in SOURCES},
+    return out | {"n_boot": n_boot, "ci_method": CI_METHOD,
+                  "components_ci95": {k: ci(gi["components"][k]) for k in SOURCES},
+                  "shares_ci95": {k: ci(gi["shares"][k]) for k in SOURCES},
                   "reason": None if out["shares"]["init"] is not None
                   else "every member has the same timing: no variance to share"}
 
@@ -149,7 +193,8 @@ def _pearson_BN(x_BN: np.ndarray, y_BN: np.ndarray) -> np.ndarray:
 
 def spearman(x, y, n_boot: int = 2000, seed: int = 0) -> dict:
     """Spearman rank correlation (average ranks for ties) over the pairs with no NaN, with a 95%
-    percentile CI from resampling pairs; rho None below 3 pairs or when either side is constant."""
+    percentile CI from resampling pairs; rho None below 3 pairs or when either side is constant,
+    the CI None below MIN_N_SPEARMAN pairs."""
     x_N, y_N = np.asarray(x, float), np.asarray(y, float)
     if x_N.shape != y_N.shape or x_N.ndim != 1:
         raise PhaseError(f"x of shape {x_N.shape} and y of shape {y_N.shape}: need two 1-D arrays of one length")
@@ -162,6 +207,8 @@ def spearman(x, y, n_boot: int = 2000, seed: int = 0) -> dict:
     rho = _pearson_BN(_average_ranks(x_N[None]), _average_ranks(y_N[None]))[0]
     if not np.isfinite(rho):
         return none
+    if n < MIN_N_SPEARMAN:      # no interval that means anything (a bootstrap of 4 ranks gives [1, 1])
+        return none | {"rho": float(rho)}
     idx_BN = np.random.default_rng(seed).integers(0, n, (n_boot, n))
     boots = _pearson_BN(_average_ranks(x_N[idx_BN]), _average_ranks(y_N[idx_BN]))
     # a resample can draw one pair n times: a constant side has no rank correlation, so it is left out

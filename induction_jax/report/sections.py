@@ -468,9 +468,21 @@ def _arm_html(label: str, arm: dict) -> str:
     ic = arm.get("in_context_midpoint") or {}
     out = [f"<h4>Arm: {esc(label)} ({fmt(arm.get('n'))} members)</h4>",
            f"<p>In-context score midpoint: median {fmt(ic.get('median'))}, mean {fmt(ic.get('mean'))} ± "
-           f"{fmt(ic.get('std'))} (95% CI {fmt(ic.get('ci95_low'))} to {fmt(ic.get('ci95_high'))}), "
-           f"probe interval {fmt(arm.get('probe_interval'))}"
+           f"{fmt(ic.get('std'))} ("
+           + (f"95% CI {fmt(ic.get('ci95_low'))} to {fmt(ic.get('ci95_high'))}" if ic.get("ci95_low") is not None
+              else esc(ic.get("ci95_note") or "no CI of the mean"))
+           + f"), probe interval {fmt(arm.get('probe_interval'))}"
            + (f"; <span class=\"warn\">{esc(ic['resolution'])}</span>" if ic.get("resolution") else "") + ".</p>"]
+    plan = arm.get("planning") or {}
+    if plan.get("sd") is not None:
+        prec = ", ".join(f"±{p['d']:g}: {fmt(p['n'])} [{fmt(p['n_upper80'])}]" for p in plan["precision"])
+        shift = ", ".join(f"{p['shift']:g}: {fmt(p['n_per_arm'])} [{fmt(p['n_per_arm_upper80'])}]" for p in plan["shift"])
+        out.append(f"<p class=\"note\">Members needed, from this arm as a pilot (sd {fmt(plan['sd'])} steps over "
+                   f"{fmt(plan['n_pilot'])} timed; in brackets from its 80% upper bound {fmt(plan['sd_upper80'])}): "
+                   f"for a 95% CI of the mean midpoint of ±d steps, {esc(prec)}; per arm for a t-test to detect a "
+                   f"shift of s steps with power 0.8 (two independent arms), {esc(shift)}.</p>")
+    elif plan.get("note"):
+        out.append(f"<p class=\"note\">Members needed: {esc(plan['note'])}.</p>")
     var = arm.get("variance")
     if var:
         rows = []
