@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from induction_jax import __version__, distributed, ensemble, interventions, memory, plots, signals, snapshots
-from induction_jax.checkpoint import Checkpoints, restore_latest_good
+from induction_jax.checkpoint import CheckpointError, Checkpoints, restore_latest_good
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
 from induction_jax.metrics import NullTables, RunTables, metric_matrix, read_metrics
@@ -151,10 +151,8 @@ def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, membe
     """Train `members` (default: the config's seeds) and write the run directory `out`."""
     run = RunDir(Path(out))
     members = members or Members.from_config(cfg)
-    devices, group = _plan(cfg, members)          # what cannot work fails before anything is written
-    described = snapshots.describe(cfg, len(members))
-    if distributed.is_writer() and described:
-        _log(described)
+    # What cannot work fails before anything is written (it compiles the step to measure it: interruptible).
+    devices, group = signals.run(_plan, cfg, members, what="before training started; nothing was written")
     if distributed.is_writer():
         run.create()
     with _writer_lock(run):
@@ -162,9 +160,13 @@ def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, membe
             kept = run.prepare_new(overwrite)
             if kept:
                 _log(f"induction-jax: --overwrite kept {len(kept)} file(s) it did not write: {', '.join(kept[:5])}")
+            described = snapshots.describe(cfg, len(members))   # after the lock: a refused writer says one line
+            if described:
+                _log(described)
         distributed.barrier("prepared")
         if distributed.is_writer():
-            run.write_config(cfg, members, {"jax_version": jax.__version__, "device": device_description()})
+            run.write_config(cfg, members, {"jax_version": jax.__version__, "device": device_description(),
+                                            "snapshot_steps": cfg.train.snapshot_steps})
         signals.check(f"before training started; {run.path} holds only its config: start again with --overwrite")
         ensemble.enable_compilation_cache()
         state = ensemble.init_ensemble(cfg, members, devices, group)
@@ -192,6 +194,84 @@ def check_resume_overrides(cfg: RunConfig, overrides: dict) -> RunConfig:
     return cfg.replace(**{k: v for k, v in overrides.items() if k in RESUMABLE_CHANGES})
 
 
+def _check_snapshots(run: RunDir, schedule: list[int], start: int) -> list[int]:
+    """Verify the snapshots a resume keeps (at or before its checkpoint `start`): each damaged one
+    is moved aside to RUN_DIR/snapshots_broken/ with a one-line message. Returns the scheduled
+    steps up to `start` that have no good file now (to re-make)."""
+    bad = snapshots.verify(run, start)
+    distributed.barrier("snapshots verified")
+    if distributed.is_writer():
+        for step, reason in bad.items():
+            _log(f"induction-jax: {reason}; moved it to {snapshots.move_aside(run, step)}")
+    have = set(snapshots.steps(run)) - set(bad)
+    return [s for s in schedule if s <= start and s not in have]
+
+
+class _Remade(Exception):
+    """Ends a re-training once it has written its last snapshot."""
+
+
+def _remake_snapshots(cfg: RunConfig, run: RunDir, ckpt: Checkpoints, restore, todo: list[int], start: int,
+                      group: int, place) -> list[int]:
+    """Re-make the snapshots `todo` (steps at or before the resume checkpoint `start`): one at a
+    checkpoint's step from that checkpoint, one between checkpoints by re-training from the
+    latest kept checkpoint before it (bitwise what training wrote: training is deterministic
+    whatever the chunking). Tables, checkpoints and the other snapshots are not touched; one
+    state is in memory at a time. Returns the steps that stay missing."""
+    kept = [c for c in ckpt.steps() if c <= start]
+    todo, made, lost = sorted(todo), [], []
+    while todo:
+        base = max((c for c in kept if c <= todo[0]), default=None)
+        if base is None:
+            lost.append(todo.pop(0))
+            continue
+        end = min((c for c in kept if c > base), default=start + 1)
+        batch = [s for s in todo if s < end]
+        try:
+            state, _ = restore(base)
+        except CheckpointError as e:
+            if distributed.is_writer():
+                _log(f"induction-jax: checkpoint step {base} cannot be used to re-make snapshots: {e}")
+            kept.remove(base)
+            continue
+        state = place(state)
+        if base in batch:
+            _snapshot(run, state, base)
+            made.append(base)
+        rest = [s for s in batch if s > base]
+        if rest:
+            if distributed.is_writer():
+                _log(f"induction-jax: re-training from checkpoint step {base} to step {rest[-1]} to re-make "
+                     f"snapshot step{'s' if len(rest) > 1 else ''} {', '.join(map(str, rest))}")
+
+            def on_chunk(state, result: ensemble.ChunkResult) -> None:
+                step = int(result.steps[-1])
+                if step in rest:
+                    _snapshot(run, state, step)
+                    made.append(step)
+                if step >= rest[-1]:
+                    raise _Remade
+                signals.check(f"at step {step} while re-making snapshots; the run's checkpoints are as they were. "
+                              f"Resume with: induction-jax train --resume {run.path}")
+
+            try:
+                ensemble.train(cfg, state, base, on_chunk, group=group, stops=rest)
+            except _Remade:
+                pass
+        del state
+        lost += [s for s in batch if s not in made]
+        todo = [s for s in todo if s not in batch]
+    if distributed.is_writer() and made:
+        _log(f"induction-jax: re-made snapshot step{'s' if len(made) > 1 else ''} {', '.join(map(str, made))} "
+             f"from the checkpoints")
+    if distributed.is_writer() and lost:
+        _log(f"induction-jax: snapshot step{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} "
+             f"{'are' if len(lost) > 1 else 'is'} missing and cannot be re-made (no good checkpoint at or before "
+             f"{'them' if len(lost) > 1 else 'it'}; kept: {', '.join(map(str, kept)) or 'none'}): "
+             f"{'they stay' if len(lost) > 1 else 'it stays'} missing, recorded in config.json (snapshots_missing)")
+    return lost
+
+
 def resume_run(out: str | Path, overrides: dict | None = None, progress: bool = True) -> RunDir:
     """Continue a run from its latest good checkpoint (falling back past broken ones)."""
     run = RunDir(Path(out))
@@ -217,16 +297,26 @@ def resume_run(out: str | Path, overrides: dict | None = None, progress: bool = 
             if start >= cfg.train.steps:
                 raise RunDirError(f"{run.path}: already trained to step {start}; pass --steps N with N > {start} "
                                   f"to train further")
-            if group >= len(members):
-                state = jax.device_put(state, ensemble.ensemble_sharding(len(members), devices))
-            else:
-                state = jax.device_get(state)
+
+            def place(state):
+                if group >= len(members):
+                    return jax.device_put(state, ensemble.ensemble_sharding(len(members), devices))
+                return jax.device_get(state)
+
+            schedule = snapshots.resume_schedule(run, cfg, start, ckpt_meta)
+            todo, lost = _check_snapshots(run, schedule, start), []
+            if todo:
+                del state                       # one state in memory at a time
+                lost = _remake_snapshots(cfg, run, ckpt, restore, todo, start, group, place)
+                state, _ = restore(start)
+            state = place(state)
             tables = _tables(cfg, run, members, append=True)
             tables.truncate(ckpt_meta["table_bytes"])
             if distributed.is_writer():
                 snapshots.drop_after(run, start)
                 run.write_config(cfg, members, {"jax_version": jax.__version__, "device": device_description(),
-                                                "resumed_from_step": start})
+                                                "resumed_from_step": start, "snapshot_steps": schedule,
+                                                **({"snapshots_missing": lost} if lost else {})})
             state = _train_loop(cfg, run, ckpt, members, state, start, tables, progress, group)
         return _finish(cfg, run, members, state)
 
