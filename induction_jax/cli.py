@@ -114,6 +114,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         _print_circuits(analyze_run(run.path))
         if summary["n_members"] > 1:
+            from induction_jax import signals
+            signals.check(f"after the analysis; the run's training, checkpoints and analysis are complete: "
+                          f"time the phase change with 'induction-jax phase {run.path}'")
             _phase_or_skip(run.path, "train")
         print(f"report: {run.path / 'report.html'}")
     print(f"run directory: {run.path}")
@@ -195,8 +198,10 @@ def _print_phase(phase_dir: Path) -> None:
         if m["mean"] is None:
             print(f"  {curve}: every member censored")
             continue
-        print(f"  {curve} midpoint: mean {m['mean']:.1f}, std {m['std']:.1f}, CV {m['cv']:.3f}, median "
-              f"{m['median']:.1f} (95% CI of the mean {m['ci95_low']:.1f}-{m['ci95_high']:.1f}; {m['n']} timed, "
+        ci = (f"95% CI of the mean {m['ci95_low']:.1f}-{m['ci95_high']:.1f}" if m.get("ci95_low") is not None
+              else m.get("ci95_note") or "no CI of the mean")
+        print(f"  {curve} midpoint: mean {m['mean']:.1f}, std {m['std']:.1f}, CV {_num(m['cv'], 3)}, median "
+              f"{m['median']:.1f} ({ci}; {m['n']} timed, "
               f"{m['n_censored']} censored; {where} every {stats[curve]['probe_interval']:g} steps)")
         if m.get("resolution"):
             print(f"    warning: {m['resolution']}")
@@ -211,8 +216,14 @@ def _print_phase(phase_dir: Path) -> None:
             formed = f"{r['n_timed']} of {r['n']} formed" + (
                 f", induction circuit in {r['n_induction_circuit']}" if "n_induction_circuit" in r else "")
             shift = ("" if arm == effects["control"] else
-                     f"; shift {r['mean_shift']:+.1f} steps [{r['ci95_low']:+.1f}, {r['ci95_high']:+.1f}] over "
-                     f"{r['n_pairs_timed']} pairs" if "mean_shift" in r else "; no pair where both formed")
+                     f"; shift {r['mean_shift']:+.1f} steps "
+                     + (f"[{r['ci95_low']:+.1f}, {r['ci95_high']:+.1f}]" if r.get("ci95_low") is not None else "(no CI)")
+                     + f" over {r['n_pairs_timed']} pairs" if "mean_shift" in r else "; no pair where both formed")
+            paired = (r.get("planning") or {}).get("paired")
+            if paired:
+                shift += "; pairs to detect a shift of " + ", ".join(
+                    f"{p['shift']:g} steps: {p['n_pairs'] if p['n_pairs'] is not None else 'n/a'}" for p in paired["shift"]) \
+                    + f" (power 0.8, sd of the paired differences {paired['sd_diff']:.1f})"
             print(f"    {arm}: {formed}{shift}")
     for label, arm in stats["arms"].items():
         head = f"  [{label}] " if len(stats["arms"]) > 1 else "  "
@@ -227,6 +238,18 @@ def _print_phase(phase_dir: Path) -> None:
                       f"residual {sh['residual']:.2f} [{_fmt_ci(ci['residual'])}] (shares, 95% CI)")
         if arm.get("predictors"):
             print(f"{head}init-time predictors of the in-context midpoint: {arm['predictors']['verdict']}")
+        plan = arm.get("planning") or {}
+        if plan.get("sd") is not None:
+            prec = {p["d"]: p for p in plan["precision"]}.get(5.0) or plan["precision"][0]
+            sh = {p["shift"]: p for p in plan["shift"]}.get(10.0) or plan["shift"][0]
+            print(f"{head}members needed (pilot: sd {plan['sd']:.1f} steps over {plan['n_pilot']} timed; in brackets "
+                  f"with its 80% upper bound {plan['sd_upper80']:.1f}): a 95% CI of the in-context midpoint of "
+                  f"+-{prec['d']:g} steps: {_num(prec['n'], 0)} [{_num(prec['n_upper80'], 0)}] timed; a shift of "
+                  f"{sh['shift']:g} steps between two arms with power 0.8: {_num(sh['n_per_arm'], 0)} "
+                  f"[{_num(sh['n_per_arm_upper80'], 0)}] per arm (unpaired; fewer where arms share seeds, see "
+                  f"the interventions line); the full table is in stats.json")
+        elif plan.get("note"):
+            print(f"{head}members needed: {plan['note']}")
 
 
 def _parse_list(flag: str, text: str, kind) -> list:
@@ -329,11 +352,19 @@ def cmd_llc(args: argparse.Namespace) -> int:
 
     if args.n_beta is not None and args.n_beta <= 0:
         raise CliError(f"--n-beta {args.n_beta:g}: must be > 0 (leave it out for n / ln n)")
-    sgld = SGLDConfig(**{k: getattr(args, k) for k in ("eps", "gamma", "chains", "draws", "burn_in", "batch_size")},
-                      n_beta=args.n_beta or 0.0)
+    auto = args.gamma == "auto"     # the gamma grid is then centred on the default gamma
+    sgld = SGLDConfig(**{k: getattr(args, k) for k in ("eps", "chains", "draws", "burn_in", "batch_size", "sampler")},
+                      gamma=SGLDConfig.gamma if auto else args.gamma, n_beta=args.n_beta or 0.0)
     members = None if args.members is None else parse_seed_range("--members", args.members)
-    out = llc_run(args.run_dir, sgld, n=args.n, which_steps=args.snapshots, which_members=members, head=args.head)
+    out = llc_run(args.run_dir, sgld, n=args.n, which_steps=args.snapshots, which_members=members, head=args.head,
+                  gamma_auto=auto)
     stats = json.loads((out / "stats.json").read_text())
+    sgld = dataclasses.replace(sgld, gamma=stats["sgld"]["gamma"])
+    if auto:
+        rule = stats["gamma_rule"]
+        print(f"gamma auto: {rule['chosen_gamma']:.4g} (llc there {_num(rule['llc_at_chosen'])}), the smallest stable "
+              f"of " + ", ".join(f"{g:.3g} ({'stable' if ok else 'not'})" for g, ok in zip(rule["gamma"], rule["stable"]))
+              + f", at the last snapshot of member {stats['members'][0]['member']}")
     print(f"LLC{' of ' + args.head if args.head else ''} at {len(stats['steps'])} snapshots of "
           f"{len(stats['members'])} members (n {stats['n']}, n_beta {stats['n_beta']:.1f}, eps {sgld.eps:g}, "
           f"gamma {sgld.gamma:g}, {sgld.chains} chains x {sgld.draws} draws):")
@@ -352,8 +383,8 @@ def cmd_llc(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from induction_jax.api import open_run
 
-    path = open_run(args.run_dir).export(member=None if args.all else args.member, format=args.format,
-                                         out=args.out, step=args.step)
+    path = open_run(args.run_dir)._export(None if args.all else args.member, args.format, args.out, args.step,
+                                          args.overwrite, arg="--out", flag="--overwrite")
     print(f"exported: {path}")
     if args.format == "transformer-lens":
         print("load it with: induction_jax.interop.load_transformer_lens(PATH) (TransformerLens 3.x, "
@@ -374,6 +405,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _field_type(name: str) -> str:
     return next(str(f.type) for klass in SECTIONS.values() for f in dataclasses.fields(klass) if f.name == name)
+
+
+# The SGLDConfig fields (but n_beta) as `llc` flags: name, type, default, help. Written out so that
+# building the parser imports no JAX (slt.sampler does); tests/test_signals.py checks they match.
+LLC_SGLD_FLAGS = (
+    ("eps", float, 1e-4, "SGLD step size (the noise variance per step)"),
+    ("gamma", float, 1000.0, "localisation strength: the pull toward w* (0 = none)"),
+    ("chains", int, 4, "independent chains, all started at w*"),
+    ("draws", int, 250, "SGLD steps per chain, each recording one loss (burn-in included)"),
+    ("burn_in", int, 80, "first draws of each chain discarded by the estimators"),
+    ("batch_size", int, 64, "minibatch size m, drawn without replacement from the n items at every step; "
+                            "must be <= n"),
+    ("sampler", str, "sgld", "sgld, or rmsprop-sgld (per-weight preconditioned steps, as devinterp's "
+                             "SGMCMC.rmsprop_sgld)"),
+)
+
+
+def _gamma_arg(text: str):
+    """`--gamma`: a number, or `auto` (the rule of docs/definitions.md picks it per run)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number >= 0, or auto") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -423,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     phase.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'induction-jax train'")
     phase.add_argument("--smooth-steps", type=float, default=10, metavar="S",
                        help="centred moving average of the probe curves over at most S steps (at the default "
-                            "probes every 10 steps: none; chosen by measurement, see README)")
+                            "probes every 10 steps: none; chosen by measurement, see docs/studies/phase-timing.md)")
     phase.add_argument("--loss-smooth-steps", type=float, default=25, metavar="S",
                        help="centred moving average of the per-step training loss over at most S steps")
     phase.add_argument("--variance", action="store_true",
@@ -465,7 +521,6 @@ def build_parser() -> argparse.ArgumentParser:
                           help="models (member x snapshot) analysed at a time inside each compiled call: memory")
     dynamics.set_defaults(func=cmd_dynamics)
 
-    from induction_jax.slt.sampler import SGLDConfig
     llc = sub.add_parser("llc", help="the local learning coefficient of every member at every snapshot",
                          description="Estimate the LLC (localised SGLD, chains vmapped, every member and snapshot in "
                                      "one compiled call) with diagnostics, find stage boundaries, and write "
@@ -478,10 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refined LLC: only this head's weights (or a layer, Lx) move; the rest stay at w*")
     llc.add_argument("--n", type=int, default=1024, metavar="N", help="sequences in each member's LLC dataset")
     llc.add_argument("--n-beta", type=float, default=None, metavar="X", help="inverse temperature x n (default n / ln n)")
-    for f in dataclasses.fields(SGLDConfig):
-        if f.name != "n_beta":
-            llc.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=FLAG_TYPES[str(f.type)],
-                             default=f.default, metavar="X", help=f.metadata["help"])
+    for name, kind, default, text in LLC_SGLD_FLAGS:
+        extra = ({"type": _gamma_arg, "metavar": "X|auto", "help": text + "; auto: the smallest stable gamma of 1000 x "
+                  "{1/30, 1/10, 1/3, 1, 3} (docs/definitions.md), 15 extra sample sets"} if name == "gamma" else
+                 {"choices": ("sgld", "rmsprop-sgld"), "metavar": "{sgld,rmsprop-sgld}"} if name == "sampler" else {})
+        llc.add_argument("--" + name.replace("_", "-"), dest=name, **{"type": kind, "default": default,
+                                                                      "metavar": "X", "help": text, **extra})
     llc.set_defaults(func=cmd_llc)
 
     export = sub.add_parser("export", help="write a member's weights as npz, safetensors or a TransformerLens model",
@@ -495,7 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="npz, safetensors or transformer-lens (default: npz)")
     export.add_argument("--step", type=int, default=None, metavar="S", help="checkpoint step (default: the latest)")
     export.add_argument("--out", default=None, metavar="PATH",
-                        help="where to write (default: RUN_DIR/exports/member<K>-step<S>[.npz|.safetensors])")
+                        help="where to write (default: RUN_DIR/exports/member<K>-step<S>[.npz|.safetensors]); "
+                             "a file (a folder for transformer-lens) outside any run directory, or under a "
+                             "run's exports/ folder, never a run directory's own files")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace a file (or TransformerLens export folder) already at --out that "
+                             "induction-jax did not write (default: refuse); never a run directory's own files")
     export.set_defaults(func=cmd_export)
 
     bench = sub.add_parser("bench", help="training throughput against the PyTorch loop (benchmarks/throughput.py)",
@@ -507,41 +569,114 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from induction_jax import signals, use_cpu_cores
+    from induction_jax import signals
 
-    old_handlers = signals.install()      # first: a signal at any moment stops the command cleanly
+    old_handlers = signals.install()      # first (unless the console script did): a signal is a flag
     try:
-        use_cpu_cores()                   # every CPU core a JAX device, before any JAX work
         return _main(argv)
     finally:
         signals.restore(old_handlers)
 
 
+NOT_STARTED = "before it started; nothing was written"
+FINISHED_FIRST = "after its last safe point; it finished first, so everything it wrote is complete"
+# What each command imports first (JAX and more: seconds on a busy machine), imported where a
+# signal can interrupt it; a module missing here is imported by the command, just not interruptibly.
+# induction_jax.checkpoint (Orbax) is for the config check of commands that read a run.
+COMMAND_MODULES = {"train": ["induction_jax.runner"],
+                   "sweep": ["induction_jax.runner", "induction_jax.analysis.analyze"],
+                   "analyze": ["induction_jax.analysis.analyze", "induction_jax.checkpoint"],
+                   "phase": ["induction_jax.phase.run", "induction_jax.checkpoint"],
+                   "dynamics": ["induction_jax.dynamics.run", "induction_jax.checkpoint"],
+                   "llc": ["induction_jax.slt.run", "induction_jax.checkpoint"],
+                   "export": ["induction_jax.api", "induction_jax.checkpoint"]}
+
+
+def _load(command: str) -> None:
+    """Every CPU core a JAX device (before any JAX work), then the command's modules."""
+    import importlib
+
+    from induction_jax import use_cpu_cores
+
+    use_cpu_cores()
+    for module in COMMAND_MODULES.get(command, []):
+        importlib.import_module(module)
+
+
 def _main(argv: list[str] | None) -> int:
     from induction_jax import signals
-    from induction_jax.analysis.weights import WeightsError
-    from induction_jax.memory import ResourceError
-    from induction_jax.phase.detect import PhaseError
-    from induction_jax.rundir import RunDirError, StorageError
 
-    parser = build_parser()
+    parser = build_parser()               # light: no JAX, so --help and usage errors are fast
     args, unknown = parser.parse_known_args(argv)
     if args.command == "bench":      # its options belong to benchmarks/throughput.py
         args.bench_args = unknown + args.bench_args
     elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        _unknown_arguments(parser, args.command, unknown, sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args)
-    except StorageError as e:
-        print(f"induction-jax {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_STORAGE
-    except (ConfigError, CliError, RunDirError, WeightsError, PhaseError, ResourceError) as e:
-        print(f"induction-jax {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        signals.check(NOT_STARTED)        # a signal while Python loaded the command line
+        if args.command != "bench":
+            signals.run(_load, args.command, what=NOT_STARTED)
+        code = args.func(args)
     except signals.Interrupted as e:
         print(f"induction-jax {args.command}: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:
+        code = _error_code(e)
+        if code is None:
+            raise
+        print(f"induction-jax {args.command}: error: {e}", file=sys.stderr)
+        return code
+    signum = signals.caught()             # a signal after the command's last check: it is not swallowed
+    if signum is not None:
+        print(f"induction-jax {args.command}: interrupted by {signals.name(signum)} {FINISHED_FIRST}",
+              file=sys.stderr)
+        return 128 + signum
+    return code
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, command: str, unknown: list[str], argv: list[str]):
+    """A usage error from the subcommand's own parser, with the nearest flag for a typo
+    (`--sedds` -> did you mean --seeds?) and a word on a flag given several values; exits 2."""
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    flags = [s for a in sub._actions for s in a.option_strings if s.startswith("--")]
+    hints = []
+    for item in unknown:
+        if item.startswith("-"):
+            close = difflib.get_close_matches(item.split("=", 1)[0], flags, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{item}: did you mean {close[0]}?")
+            continue
+        i = argv.index(item) if item in argv else -1
+        before = next((argv[j] for j in range(i - 1, -1, -1) if argv[j].startswith("--")), None) if i > 0 else None
+        if before is not None and before in flags:
+            several = (f"; for several values run 'induction-jax sweep {before} A,B,...'" if command == "train"
+                       and before.replace("--", "").replace("-", "_") in ("lr", "weight_decay") else
+                       f"; give a list as one comma-separated value, e.g. {before} {argv[i - 1]},{item}" if command == "sweep"
+                       and argv[i - 1] != before else "")
+            hints.append(f"{item}: {before} takes one value{several}")
+    # The subcommand's short usage (its full one lists every config flag: 20 lines burying the hint).
+    sys.stderr.write(f"usage: {sub.prog} [options]  ('{sub.prog} --help' lists them)\n")
+    sub.exit(EXIT_USAGE, f"{sub.prog}: error: unrecognized arguments: {' '.join(unknown)}"
+             + ("; " + "; ".join(hints) if hints else "") + "\n")
+
+
+def _error_code(e: Exception) -> int | None:
+    """The exit code of an error reported as one line (bad input, a full disk), else None."""
+    from induction_jax.analysis.weights import WeightsError
+    from induction_jax.phase.detect import PhaseError
+    from induction_jax.rundir import RunDirError, StorageError
+
+    memory = sys.modules.get("induction_jax.memory")   # only a command that imported it raises its error
+    if isinstance(e, StorageError):
+        return EXIT_STORAGE
+    if isinstance(e, (ConfigError, CliError, RunDirError, WeightsError, PhaseError)) or (
+            memory is not None and isinstance(e, memory.ResourceError)):
+        return EXIT_USAGE
+    return None
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from induction_jax import signals as _signals
+    sys.exit(_signals.leave(main()))

@@ -160,7 +160,7 @@ class TrainConfig:
                         lo=1, hi=1_000_000)
     first_seed: int = _field(0, "seed of member 0; member i has seed first_seed + i", lo=0, hi=2**31 - 1)
     steps: int = _field(2000, "optimiser steps per member", lo=1, hi=100_000_000)
-    lr: float = _field(1e-2, "AdamW learning rate (the reference experiment uses 1e-3: see README)", lo=0.0, hi=10.0, lo_open=True)
+    lr: float = _field(1e-2, "AdamW learning rate (the reference experiment uses 1e-3: see docs/task.md)", lo=0.0, hi=10.0, lo_open=True)
     weight_decay: float = _field(0.01, "AdamW decoupled weight decay (PyTorch's AdamW default)",
                                  lo=0.0, hi=10.0)
     b1: float = _field(0.9, "AdamW beta1", lo=0.0, hi=0.999999)

@@ -247,7 +247,7 @@ def test_bad_config_is_a_one_line_error(kwargs, field):
 
 def test_batch_larger_than_the_dataset_is_a_one_line_error():
     w_star, data, _ = problem(STIFF)
-    with pytest.raises(ConfigError, match=r"^batch_size=512: must be <= the 256 dataset items$"):
+    with pytest.raises(ConfigError, match=r"^--n 256 \(dataset items\) with --batch-size 512: .*allowed: --n >= 512, or --batch-size 1..256$"):
         sample(KEY, quad_loss, w_star, data, dataclasses.replace(CFG_S, batch_size=512))
     with pytest.raises(ConfigError, match="burn_in=300"):
         llc_estimate(run(quad_loss, w_star, data, CFG_S), None, 300)

@@ -5,11 +5,12 @@ vmappable over chains, members, snapshots and step sizes); `llc` turns their los
 into the estimate; `diagnostics` says whether to trust it.
 """
 
-from induction_jax.slt.diagnostics import (EpsSweep, chain_diagnostics, eps_figure, eps_sensitivity,
-                                           stability, sweep_eps, trace_figure)
+from induction_jax.slt.diagnostics import (EpsSweep, GammaSweep, chain_diagnostics, eps_figure, eps_sensitivity,
+                                           gamma_sensitivity, pick_gamma, stability, sweep_eps, sweep_gamma_eps,
+                                           trace_figure)
 from induction_jax.slt.llc import llc_estimate
 from induction_jax.slt.sampler import ChainResult, SampleResult, SGLDConfig, sample, sgld_chain
 
-__all__ = ["ChainResult", "EpsSweep", "SGLDConfig", "SampleResult", "chain_diagnostics", "eps_figure",
-           "eps_sensitivity", "llc_estimate", "sample", "sgld_chain", "stability", "sweep_eps",
-           "trace_figure"]
+__all__ = ["ChainResult", "EpsSweep", "GammaSweep", "SGLDConfig", "SampleResult", "chain_diagnostics", "eps_figure",
+           "eps_sensitivity", "gamma_sensitivity", "llc_estimate", "pick_gamma", "sample", "sgld_chain", "stability",
+           "sweep_eps", "sweep_gamma_eps", "trace_figure"]

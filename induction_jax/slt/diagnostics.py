@@ -33,6 +33,10 @@
 
 The first three are per-chain, and `eps_sensitivity` treats them and a drift alike: any one
 at eps/2, eps or 2 eps makes the estimate unstable.
+
+`gamma_sensitivity` runs the same check at every gamma of a grid (gamma x GAMMA_FACTORS, each at
+eps/2, eps, 2 eps: one compiled call, common random numbers) and `pick_gamma` applies the rule
+of `--gamma auto`: the smallest gamma of the grid whose estimate is stable.
 """
 
 from __future__ import annotations
@@ -53,6 +57,10 @@ from induction_jax.slt.sampler import SampleResult, SGLDConfig, sample
 CHAIN_FLAGS = ("nonfinite", "moved_far", "escaped")
 EPS_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 CENTRAL = (0.5, 1.0, 2.0)
+# gamma x these for `--gamma auto`: 1/30 to 3 in steps of ~3 (at the default gamma 1000: 33 to
+# 3000). The rule wants the smallest stable gamma, so the grid reaches well below the default
+# and one step above it (for a snapshot where the default itself is unstable).
+GAMMA_FACTORS = (1 / 30, 0.1, 1 / 3, 1.0, 3.0)
 
 
 def chain_diagnostics(result: SampleResult, burn_in: int, *, far_rel: float = 1.0, dist_slack: float = 2.0,
@@ -184,6 +192,103 @@ def eps_sensitivity(key, loss_fn, w_star, dataset, cfg: SGLDConfig, factors=EPS_
     return EpsSweep(eps_np, np.asarray(estimates["llc_mean"]), np.asarray(estimates["llc_std"]),
                     np.asarray(estimates["llc_se"]), counts, drifting, cfg.chains, center, stable, warning,
                     np.asarray(results.chains.loss), float(results.init_loss[center]), cfg.burn_in)
+
+
+def sweep_gamma_eps(key, loss_fn, w_star, dataset, cfg: SGLDConfig, gamma_G, eps_E, mask=None) -> SampleResult:
+    """`sample` at every (gamma, eps) of the grid `gamma_G` x `eps_E` (leaves get leading [G, E]),
+    all with the same key (common random numbers, as `sweep_eps`)."""
+    return jax.vmap(lambda g: jax.vmap(lambda e: sample(key, loss_fn, w_star, dataset, cfg, mask, eps=e, gamma=g))(
+        eps_E))(gamma_G)
+
+
+def _grid_stats(key, loss_fn, w_star, dataset, cfg: SGLDConfig, gamma_G, eps_E, mask):
+    results = sweep_gamma_eps(key, loss_fn, w_star, dataset, cfg, gamma_G, eps_E, mask)
+    over_grid = lambda f: jax.vmap(jax.vmap(f))   # noqa: E731
+    estimates = over_grid(lambda r: llc_estimate(r, None, cfg.burn_in))(results)
+    flags = over_grid(lambda r: chain_diagnostics(r, cfg.burn_in))(results)
+    return results, estimates, flags
+
+
+_compiled_grid = jax.jit(_grid_stats, static_argnames=("loss_fn", "cfg"))
+
+
+@dataclass
+class GammaSweep:
+    """A gamma x eps sweep on the host: per gamma [G] the eps/2, eps, 2 eps estimates [G, 3], the
+    `stability` verdict of each gamma, and the gamma `pick_gamma` chose."""
+
+    gamma: np.ndarray
+    eps: np.ndarray                      # [3]: eps/2, eps, 2 eps
+    llc_mean: np.ndarray                 # [G, 3]
+    llc_std: np.ndarray
+    llc_se: np.ndarray
+    flag_counts: dict[str, np.ndarray]   # [G, 3] chains flagged, per chain flag
+    drifting: np.ndarray                 # [G, 3]
+    stable: np.ndarray                   # [G] bool
+    warnings: list[str]                  # per gamma, "" when stable
+    chosen: int                          # index into `gamma`
+    warning: str                         # "" when some gamma was stable
+    chains: int
+    loss: np.ndarray                     # [G, 3, chains, draws]
+    init_loss: float
+    burn_in: int
+
+    @property
+    def chosen_gamma(self) -> float:
+        return float(self.gamma[self.chosen])
+
+    def eps_sweep(self, g: int | None = None) -> EpsSweep:
+        """The eps/2, eps, 2 eps row of gamma index `g` (default: the chosen one) as an `EpsSweep`."""
+        g = self.chosen if g is None else g
+        return EpsSweep(self.eps, self.llc_mean[g], self.llc_std[g], self.llc_se[g],
+                        {f: c[g] for f, c in self.flag_counts.items()}, self.drifting[g], self.chains, 1,
+                        bool(self.stable[g]), self.warnings[g], self.loss[g], self.init_loss, self.burn_in)
+
+    def summary(self) -> dict:
+        """The numbers for stats.json."""
+        return {"rule": RULE, "gamma": self.gamma, "eps": self.eps, "llc_mean": self.llc_mean,
+                "llc_se": self.llc_se, "stable": self.stable, "warnings": self.warnings,
+                "chosen_gamma": self.chosen_gamma, "llc_at_chosen": float(self.llc_mean[self.chosen, 1]),
+                "warning": self.warning}
+
+
+RULE = ("the smallest gamma of the grid at which, at eps/2, eps and 2 eps, no chain is flagged, nothing drifts, "
+        "the three estimates lie within 10% of llc(eps) and llc(eps) is not negative by > 2 standard errors; "
+        "the configured gamma when none is")
+
+
+def pick_gamma(gamma_G, stable_G, fallback: int) -> tuple[int, str]:
+    """The rule of `--gamma auto` (`RULE`): (index of the smallest stable gamma, ""), or
+    (`fallback`, a one-line warning) when no gamma of the grid is stable."""
+    stable_G = np.asarray(stable_G, bool)
+    if stable_G.any():
+        return int(np.flatnonzero(stable_G)[np.argmin(np.asarray(gamma_G)[stable_G])]), ""
+    return fallback, (f"gamma auto: no gamma of {', '.join(f'{g:.3g}' for g in gamma_G)} gave a stable estimate; "
+                      f"using gamma {float(gamma_G[fallback]):.3g}")
+
+
+def gamma_sensitivity(key, loss_fn, w_star, dataset, cfg: SGLDConfig, factors=GAMMA_FACTORS, mask=None,
+                      rel_tol: float = 0.1) -> GammaSweep:
+    """The estimate at cfg.gamma x each factor, each at eps/2, eps, 2 eps, in one compiled call;
+    each gamma's `stability` verdict and the gamma `pick_gamma` picks (cfg.gamma x 1 when none
+    is stable, so `factors` must contain 1)."""
+    factors = tuple(float(f) for f in factors)
+    if 1.0 not in factors or any(f <= 0 for f in factors) or len(set(factors)) != len(factors):
+        raise ConfigError(f"gamma factors={factors}: must be distinct, > 0 and contain 1")
+    gamma_G = jnp.asarray([cfg.gamma * f for f in factors], jnp.float32)
+    eps_E = jnp.asarray([cfg.eps * f for f in CENTRAL], jnp.float32)
+    results, est, flags = jax.device_get(_compiled_grid(key, loss_fn, w_star, dataset, cfg, gamma_G, eps_E, mask))
+    counts = {f: np.asarray(flags[f]).sum(-1) for f in CHAIN_FLAGS}
+    drifting = np.asarray(flags["drifting"])
+    gamma_np, eps_np = np.asarray(gamma_G, float), np.asarray(eps_E, float)
+    verdicts = [stability(eps_np, est["llc_mean"][g], est["llc_se"][g], {f: c[g] for f, c in counts.items()},
+                          drifting[g], cfg.chains, 1, rel_tol) for g in range(len(factors))]
+    stable = np.array([v[0] for v in verdicts])
+    chosen, warning = pick_gamma(gamma_np, stable, factors.index(1.0))
+    return GammaSweep(gamma_np, eps_np, np.asarray(est["llc_mean"]), np.asarray(est["llc_std"]),
+                      np.asarray(est["llc_se"]), counts, drifting, stable, [v[1] for v in verdicts], chosen,
+                      warning, cfg.chains, np.asarray(results.chains.loss), float(results.init_loss[0, 1]),
+                      cfg.burn_in)
 
 
 def trace_figure(loss_CT, init_loss: float, burn_in: int, path: Path, title: str = "") -> Path:

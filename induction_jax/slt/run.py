@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import io
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,10 @@ def estimate(cfg: RunConfig, sgld: SGLDConfig, params_N: dict, data_N, keys_N, m
 
 
 def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_steps: str = "all",
-            which_members: list[int] | None = None, head: str | None = None, seed: int = 0) -> Path:
+            which_members: list[int] | None = None, head: str | None = None, seed: int = 0,
+            gamma_auto: bool = False) -> Path:
+    """`gamma_auto` (`--gamma auto`): first pick gamma by `diagnostics.pick_gamma` from a sweep of
+    sgld.gamma x GAMMA_FACTORS at the last snapshot of the first member, then estimate with it."""
     run = RunDir(Path(run_dir))
     cfg = run.read_config()
     members = run.members()
@@ -103,25 +107,43 @@ def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_ste
     if any(not 0 <= e < len(members) for e in members_idx):
         raise RunDirError(f"--members: out of range; this run has members 0..{len(members) - 1}")
     with run.lock():
-        run.check_config()
+        interrupted = f"during the LLC estimation; the run is intact: run again 'induction-jax llc {run.path}'"
+        signals.run(run.check_config, what=interrupted)        # Orbax: a second on a busy machine
         steps, params = snapshots.load(run, snapshots.select(run, which_steps))
         mask = restriction_mask({k: v[0, 0] for k, v in params.items()}, head, cfg)   # a bad head fails here
+        gap = snapshots.missing(run, cfg, which_steps)   # scheduled steps in the selection with no file
+        if gap:
+            print(snapshots.missing_message(run, gap, list(steps)), file=sys.stderr)
         S, E = len(steps), len(members_idx)
         params = {k: v[:, members_idx].reshape(S * E, *v.shape[2:]) for k, v in params.items()}
-        data = jax.vmap(lambda s: llc_dataset(cfg, s, n))(jnp.asarray(members.data_seed[members_idx], jnp.uint32))
-        data_N = jax.tree.map(lambda x: jnp.tile(x, (S,) + (1,) * (x.ndim - 1)), data)
+        data = signals.run(jax.vmap(lambda s: llc_dataset(cfg, s, n)),      # signals.run: interruptible
+                           jnp.asarray(members.data_seed[members_idx], jnp.uint32), what=interrupted)
+        data_N = signals.run(jax.tree.map, lambda x: jnp.tile(x, (S,) + (1,) * (x.ndim - 1)), data, what=interrupted)
         keys = jax.random.split(jax.random.PRNGKey(seed), S * E)
-        curves = _behaviour(run, members_idx, steps)
+        curves = signals.run(_behaviour, run, members_idx, steps, what=interrupted)
+        gamma_sweep = None
+        if gamma_auto:   # one gamma for the whole run, picked at the last snapshot of the first member
+            from induction_jax.slt.diagnostics import gamma_sensitivity
+            gamma_sweep = signals.run(gamma_sensitivity, jax.random.PRNGKey(seed + 2),
+                                      TrainingLoss(cfg.replace(compute_dtype="float32")),
+                                      {k: jnp.asarray(v[(S - 1) * E]) for k, v in params.items()},
+                                      jax.tree.map(lambda x: x[0], data), sgld, mask=mask, what=interrupted)
+            sgld = dataclasses.replace(sgld, gamma=gamma_sweep.chosen_gamma)
         signals.check(f"during the LLC estimation; the run is intact: run again 'induction-jax llc {run.path}'")
-        out = estimate(cfg, sgld, jax.tree.map(jnp.asarray, params), data_N, keys, mask)
+        out = signals.run(estimate, cfg, sgld, jax.tree.map(jnp.asarray, params), data_N, keys, mask, what=interrupted)
         signals.check(f"during the LLC estimation; the run is intact: run again 'induction-jax llc {run.path}'")
         llc = {k: v.reshape(S, E, *v.shape[1:]) for k, v in out.items()}
         # Sensitivity to eps, at the last snapshot of the first member asked for.
         w_last = {k: jnp.asarray(v[(S - 1) * E]) for k, v in params.items()}
         d_first = jax.tree.map(lambda x: x[0], data)
-        sweep = eps_sensitivity(jax.random.PRNGKey(seed + 1), TrainingLoss(cfg.replace(compute_dtype="float32")),
-                                w_last, d_first, sgld, mask=mask)
+        sweep = signals.run(eps_sensitivity, jax.random.PRNGKey(seed + 1),
+                            TrainingLoss(cfg.replace(compute_dtype="float32")), w_last, d_first, sgld, mask=mask,
+                            what=interrupted)
         stats = _stats(run, members, members_idx, steps, llc, sgld, n, head, sweep, curves)
+        stats["missing_snapshot_steps"] = gap
+        stats["gamma_rule"] = None if gamma_sweep is None else gamma_sweep.summary()
+        if gamma_sweep is not None and gamma_sweep.warning:
+            stats["warnings"].append(gamma_sweep.warning)
         folder = run.output_dir("llc")
         save_arrays(folder / "traces.npz", {"steps": steps, "members": np.asarray(members_idx), "loss": llc["loss"],
                                             "llc_per_chain": llc["llc_per_chain"], "init_loss": llc["init_loss"]})

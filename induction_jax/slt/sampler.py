@@ -9,6 +9,19 @@ A chain is a pure function of its key (one `lax.scan`); `sample` is `vmap` of it
 Nothing here is jitted: the caller composes `jit`/`vmap` over members, snapshots or step
 sizes, so a whole grid of estimates is one compiled program with no per-chain Python loop.
 
+With `sampler="rmsprop-sgld"` the step is preconditioned per weight, as devinterp 2.0.1's
+`SGMCMC.rmsprop_sgld` does it (its defaults alpha 0.99, stability constant 0.1):
+
+    v <- alpha v + (1 - alpha) g^2,   G = 1 / (sqrt(v) + RMS_EPS),   g = grad L_m(w)
+    w <- w - (eps / 2) G (n_beta g + gamma (w - w*)) + N(0, eps G)
+
+v starts at 0 and lives in the scan's carry, so the chain stays a pure function of its key.
+Like devinterp it omits the divergence correction of a state-dependent preconditioner (G
+changes slowly once v has settled), so it targets the same posterior only approximately;
+weights whose gradients are small get steps up to 1 / RMS_EPS = 10x eps, which is what lets
+it mix at a small gamma, where plain SGLD with a step small enough for the stiff directions
+barely moves the soft ones.
+
 The trace records the *minibatch* loss L_m(w_t) at the state before step t (as devinterp
 does), not L_n(w_t). The batch of step t is drawn from `fold_in(key, t)`, independently of
 w_t (which depends only on earlier batches), so E[L_m(w_t) | w_t] = L_n(w_t) exactly: the
@@ -30,18 +43,23 @@ import numpy as np
 from induction_jax.config import ConfigError, _check_fields, _field
 
 LossFn = Callable[[Any, Any], jax.Array]
+SAMPLERS = ("sgld", "rmsprop-sgld")
+RMS_ALPHA = 0.99    # RMSProp-SGLD: decay of the running mean of squared gradients (devinterp's default)
+RMS_EPS = 0.1       # RMSProp-SGLD: stability constant in G = 1 / (sqrt(v) + RMS_EPS) (devinterp's default)
 
 
 @dataclass(frozen=True)
 class SGLDConfig:
     """SGLD for the local learning coefficient.
 
-    The defaults were chosen by measurement (experiments/llc_calibration.py, README): on the
+    The defaults were chosen by measurement (experiments/llc_calibration.py, docs/studies/llc-stages.md): on the
     default model at initialisation, in the middle of the phase change and at the end of
     training, the estimate is stable (no flagged chain or drift at eps/2, eps, 2 eps, the three
     within 10%) for eps 7.5e-5 to 1.5e-4 at gamma 1000 at all three, and at no eps at gamma 100
     once trained (the chains wander off w*: the mean loss doubles). 250 draws with 80 burned
-    in showed no drift there.
+    in showed no drift there. The estimate is that of the posterior localised at gamma, not
+    of w* alone (a direction of curvature c counts fully only when n_beta c >> gamma): see
+    docs/definitions.md, and `diagnostics.gamma_sensitivity` / `--gamma auto` to measure it.
     """
 
     eps: float = _field(1e-4, "SGLD step size (the noise variance per step)", lo=0.0, hi=1e6,
@@ -55,6 +73,8 @@ class SGLDConfig:
     burn_in: int = _field(80, "first draws of each chain discarded by the estimators", lo=0, hi=100_000_000)
     batch_size: int = _field(64, "minibatch size m, drawn without replacement from the n items at "
                              "every step; must be <= n", lo=1, hi=100_000_000)
+    sampler: str = _field("sgld", "sgld, or rmsprop-sgld (per-weight preconditioned steps, as devinterp's "
+                          "SGMCMC.rmsprop_sgld)", choices=SAMPLERS)
 
     def __post_init__(self):
         _check_fields(self)
@@ -63,10 +83,15 @@ class SGLDConfig:
 
     def check_items(self, n: int) -> None:
         """Raise a one-line `ConfigError` if this config cannot sample from n items."""
+        need = max(self.batch_size, 2 if self.n_beta == 0 else 1)
+        if n >= need:
+            return
         if self.batch_size > n:
-            raise ConfigError(f"batch_size={self.batch_size}: must be <= the {n} dataset items")
-        if self.n_beta == 0 and n < 2:
-            raise ConfigError(f"n_beta=0 (n / ln n): needs >= 2 dataset items, got {n}")
+            smaller = f", or --batch-size 1..{n}" if n >= max(1, 2 if self.n_beta == 0 else 1) else ""
+            raise ConfigError(f"--n {n} (dataset items) with --batch-size {self.batch_size}: each SGLD step draws "
+                              f"batch_size items from the n without replacement; allowed: --n >= {need}{smaller}")
+        raise ConfigError(f"--n {n} (dataset items): n_beta = n / ln n (the default, no --n-beta) needs n >= 2; "
+                          f"allowed: --n >= 2, or give --n-beta")
 
     def n_beta_for(self, n: int) -> float:
         """The inverse temperature: `n_beta`, or n / ln n when it is 0."""
@@ -123,21 +148,26 @@ def full_loss(loss_fn: LossFn, params, dataset, chunk: int) -> jax.Array:
     return jnp.mean(jax.lax.map(lambda b: loss_fn(params, b), chunks))
 
 
-def sgld_chain(key, loss_fn: LossFn, w_star, dataset, cfg: SGLDConfig, mask=None, eps=None) -> ChainResult:
+def sgld_chain(key, loss_fn: LossFn, w_star, dataset, cfg: SGLDConfig, mask=None, eps=None,
+               gamma=None) -> ChainResult:
     """One chain of `cfg.draws` SGLD steps from w*, as one `lax.scan`.
 
     `loss_fn(params, batch)` is the mean loss over a batch; `dataset` a pytree of arrays with a
     leading axis of n items. `mask` (optional) has the structure of the params with 0/1 leaves
     broadcastable to them: only masked-in weights move (drift and noise both), the rest stay
     exactly at w* (the refined LLC of one head or layer). `eps` overrides `cfg.eps` and may be
-    traced, so a caller can `vmap` over step sizes (a traced eps is not validated: keep it > 0).
+    traced, so a caller can `vmap` over step sizes (a traced eps is not validated: keep it > 0);
+    `gamma` likewise overrides `cfg.gamma` (keep it >= 0). `cfg.sampler` picks plain SGLD or
+    RMSProp-SGLD (module docstring).
     """
     n = num_items(dataset)
     cfg.check_items(n)
     m = cfg.batch_size
     eps = cfg.eps if eps is None else eps
-    n_beta, gamma = cfg.n_beta_for(n), cfg.gamma
+    gamma = cfg.gamma if gamma is None else gamma
+    n_beta = cfg.n_beta_for(n)
     noise_sd = jnp.sqrt(eps)
+    rms = cfg.sampler == "rmsprop-sgld"
     moves = _moves(w_star, mask)
 
     leaves, treedef = jax.tree.flatten(w_star)
@@ -156,35 +186,46 @@ def sgld_chain(key, loss_fn: LossFn, w_star, dataset, cfg: SGLDConfig, mask=None
         idx = jax.lax.top_k(z_n, m)[1]
         return jax.tree.map(lambda x: x[idx], dataset)
 
-    def step(w, t):
+    def step(state, t):
+        w, v = state
         # One normal draw per step gives the noise and the batch: XLA compiles a vmapped
         # threefry call slowly, and a transformer has many leaves.
         z = jax.random.normal(jax.random.fold_in(key, t), (n_draw,), jnp.float32)
         loss, grads = jax.value_and_grad(loss_fn)(w, minibatch(z[int(offsets[-1]):]))
         sq_dist = sum(jnp.sum(jnp.square(p - p0)) for p, p0 in zip(jax.tree.leaves(w), leaves))
-        delta = jax.tree.map(lambda p, p0, g, zp: -0.5 * eps * (n_beta * g + gamma * (p - p0)) + noise_sd * zp,
-                             w, w_star, grads, unflatten(z))
+        if rms:
+            v = jax.tree.map(lambda a, g: RMS_ALPHA * a + (1 - RMS_ALPHA) * jnp.square(g), v, grads)
+            delta = jax.tree.map(
+                lambda p, p0, g, zp, a: (lambda G: -0.5 * eps * G * (n_beta * g + gamma * (p - p0))
+                                         + jnp.sqrt(eps * G) * zp)(1.0 / (jnp.sqrt(a) + RMS_EPS)),
+                w, w_star, grads, unflatten(z), v)
+        else:
+            delta = jax.tree.map(lambda p, p0, g, zp: -0.5 * eps * (n_beta * g + gamma * (p - p0)) + noise_sd * zp,
+                                 w, w_star, grads, unflatten(z))
         if moves is not None:
             # `where`, not a product: a non-finite gradient of a frozen weight must not leak in.
             delta = jax.tree.map(lambda d, mv: jnp.where(mv, d, jnp.zeros_like(d)), delta, moves)
         w = jax.tree.map(lambda p, d: p + d, w, delta)
-        return w, ChainResult(loss, sq_dist)
+        return (w, v), ChainResult(loss, sq_dist)
 
-    _, trace = jax.lax.scan(step, w_star, jnp.arange(cfg.draws))
+    v0 = jax.tree.map(jnp.zeros_like, w_star) if rms else None
+    _, trace = jax.lax.scan(step, (w_star, v0), jnp.arange(cfg.draws))
     return trace
 
 
-def sample(key, loss_fn: LossFn, w_star, dataset, cfg: SGLDConfig, mask=None, eps=None) -> SampleResult:
+def sample(key, loss_fn: LossFn, w_star, dataset, cfg: SGLDConfig, mask=None, eps=None,
+           gamma=None) -> SampleResult:
     """`cfg.chains` chains (chain c uses `jax.random.split(key, chains)[c]`), vmapped, plus L_n(w*).
 
     Pure and traceable: `jax.jit(jax.vmap(...))` over w_star and dataset (members, snapshots)
-    or over `eps` works as for any JAX function, with `loss_fn` and `cfg` static.
+    or over `eps` or `gamma` works as for any JAX function, with `loss_fn` and `cfg` static.
     """
     n = num_items(dataset)
     cfg.check_items(n)
     eps = cfg.eps if eps is None else eps
+    gamma = cfg.gamma if gamma is None else gamma
     keys = jax.random.split(key, cfg.chains)
-    chains = jax.vmap(lambda k: sgld_chain(k, loss_fn, w_star, dataset, cfg, mask, eps))(keys)
+    chains = jax.vmap(lambda k: sgld_chain(k, loss_fn, w_star, dataset, cfg, mask, eps, gamma))(keys)
     return SampleResult(chains, full_loss(loss_fn, w_star, dataset, cfg.batch_size),
-                        jnp.float32(cfg.n_beta_for(n)), jnp.float32(cfg.gamma),
+                        jnp.float32(cfg.n_beta_for(n)), jnp.asarray(gamma, jnp.float32),
                         jnp.asarray(eps, jnp.float32), n_free(w_star, mask))
