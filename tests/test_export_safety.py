@@ -3,7 +3,6 @@ a file it did not write without --overwrite, writes atomically under the run's w
 and fails in one line (exit 2 for a bad --out, 4 for a failed write) with nothing lost. The
 Python API checks its arguments, and the weights it is given, at the edge."""
 
-import contextlib
 import errno
 import os
 import shutil
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import tree_digest
+from filesystems import tmpfs
 from induction_jax.cli import main
 from induction_jax.interop import export as export_module
 
@@ -39,19 +39,6 @@ def _copy(reference, tmp_path, name="run") -> Path:
 def _leftovers(folder: Path) -> list[str]:
     """Temporary files or folders an export left behind."""
     return [p.name for p in folder.iterdir() if p.name.endswith((".tmp", ".old"))]
-
-
-@contextlib.contextmanager
-def _filesystem(path: Path, options: str):
-    """A real small tmpfs at `path` (root with mount rights), or None where it cannot be made."""
-    path.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                          capture_output=True).returncode == 0 if os.geteuid() == 0 else False
-    try:
-        yield path if made else None
-    finally:
-        if made:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 class _FailingOs:
@@ -173,7 +160,7 @@ def test_transformer_lens_folders_are_written_whole_and_never_over_a_users_folde
 
 def test_a_read_only_filesystem_is_one_line_and_exit_4(capsys, reference, tmp_path):
     run = _copy(reference, tmp_path)
-    with _filesystem(tmp_path / "ro", "size=64k,ro") as fs:
+    with tmpfs(tmp_path / "ro", "size=64k,ro") as fs:
         if fs is None:
             pytest.skip("cannot mount a read-only tmpfs here (the injected EROFS test covers the same path)")
         for target in (fs / "w.npz", fs / "sub" / "w.npz"):
