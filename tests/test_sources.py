@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny, tree_digest
+from conftest import STEPS, tiny, tree_digest
 from induction_jax import ensemble
 from induction_jax import training as train_lib
 from induction_jax.cli import main
@@ -74,7 +74,7 @@ def crossed_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("crossed") / "run"
     flags = [a for a in tiny() if a != "--no-analysis"]
     subprocess.run([sys.executable, "-m", "induction_jax.cli", "sweep", *flags, "--init-seeds", "0-2",
-                    "--data-seeds", "5-7", "--steps", "600", "--out", str(out)], check=True, capture_output=True)
+                    "--data-seeds", "5-7", "--steps", STEPS, "--lr", "1e-2", "--out", str(out)], check=True, capture_output=True)
     return out
 
 
@@ -103,8 +103,12 @@ def test_phase_decomposes_a_crossed_design(crossed_run, capsys):
     assert (crossed_run / "phase" / "survival.png").stat().st_size > 1000
     assert stats["in_context_score"]["probe_interval"] == 10
     rows = list(csv.DictReader(open(crossed_run / "phase" / "timings.csv")))
-    mids = np.array([float(r["midpoint"]) for r in rows if r["metric"] == "in_context_score" and r["midpoint"]])
+    # This tiny model's in-context score keeps creeping after its rise, so the plateau rule may
+    # censor it ("not finished"); the probed curves that do level off are timed between probes.
+    probed = ("in_context_score", "induction_score", "prev_token_score")
+    mids = np.array([float(r["midpoint"]) for r in rows if r["metric"] in probed and r["midpoint"]])
     assert len(mids) and np.any(mids % 10 != 0)              # interpolated, not on the probe grid
+    assert all(r["midpoint"] or r["reason"] for r in rows)   # a member not timed says why
     assert {r["probe_interval"] for r in rows if r["metric"] == "in_context_score"} == {"10.0"}
 
 
