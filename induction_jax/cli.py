@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":    # `python -m induction_jax.cli`: signals caught before numpy loads, as in entry.py
+    from induction_jax import signals as _signals
+    _signals.install()
+
+import argparse  # noqa: E402
 import dataclasses
 import json
 import sys
