@@ -13,6 +13,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from induction_jax.files import RunDirError, write_text_atomic
+
 DIGEST_KEY = "__digest__"
 
 
@@ -28,8 +30,6 @@ def tree_digest(tree) -> str:
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write `arrays` to `path` (.npz) with their digest, atomically."""
-    from induction_jax.rundir import write_text_atomic
-
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     buf = io.BytesIO()
     np.savez(buf, **arrays, **{DIGEST_KEY: np.array(tree_digest(arrays))})
@@ -38,8 +38,6 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
     """Read and verify a file written by `save_arrays`; a damaged one raises a one-line RunDirError."""
-    from induction_jax.rundir import RunDirError
-
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -22,8 +22,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from induction_jax import distributed
 from induction_jax.arrays import tree_digest
+from induction_jax.files import RunDirError, StorageError, owned_dir, storage_error
+from induction_jax.gather import host_copy
 
 
 class CheckpointError(RuntimeError):
@@ -89,8 +90,6 @@ def quiet():
 def _writing(directory: Path):
     """A failed checkpoint write (raised by Orbax's background save, as OSError or as
     TensorStore's ValueError) as one line: the previous checkpoints are intact."""
-    from induction_jax.rundir import StorageError, storage_error
-
     try:
         yield
     except OSError as e:
@@ -125,7 +124,7 @@ class Checkpoints:
                                                  item_handlers=handlers)
 
     def save(self, step: int, state, meta: dict) -> None:
-        host = distributed.host_copy(state)
+        host = host_copy(state)
         meta = {**meta, "digest": {"state": tree_digest(host), "params": tree_digest(host.params)}}
         with _writing(self.directory):
             self.manager.save(step, args=ocp.args.Composite(
@@ -152,7 +151,7 @@ class Checkpoints:
                     state=ocp.args.StandardRestore(abstract))).state
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"its arrays are unreadable ({type(e).__name__})") from None
-        _verify(distributed.host_copy(state), meta, "state")
+        _verify(host_copy(state), meta, "state")
         return state, meta
 
     def restore_params(self, step: int) -> tuple[dict[str, np.ndarray], dict]:
@@ -208,9 +207,8 @@ def _verify(tree, meta: dict, item: str) -> None:
 def restore_latest_good(ckpt: Checkpoints, run_path: Path, restore: Callable[[int], tuple],
                         log=lambda m: print(m, file=sys.stderr)) -> tuple:
     """`restore(step)` for the newest checkpoint that restores and verifies; each one that does
-    not is reported in one line and moved aside to RUN_DIR/checkpoints_broken/."""
-    from induction_jax.rundir import RunDir, RunDirError
-
+    not is reported in one line and moved aside to RUN_DIR/checkpoints_broken/ (recorded in the
+    run's manifest)."""
     steps = ckpt.steps()
     for step in reversed(steps):
         try:
@@ -218,7 +216,7 @@ def restore_latest_good(ckpt: Checkpoints, run_path: Path, restore: Callable[[in
         except CheckpointError as e:
             log(f"induction-jax: checkpoint step {step} in {ckpt.directory} cannot be used: {e}; "
                 f"using the previous one")
-            aside = RunDir(run_path).owned_dir("checkpoints_broken")
+            aside = owned_dir(run_path, "checkpoints_broken")
             aside.mkdir(exist_ok=True)
             target = aside / str(step)
             if target.exists():

@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from induction_jax.gather import host_copy  # noqa: F401 - also this module's, for its callers
+
 
 def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
     """Join a multi-process run (call before any other JAX work: even asking for the backend
@@ -24,14 +26,6 @@ def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
 def is_writer() -> bool:
     """Whether this process writes the run directory's files (process 0)."""
     return jax.process_index() == 0
-
-
-def host_copy(tree):
-    """A pytree of global (possibly multi-process) arrays as full numpy arrays on every process."""
-    if jax.process_count() == 1:
-        return jax.tree.map(np.asarray, jax.device_get(tree))
-    from jax.experimental import multihost_utils
-    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
 def to_host(tree) -> dict[str, np.ndarray]:

@@ -17,7 +17,6 @@ Three rules keep a run directory from being corrupted, silently altered or delet
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -26,34 +25,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from induction_jax import __version__
+from induction_jax import __version__, files
 from induction_jax.config import ConfigError, RunConfig
+# The file primitives live in `files` (below every module that writes a run); re-exported here,
+# where most of the package and the tests import them from.
+from induction_jax.files import (MANIFEST, RunDirError, StorageError, json_safe, storage_error,  # noqa: F401
+                                 write_json_atomic, write_text_atomic)
 
 RUN_KIND = "induction-jax run"
 # Config fields a resumed run may change (and that may differ between config.json and a checkpoint).
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints")
-MANIFEST = ".induction-jax-manifest"
 # Top-level names a run may write: a directory that is not a run but holds one of these is refused.
 RUN_ENTRIES = ("config.json", "metrics.csv", "summary.json", "checkpoints", "checkpoints_broken", "plots",
                "analysis", "phase", "report.html", MANIFEST)
-
-
-class RunDirError(RuntimeError):
-    """A run directory that is missing, foreign, in use, already used, or broken (one-line message)."""
-
-
-class StorageError(RunDirError):
-    """A write that failed (full disk, read-only filesystem); nothing already written was lost."""
-
-
-def storage_error(e: OSError, path: Path) -> StorageError:
-    """One line for a failed write; a full disk says that the run can be resumed."""
-    if e.errno == errno.ENOSPC:
-        return StorageError(f"no space left on device while writing {path}; the run can be resumed once "
-                            f"space is freed")
-    return StorageError(f"{(e.strerror or str(e)).lower()} while writing {path}")
 
 
 def compatible(version: str) -> bool:
@@ -91,48 +75,6 @@ def _lock_holder(path: Path) -> str:
     except OSError:
         pass
     return "another process"
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write to a temporary file and rename, so a reader never sees half a file; a failed write
-    removes the temporary file and leaves the old file as it was."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise storage_error(e, path) from None
-
-
-def write_text_atomic(path: Path, text: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        (tmp.write_bytes if isinstance(text, bytes) else tmp.write_text)(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise storage_error(e, path) from None
-
-
-def json_safe(obj):
-    """`obj` with numpy scalars as Python numbers and non-finite floats as None (JSON null)."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 class OutputDir:
@@ -238,24 +180,12 @@ class RunDir:
 
     # ---- what a run writes ----------------------------------------------------------------
     def _recorded(self) -> list[str]:
-        try:
-            return [line for line in self.manifest.read_text().splitlines() if line]
-        except FileNotFoundError:
-            return []
+        return files.recorded(self.path)
 
     def record(self, relpath: str) -> None:
         """Add `relpath` (a file, or a folder ending in '/' that the project owns whole) to the
         manifest, with one O_APPEND write (whole lines even if the process dies)."""
-        if relpath in self._recorded():
-            return
-        try:
-            fd = os.open(self.manifest, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, (relpath + "\n").encode())
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise storage_error(e, self.manifest) from None
+        files.record(self.path, relpath)
 
     def output(self, relpath: str) -> Path:
         """The path of an output file, recorded in the manifest, its folder created."""
@@ -272,8 +202,7 @@ class RunDir:
 
     def owned_dir(self, name: str) -> Path:
         """A folder the project owns whole (checkpoints): recorded with a trailing '/'."""
-        self.record(name.rstrip("/") + "/")
-        return self.path / name
+        return files.owned_dir(self.path, name)
 
     def remove_outputs(self) -> list[str]:
         """Delete what the manifest lists and the folders that leaves empty; keep everything
@@ -338,6 +267,9 @@ class RunDir:
     def check_config(self) -> None:
         """`check_trained_with` the newest checkpoint whose meta reads (for commands that read
         the metrics but no arrays); a run without checkpoints has nothing to compare with."""
+        # Imported here, not above, to keep this module free of JAX and Orbax (seconds to import):
+        # the commands that only read a run's tables import it. Not a cycle: checkpoint imports
+        # nothing of rundir (tests/test_layers.py checks both).
         from induction_jax.checkpoint import CheckpointError, Checkpoints
 
         if not self.checkpoints.is_dir():
