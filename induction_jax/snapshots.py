@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from induction_jax.arrays import load_arrays, save_arrays
-from induction_jax.config import RunConfig
-from induction_jax.memory import F32, n_params
-from induction_jax.rundir import RunDir, RunDirError
+from induction_jax.config import ModelConfig, RunConfig
+from induction_jax.files import RunDirError
+from induction_jax.rundir import RunDir
 
 FOLDER = "snapshots"
 BROKEN = "snapshots_broken"        # damaged snapshots moved aside by a resume
@@ -199,12 +199,22 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.0f} KiB"
 
 
+def n_floats(m: ModelConfig) -> int:
+    """The floats one member's snapshot holds: every parameter, in the model's layout (`model.py`
+    declares the same shapes; tests/test_layers.py checks the two agree). Computed here so that
+    the run directory's modules need nothing of the trainer."""
+    L, H, D, K, V, M = m.n_layers, m.n_heads, m.d_model, m.d_head, m.d_vocab, m.d_mlp
+    weights = V * D + m.n_ctx * D + 4 * L * H * D * K + D * V + (0 if m.attn_only else 2 * L * D * M)
+    norms = 2 * (L * D + D + (0 if m.attn_only else L * D)) if m.layer_norm else 0
+    return weights + norms
+
+
 def describe(cfg: RunConfig, n_members: int) -> str | None:
     """One line: how many snapshots and how much disk they take (printed before training)."""
     schedule = cfg.train.snapshot_steps
     if not schedule:
         return None
-    each = F32 * n_params(cfg) * n_members
+    each = np.dtype(np.float32).itemsize * n_floats(cfg.model) * n_members
     shown = schedule if len(schedule) <= 8 else schedule[:6] + ["..."] + schedule[-1:]
     return (f"snapshots: {len(schedule)} steps ({cfg.train.snapshots}: {', '.join(map(str, shown))}) of "
             f"{n_members} members, {_size(each)} each, {_size(each * len(schedule))} in all")
