@@ -58,3 +58,9 @@ def __getattr__(name: str):
         from induction_jax.members import Members
         return Members
     raise AttributeError(f"module 'induction_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (loaded or not, so a notebook's tab completion shows it) and the module's
+    dunder names; submodules already imported are left out, as are private names."""
+    return sorted(set(__all__) | {n for n in globals() if n.startswith("__") and n.endswith("__")})
