@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import jax
 
+from induction_jax import layout
 from induction_jax.config import RunConfig
 from induction_jax.probes import PROBE_METRICS
 from induction_jax.training import STEP_METRICS
@@ -49,9 +50,8 @@ def available_memory_bytes(devices) -> int:
 
 
 def n_params(cfg: RunConfig) -> int:
-    m = cfg.model
-    return (m.d_vocab * m.d_model * 2 + m.n_ctx * m.d_model + m.n_layers * 4 * m.d_model * m.d_model
-            + m.n_layers * 2 * m.d_model * m.d_mlp + (m.n_layers * 4 + 2) * m.d_model * m.layer_norm)
+    """One member's parameter count, from the layout (`layout.LAYOUT`) the model is built from."""
+    return layout.n_params(cfg.model)
 
 
 def state_bytes(cfg: RunConfig) -> int:

@@ -1,6 +1,7 @@
 """The model as a pure Flax module: it declares the parameters in circuit layout and
 delegates the computation to `functional.apply`, so the analysis can run the same
-forward pass on plain arrays from any source."""
+forward pass on plain arrays from any source. The parameters, their shapes and their order
+(which key initialises which weight) are `layout.LAYOUT`'s."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from induction_jax import functional
+from induction_jax import functional, layout
 from induction_jax.config import ModelConfig
 
 
@@ -22,19 +23,10 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, **kwargs):
-        c = self.cfg
-        init = nn.initializers.normal(c.weight_std)
-        L, H, D, K, V = c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab
-        shapes = {"W_E": (V, D), "W_pos": (c.n_ctx, D), "W_Q": (L, H, D, K), "W_K": (L, H, D, K),
-                  "W_V": (L, H, D, K), "W_O": (L, H, K, D), "W_U": (D, V)}
-        if not c.attn_only:
-            shapes |= {"W_in": (L, D, c.d_mlp), "W_out": (L, c.d_mlp, D)}
-        params = {name: self.param(name, init, shape) for name, shape in shapes.items()}
-        if c.layer_norm:
-            norms = {"ln1": (L, D), "lnf": (D,)} | ({} if c.attn_only else {"ln2": (L, D)})
-            for name, shape in norms.items():
-                params[f"{name}_w"] = self.param(f"{name}_w", nn.initializers.ones, shape)
-                params[f"{name}_b"] = self.param(f"{name}_b", nn.initializers.zeros, shape)
+        init = {"normal": nn.initializers.normal(self.cfg.weight_std), "ones": nn.initializers.ones,
+                "zeros": nn.initializers.zeros}
+        params = {p.name: self.param(p.name, init[p.init], p.shape(layout.sizes(self.cfg)))
+                  for p in layout.present(layout.features(self.cfg))}
         return functional.apply(params, tokens_BT, **kwargs)
 
 

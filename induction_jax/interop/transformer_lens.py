@@ -30,12 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
+from induction_jax import layout
 from induction_jax.analysis.weights import WeightsError, stacked_params
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state_dict.pt"
-# TransformerLens' per-head weights, in our names and theirs.
-HEAD_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O")
+# What an export holds: the attention-only model without LayerNorm (`layout.LAYOUT`, whose
+# `tl` column names each weight in TransformerLens; `{layer}` for a per-layer slice).
+EXPORTED = layout.present(())
+HEAD_WEIGHTS = tuple(p.name for p in EXPORTED if p.per_head)
 ALLOWED = ("attention-only (attn_only=True), normalization_type=None, positional_embedding_type="
            "'standard', causal attention scaled by 1/sqrt(d_head), d_vocab_out == d_vocab")
 
@@ -65,20 +68,17 @@ def _new_model(config: dict, **overrides):
 
 def _single_params(params: dict) -> dict[str, np.ndarray]:
     """One member's weights as float32 numpy, refusing what TransformerLens' export cannot hold."""
-    extra = [n for n in ("W_in", "ln1_w") if n in params]
+    extra = layout.extras(params)
     if extra:
-        what = "MLPs (W_in)" if "W_in" in extra else "LayerNorm (ln1_w)"
-        raise WeightsError(f"params: has {what}; TransformerLens export supports attention-only models "
-                           f"without LayerNorm")
+        part, marker = next(iter(extra.items()))
+        raise WeightsError(f"params: has {layout.FEATURES[part]} ({marker}); TransformerLens export supports "
+                           f"attention-only models without LayerNorm")
     if np.ndim(params.get("W_E")) == 3:
         raise WeightsError(f"params: W_E has shape {np.shape(params['W_E'])}, an ensemble; the "
                            f"TransformerLens export takes one member (params[name][member])")
     p = {k: v[0].astype(np.float32) for k, v in stacked_params(params, ensemble=False).items()}
-    V, D = p["W_E"].shape
-    L, H, _, K = p["W_Q"].shape
-    expected = {"W_pos": (p["W_pos"].shape[0], D), "W_Q": (L, H, D, K), "W_K": (L, H, D, K),
-                "W_V": (L, H, D, K), "W_O": (L, H, K, D), "W_U": (D, V)}
-    for name, shape in expected.items():
+    sizes = layout.sizes_of(p)
+    for name, shape in {q.name: q.shape(sizes) for q in EXPORTED}.items():
         if p[name].shape != shape:
             raise WeightsError(f"params[{name!r}]: shape {p[name].shape}, expected {shape} from "
                                f"W_E {p['W_E'].shape} and W_Q {p['W_Q'].shape}")
@@ -88,15 +88,14 @@ def _single_params(params: dict) -> dict[str, np.ndarray]:
 def _config(p: dict[str, np.ndarray], model_cfg=None) -> dict:
     """`HookedTransformerConfig` kwargs (JSON-safe) for one member's params; shapes come from the
     weights, and `model_cfg` (a `ModelConfig`, optional) must agree with them."""
-    V, D = p["W_E"].shape
-    L, H, _, K = p["W_Q"].shape
-    n_ctx = p["W_pos"].shape[0]
+    found = layout.sizes_of(p)
+    V, D, L, H, K, n_ctx = (found[n] for n in ("d_vocab", "d_model", "n_layers", "n_heads", "d_head", "n_ctx"))
     if model_cfg is not None:
-        if not model_cfg.attn_only or model_cfg.layer_norm:
-            what = "MLPs (d_mlp > 0)" if not model_cfg.attn_only else "LayerNorm (layer_norm=true)"
+        parts = layout.features(model_cfg)
+        if parts:
+            what = {"mlp": "MLPs (d_mlp > 0)", "layer_norm": "LayerNorm (layer_norm=true)"}[parts[0]]
             raise WeightsError(f"model config: has {what}; TransformerLens export supports attention-only "
                                f"models without LayerNorm")
-        found = {"d_vocab": V, "n_ctx": n_ctx, "n_layers": L, "n_heads": H, "d_model": D, "d_head": K}
         for name, value in found.items():
             if getattr(model_cfg, name) != value:
                 raise WeightsError(f"model config: {name}={getattr(model_cfg, name)} but the weights have "
@@ -126,12 +125,14 @@ def to_transformer_lens(params: dict, model_cfg=None) -> tuple[dict, dict]:
     torch, _ = _require_tl()
     L, H, _, K = p["W_Q"].shape
     D, V = p["W_U"].shape
-    weights = {"embed.W_E": p["W_E"], "pos_embed.W_pos": p["W_pos"], "unembed.W_U": p["W_U"],
-               "unembed.b_U": np.zeros(V, np.float32)}
+    weights = {}
+    for q in EXPORTED:
+        weights |= ({q.tl.format(layer=layer): p[q.name][layer] for layer in range(L)} if q.per_layer
+                    else {q.tl: p[q.name]})
+    # TransformerLens' biases, zero (our forward pass has none)
+    weights["unembed.b_U"] = np.zeros(V, np.float32)
     for layer in range(L):
         prefix = f"blocks.{layer}.attn."
-        for name in HEAD_WEIGHTS:
-            weights[prefix + name] = p[name][layer]
         for name in ("b_Q", "b_K", "b_V"):
             weights[prefix + name] = np.zeros((H, K), np.float32)
         weights[prefix + "b_O"] = np.zeros(D, np.float32)
@@ -248,9 +249,8 @@ def from_transformer_lens(model_or_state_dict, cfg=None) -> dict[str, np.ndarray
         return state[key].detach().to("cpu", torch.float32).numpy().copy()
 
     n_layers = _cfg_get(cfg, "n_layers")
-    params = {"W_E": get("embed.W_E"), "W_pos": get("pos_embed.W_pos"), "W_U": get("unembed.W_U")}
-    for name in HEAD_WEIGHTS:
-        params[name] = np.stack([get(f"blocks.{layer}.attn.{name}") for layer in range(n_layers)])
+    params = {q.name: (np.stack([get(q.tl.format(layer=layer)) for layer in range(n_layers)]) if q.per_layer
+                       else get(q.tl)) for q in EXPORTED}
     biases = [k for k in state if k.rsplit(".", 1)[-1].startswith("b_") and bool(state[k].ne(0).any())]
     if biases:
         warnings.warn(f"from_transformer_lens: dropped nonzero biases ({', '.join(biases[:3])}"
