@@ -6,52 +6,25 @@ Parameters in circuit layout (TransformerLens convention, row vectors): `W_E [V,
 `lnf_w, lnf_b [D]` (pre-LayerNorm). The architecture is read off the names present.
 Shape suffixes: B batch, T query positions, S key positions, L layers, H heads,
 D d_model, K d_head, V vocab, M d_mlp.
+
+Anything that changes the pass (an intervention during training, an ablation in the
+analysis) is an `Edit` called at one of the named sites (`Site`, `SITES`): the queries', keys'
+and values' inputs, the attention pattern, each head's mixed values, each head's output.
+`apply` reads like the math with a `hook` at each; an edit is a pure function of the value
+there.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 LN_EPS = 1e-5
-
-
-class Sites(NamedTuple):
-    """Where an intervention can act at all: static, so the compiled pass computes nothing
-    anywhere else. Built from the arms of an ensemble (some member acts there, at some step)."""
-
-    clamp_prev: tuple[int, ...] = ()                 # layers with a head some member clamps
-    clamp_induction: tuple[int, ...] = ()
-    ablate: tuple[int, ...] = ()                     # layers with a head some member ablates
-    cut: tuple[tuple[int, int, int], ...] = ()       # (source layer, target layer, Q/K/V) some member cuts
-
-
-class Edits(NamedTuple):
-    """What an intervention does to one forward pass, per layer and head (None: nothing).
-
-    The pass applies them at three points: the inputs of each layer's queries, keys and values
-    (a cut removes an earlier head's write from one of them), the attention pattern (a clamp
-    pulls it towards a target pattern), and each head's output (an ablation zeroes it).
-    `sites` says where they can be non-zero (None: anywhere); the pass computes them only there.
-    """
-
-    clamp_prev_LH: jax.Array | None = None        # strength a in [0, 1] towards the previous-token pattern
-    clamp_induction_LH: jax.Array | None = None   # ... towards the induction pattern of the sequence
-    ablate_LH: jax.Array | None = None            # 1: the head's output is zero
-    cut_LHLC: jax.Array | None = None             # [source layer, source head, target layer, Q/K/V]: 1 = cut
-    sites: Sites | None = None
-
-    def at(self, n_layers: int) -> Sites:
-        """The sites of these edits: `sites`, or every place their arrays cover."""
-        if self.sites is not None:
-            return self.sites
-        every = tuple(range(n_layers))
-        return Sites(*(every if a is not None else () for a in (self.clamp_prev_LH, self.clamp_induction_LH,
-                                                                  self.ablate_LH)),
-                     tuple((s, t, c) for t in every for s in range(t) for c in range(3))
-                     if self.cut_LHLC is not None else ())
 
 
 class Activations(NamedTuple):
@@ -145,27 +118,74 @@ def induction_target(tokens_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
     return hits_BTS / jnp.maximum(n_BT, 1)[..., None], n_BT > 0
 
 
-class Clamp(NamedTuple):
-    """A pull of one layer's pattern towards a target: strengths `a_H`, the target pattern
-    (`[T, S]` or per sequence `[B, T, S]`), the rows that have a target (`[B, T]` or None) and
-    `values(v_BHSK)`, the target pattern applied to the values."""
 
-    a_H: jax.Array
-    target: jax.Array
-    has_BT: jax.Array | None
-    values: object
+# ---- Sites: the named points of the pass where an edit can act -------------------------------
+
+class Site(NamedTuple):
+    """Where in the pass an edit is called, and what it may read there.
+
+    `name` is one of `SITES`; the value an edit receives and returns there:
+
+    - `attn_in`: the input of one of the layer's projections (`qkv`: 0 queries, 1 keys, 2
+      values) `[B,T,D]`, or None until an edit sets it: the projection then reads the
+      normalised residual stream, `norm(resid_BTD)`, computed once for the inputs no edit set
+      (an edit that changes it computes its own, so each input's LayerNorm, and the order of
+      the float sums of its gradient, are those of earlier versions).
+    - `pattern`: `(z [B,H,T,K], pattern [B,H,T,S])`, the attention pattern and the values it
+      mixed (`v_BHSK`), changed together.
+    - `z`: each head's mixed values `[B,H,T,K]` as its output projection reads them.
+    - `head_out`: each head's write into the residual stream `[B,T,H,D]` (computed per head
+      only where an edit acts here or the activations are asked for).
+    """
+
+    name: str
+    layer: int
+    tokens_BT: jax.Array
+    params: dict
+    resid_BTD: jax.Array            # the residual stream entering the layer (before its LayerNorm)
+    norm: Callable                  # the layer's input normalisation (the identity without LayerNorm)
+    writes: tuple                   # each earlier layer's `Write`
+    qkv: int | None = None          # attn_in: which input
+    v_BHSK: jax.Array | None = None  # pattern: the values
 
 
-def _clamp(z_BHTK, pattern_BHTS, v_BHSK, c: Clamp):
-    """A' = (1 - a) A + a A* on the rows that have a target, and the output A' v."""
-    w_BHT1 = c.a_H[None, :, None, None] * (1.0 if c.has_BT is None else c.has_BT[:, None, :, None])
-    w_BHT1 = w_BHT1.astype(z_BHTK.dtype)
-    target_BHTS = c.target[None, None] if c.target.ndim == 2 else c.target[:, None]
-    return (z_BHTK + w_BHT1 * (c.values(v_BHSK) - z_BHTK),
-            pattern_BHTS + w_BHT1.astype(pattern_BHTS.dtype) * (target_BHTS - pattern_BHTS))
+SITES = ("attn_in", "pattern", "z", "head_out")
 
 
-def _where_used(used, edit, plain):
+class Write(NamedTuple):
+    """What one layer's heads wrote into the residual stream: `z` through that layer's `W_O`,
+    or `heads_BTHD` where an edit at `head_out` changed it."""
+
+    z_BHTK: jax.Array
+    heads_BTHD: jax.Array | None
+
+
+class Edit:
+    """Something done to the forward pass at one named site (`Site`, `SITES`): `site` names it,
+    `layers` says at which layers (static; None: every layer), and `edit(value, at)` returns
+    what replaces `value` there. A new kind of intervention is one such class (frozen
+    dataclass; its arrays are fields) and, to be written in an arm, one `interventions.Kind`."""
+
+    site: str = ""
+    layers: tuple[int, ...] | None = None
+
+    def acts_at(self, layer: int) -> bool:
+        return self.layers is None or layer in self.layers
+
+    def __call__(self, value, at: Site):
+        raise NotImplementedError
+
+
+def hook(edits, at: Site, value):
+    """`value` after every edit of `edits` that acts at `at` (in order): the one mechanism by
+    which anything changes the pass."""
+    for e in edits:
+        if e.site == at.name and e.acts_at(at.layer):
+            value = e(value, at)
+    return value
+
+
+def where_used(used, edit, plain):
     """`edit()` where this member uses the edit (`used`, a scalar), else `plain` in the edit's
     dtypes: the same numbers either way (the edit is the identity where its masks are zero).
     A real branch when an ensemble's members run one after another (`lax.map`, the CPU member
@@ -176,98 +196,77 @@ def _where_used(used, edit, plain):
     return jax.lax.cond(used, edit, lambda: plain)
 
 
-def attention(x_BTD, W_Q, W_K, W_V, W_O, head_mask_H=None, head_replace_BTHD=None, *,
-              return_heads: bool = False, x_qkv=(None, None, None), clamps=()):
-    """One attention layer: (output [B,T,D], pattern [B,H,T,S], per-head output [B,T,H,D] or
-    None, each head's mixed values z [B,H,T,K] as its output projection reads them).
+# ---- The edits the analysis asks for by keyword -------------------------------------------------
 
-    `head_mask_H` scales each head's output (0 = zero-ablation); `head_replace_BTHD` is added
-    to it (mean-ablation adds the mean of the head where the mask removed the head itself).
-    `x_qkv` gives the queries', keys' or values' input where it differs from `x_BTD` (a cut);
-    each of `clamps` (`Clamp`) pulls the pattern towards its target.
-    """
-    x_q, x_k, x_v = (x_BTD if x is None else x for x in x_qkv)
-    q_BHTK = jnp.einsum("btd,hdk->bhtk", x_q, W_Q)
-    k_BHSK = jnp.einsum("bsd,hdk->bhsk", x_k, W_K)
-    v_BHSK = jnp.einsum("bsd,hdk->bhsk", x_v, W_V)
-    z_BHTK, pattern_BHTS = attention_core(q_BHTK, k_BHSK, v_BHSK)
-    for clamp in clamps:
-        z_BHTK, pattern_BHTS = _where_used(
-            jnp.any(clamp.a_H != 0), lambda z=z_BHTK, p=pattern_BHTS, c=clamp: _clamp(z, p, v_BHSK, c),
-            (z_BHTK, pattern_BHTS))
-    if head_mask_H is not None:
-        z_BHTK = z_BHTK * head_mask_H[None, :, None, None]
-    if return_heads or head_replace_BTHD is not None:
-        heads_BTHD = jnp.einsum("bhtk,hkd->bthd", z_BHTK, W_O)
-        if head_replace_BTHD is not None:
-            heads_BTHD = heads_BTHD + head_replace_BTHD
-        return heads_BTHD.sum(2), pattern_BHTS, heads_BTHD if return_heads else None, z_BHTK
-    return jnp.einsum("bhtk,hkd->btd", z_BHTK, W_O), pattern_BHTS, None, z_BHTK
+@dataclasses.dataclass(frozen=True)
+class HeadScale(Edit):
+    """Each head's output times `mask_LH` (0 = zero-ablation)."""
+
+    mask_LH: jax.Array
+    layers: tuple[int, ...] | None = None
+    site = "z"
+
+    def __call__(self, z_BHTK, at: Site):
+        return z_BHTK * self.mask_LH[at.layer][None, :, None, None]
 
 
-def _cut_write(zs, W_O_LHKD, replace, cut_LHLC, sources, layer: int, c: int):
-    """What the cut heads of the `sources` layers wrote, for input `c` (Q/K/V) of `layer`: each
-    source layer's z through its output weights with the uncut heads' rows zeroed, one product
-    of the size of that layer's own output projection (no per-head copy of the residual)."""
-    total = 0.0
-    for src in sources:
-        m_H = cut_LHLC[src, :, layer, c].astype(zs[src].dtype)
-        total = total + jnp.einsum("bhtk,hkd->btd", zs[src], W_O_LHKD[src] * m_H[:, None, None])
-        if replace is not None:
-            total = total + jnp.einsum("bthd,h->btd", replace[src], m_H)
-    return total
+@dataclasses.dataclass(frozen=True)
+class HeadAdd(Edit):
+    """`add_LBTHD` added to each head's output (mean-ablation adds a head's mean where
+    `HeadScale` removed the head itself)."""
 
+    add_LBTHD: jax.Array
+    layers: tuple[int, ...] | None = None
+    site = "head_out"
+
+    def __call__(self, heads_BTHD, at: Site):
+        return heads_BTHD + self.add_LBTHD[at.layer]
+
+
+# ---- The pass ---------------------------------------------------------------------------------
 
 def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None = None,
-          head_replace_LBTHD: jax.Array | None = None, return_activations: bool = False,
-          edits: Edits | None = None):
+          head_replace_LBTHD: jax.Array | None = None, return_activations: bool = False, edits=()):
     """Logits `[B,T,V]` (and `Activations`). `tokens_BT` is int `[B,T]`, or float `[B,T,V]`
-    (soft) one-hot token vectors, so gradients with respect to the input exist. `edits` is
-    what an intervention does to this pass (training only; the analysis never passes it)."""
+    (soft) one-hot token vectors, so gradients with respect to the input exist.
+
+    `edits`: `Edit`s applied at their sites (an intervention during training); `head_mask_LH`
+    and `head_replace_LBTHD` are the analysis' ablations, `HeadScale` and `HeadAdd` edits.
+    """
+    edits = (*(edits or ()), *(() if head_mask_LH is None else (HeadScale(head_mask_LH),)),
+             *(() if head_replace_LBTHD is None else (HeadAdd(head_replace_LBTHD),)))
     n_layers = params["W_Q"].shape[0]
     layer_norm_on = "ln1_w" in params
     T = tokens_BT.shape[1]
     embed_BTD = (tokens_BT @ params["W_E"] if jnp.issubdtype(tokens_BT.dtype, jnp.floating)
                  else params["W_E"][tokens_BT])
     x_BTD = embed_BTD + params["W_pos"][:T]
-    edits = edits or Edits()
-    sites = edits.at(n_layers)
-    clamp_kinds = []
-    if sites.clamp_prev:
-        clamp_kinds.append((sites.clamp_prev, edits.clamp_prev_LH, previous_token_target(T), None,
-                            previous_token_values))
-    if sites.clamp_induction:
-        target_BTS, has_BT = induction_target(tokens_BT)
-        clamp_kinds.append((sites.clamp_induction, edits.clamp_induction_LH, target_BTS, has_BT,
-                            lambda v_BHSK: jnp.einsum("bts,bhsk->bhtk", target_BTS.astype(v_BHSK.dtype), v_BHSK)))
-    patterns, heads, resids, zs = [], [], [], []
+    patterns, heads, resids, writes = [], [], [], []
     for layer in range(n_layers):
         resids.append(x_BTD)
         norm = ((lambda x, layer=layer: layer_norm(x, params["ln1_w"][layer], params["ln1_b"][layer]))
                 if layer_norm_on else (lambda x: x))
-        mask_H = None if head_mask_LH is None else head_mask_LH[layer]
-        if layer in sites.ablate:
-            keep_H = 1.0 - edits.ablate_LH[layer]
-            mask_H = keep_H if mask_H is None else mask_H * keep_H
-        x_qkv = [None, None, None]          # the inputs a cut changes; the others read x itself
-        for c in range(3):
-            cut_from = [src for src, target, c_ in sites.cut if target == layer and c_ == c]
-            if cut_from:
-                x_qkv[c] = _where_used(
-                    jnp.any(edits.cut_LHLC[jnp.asarray(cut_from), :, layer, c] != 0),
-                    lambda c=c, cut_from=cut_from: norm(x_BTD - _cut_write(
-                        zs, params["W_O"], head_replace_LBTHD, edits.cut_LHLC, cut_from, layer, c)),
-                    norm(x_BTD))
-        out_BTD, pattern_BHTS, heads_BTHD, z_BHTK = attention(
-            norm(x_BTD), params["W_Q"][layer], params["W_K"][layer], params["W_V"][layer], params["W_O"][layer],
-            mask_H, None if head_replace_LBTHD is None else head_replace_LBTHD[layer],
-            return_heads=return_activations, x_qkv=x_qkv,
-            clamps=[Clamp(a_LH[layer], target, has, values)
-                    for at, a_LH, target, has, values in clamp_kinds if layer in at])
+        at = functools.partial(Site, layer=layer, tokens_BT=tokens_BT, params=params, resid_BTD=x_BTD,
+                               norm=norm, writes=tuple(writes))
+        inputs = [hook(edits, at("attn_in", qkv=c), None) for c in range(3)]
+        x_in_BTD = norm(x_BTD) if any(x is None for x in inputs) else None
+        x_q, x_k, x_v = (x_in_BTD if x is None else x for x in inputs)
+        W_Q, W_K, W_V, W_O = (params[n][layer] for n in ("W_Q", "W_K", "W_V", "W_O"))
+        q_BHTK = jnp.einsum("btd,hdk->bhtk", x_q, W_Q)
+        k_BHSK = jnp.einsum("bsd,hdk->bhsk", x_k, W_K)
+        v_BHSK = jnp.einsum("bsd,hdk->bhsk", x_v, W_V)
+        z_BHTK, pattern_BHTS = hook(edits, at("pattern", v_BHSK=v_BHSK), attention_core(q_BHTK, k_BHSK, v_BHSK))
+        z_BHTK = hook(edits, at("z"), z_BHTK)
+        edited = any(e.site == "head_out" and e.acts_at(layer) for e in edits)
+        if return_activations or edited:
+            heads_BTHD = hook(edits, at("head_out"), jnp.einsum("bhtk,hkd->bthd", z_BHTK, W_O))
+            out_BTD = heads_BTHD.sum(2)
+        else:
+            heads_BTHD, out_BTD = None, jnp.einsum("bhtk,hkd->btd", z_BHTK, W_O)
         x_BTD = x_BTD + out_BTD
         patterns.append(pattern_BHTS)
         heads.append(heads_BTHD)
-        zs.append(z_BHTK)
+        writes.append(Write(z_BHTK, heads_BTHD if edited else None))
         if "W_in" in params:
             h_BTD = layer_norm(x_BTD, params["ln2_w"][layer], params["ln2_b"][layer]) if layer_norm_on else x_BTD
             x_BTD = x_BTD + jax.nn.gelu(h_BTD @ params["W_in"][layer]) @ params["W_out"][layer]

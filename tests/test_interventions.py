@@ -1,5 +1,6 @@
 """Interventions during training: each member's own, as data, every arm in one compiled program."""
 
+import dataclasses
 import functools
 
 import jax
@@ -11,7 +12,8 @@ from conftest import tiny
 from induction_jax import ensemble, interventions
 from induction_jax import training as train_lib
 from induction_jax.cli import main
-from induction_jax.functional import Edits, apply, induction_target, previous_token_target
+from induction_jax.functional import apply, induction_target, previous_token_target
+from induction_jax.interventions.kinds import ClampPattern, CutWrite, ZeroHeads
 from induction_jax.members import Members
 from induction_jax.model import init_params
 
@@ -51,14 +53,14 @@ def test_clamp_gives_exactly_the_target_pattern_at_full_strength_and_nothing_at_
     L, H, T = 2, 4, tokens.shape[1]
     _, plain = apply(params, tokens, return_activations=True)
     one = jnp.zeros((L, H)).at[0, 2].set(1.0)
-    _, full = apply(params, tokens, return_activations=True, edits=Edits(clamp_prev_LH=one))
+    _, full = apply(params, tokens, return_activations=True, edits=[ClampPattern(one, "prev")])
     np.testing.assert_allclose(full.pattern_BLHTS[:, 0, 2], np.broadcast_to(previous_token_target(T), (len(tokens), T, T)),
                                atol=1e-6)
     np.testing.assert_array_equal(full.pattern_BLHTS[:, 0, 1], plain.pattern_BLHTS[:, 0, 1])
-    _, zero = apply(params, tokens, return_activations=True, edits=Edits(clamp_prev_LH=jnp.zeros((L, H))))
+    _, zero = apply(params, tokens, return_activations=True, edits=[ClampPattern(jnp.zeros((L, H)), "prev")])
     np.testing.assert_array_equal(zero.pattern_BLHTS, plain.pattern_BLHTS)
     # the induction pattern of the sequence on rows that have one; other rows keep the model's
-    _, ind = apply(params, tokens, return_activations=True, edits=Edits(clamp_induction_LH=jnp.zeros((L, H)).at[1, 3].set(1.0)))
+    _, ind = apply(params, tokens, return_activations=True, edits=[ClampPattern(jnp.zeros((L, H)).at[1, 3].set(1.0), "induction")])
     target, has = induction_target(tokens)
     got, mine = np.asarray(ind.pattern_BLHTS[:, 1, 3]), np.asarray(plain.pattern_BLHTS[:, 1, 3])
     np.testing.assert_allclose(got[np.asarray(has)], np.asarray(target)[np.asarray(has)], atol=1e-6)
@@ -77,7 +79,7 @@ def test_clamp_in_training_shows_in_the_probes_and_follows_its_window(short):
     assert np.all(prev[1, ~inside] < 0.99)
     windowed = jax.tree.map(lambda x: jnp.asarray(x[1]), interventions.build(
         ["clamp:prev:L0H0:1.0", "clamp:prev:L0H0:1.0@20-40"], cfg))
-    strengths = [float(interventions.active(windowed, s)[0].clamp_prev_LH[0, 0]) for s in (19, 20, 39, 40)]
+    strengths = [float(interventions.active(windowed, s)[0][0].a_LH[0, 0]) for s in (19, 20, 39, 40)]
     assert strengths == [0.0, 1.0, 1.0, 0.0]
 
 
@@ -103,12 +105,12 @@ def test_ablation_zeroes_a_head_and_a_cut_removes_exactly_one_write_from_one_inp
     tokens = _probe_tokens(short)
     L, H = 2, 4
     _, plain = apply(params, tokens, return_activations=True)
-    _, abl = apply(params, tokens, return_activations=True, edits=Edits(ablate_LH=jnp.zeros((L, H)).at[1, 2].set(1.0)))
+    _, abl = apply(params, tokens, return_activations=True, edits=[ZeroHeads(jnp.zeros((L, H)).at[1, 2].set(1.0))])
     assert float(jnp.abs(abl.head_out_BLTHD[:, 1, :, 2]).max()) == 0.0
     np.testing.assert_array_equal(abl.head_out_BLTHD[:, 1, :, 0], plain.head_out_BLTHD[:, 1, :, 0])
     # cut L0H1's write from layer 1's keys: by hand, the keys come from the residual without it
     cut = jnp.zeros((L, H, L, 3)).at[0, 1, 1, 1].set(1.0)
-    _, cutted = apply(params, tokens, return_activations=True, edits=Edits(cut_LHLC=cut))
+    _, cutted = apply(params, tokens, return_activations=True, edits=[CutWrite(cut)])
     x = plain.resid_pre_BLTD[:, 1]
     q = jnp.einsum("btd,hdk->bhtk", x, params["W_Q"][1])
     k = jnp.einsum("btd,hdk->bhtk", x - plain.head_out_BLTHD[:, 0, :, 1], params["W_K"][1])
@@ -131,8 +133,9 @@ def test_each_kind_is_computed_only_where_some_member_uses_it_and_that_changes_n
     arms = ["none", "clamp:prev:L0H0:1.0", "freeze:W_pos", "cut:K:L0H*", "ablate:L1H1+ablate:L1H2+ablate:L1H3",
             "clamp:induction:L1H0:0.5+cut:V:L0H1@10-30+cut:Q:L0H0"]
     iv = interventions.build(arms, short)
-    assert iv.sites == ((0,), (1,), (1,), ((0, 1, 0), (0, 1, 1), (0, 1, 2)))
-    assert interventions.build(arms[:5], short).sites == ((0,), (), (1,), ((0, 1, 1),))
+    assert iv.sites == (("clamp_prev", (0,)), ("clamp_induction", (1,)), ("ablate", (1,)),
+                        ("cut", ((0, 1, 0), (0, 1, 1), (0, 1, 2))))
+    assert interventions.build(arms[:5], short).sites == (("clamp_prev", (0,)), ("ablate", (1,)), ("cut", ((0, 1, 1),)))
     tokens = _probe_tokens(short)
     for cfg in (short, short.replace(layer_norm=True)):
         params = init_params(cfg.model, jax.random.PRNGKey(2))
@@ -140,7 +143,9 @@ def test_each_kind_is_computed_only_where_some_member_uses_it_and_that_changes_n
         for e in range(len(arms)):
             edits, _ = interventions.active(jax.tree.map(lambda x, e=e: jnp.asarray(x[e]), iv), 20)
             _, narrow = apply(params, tokens, return_activations=True, edits=edits)
-            _, everywhere = apply(params, tokens, return_activations=True, edits=edits._replace(sites=None))
+            everywhere_edits = [dataclasses.replace(e, **{"paths" if isinstance(e, CutWrite) else "layers": None})
+                                for e in edits]
+            _, everywhere = apply(params, tokens, return_activations=True, edits=everywhere_edits)
             for a, b in zip(narrow, everywhere):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # by hand with LayerNorm: L0H1's write is removed before layer 1's keys are normalised
@@ -148,7 +153,7 @@ def test_each_kind_is_computed_only_where_some_member_uses_it_and_that_changes_n
     params = init_params(cfg.model, jax.random.PRNGKey(2))
     cut = jnp.zeros((2, 4, 2, 3)).at[0, 1, 1, 1].set(1.0)
     _, plain = apply(params, tokens, return_activations=True)
-    _, cutted = apply(params, tokens, return_activations=True, edits=Edits(cut_LHLC=cut))
+    _, cutted = apply(params, tokens, return_activations=True, edits=[CutWrite(cut)])
     from induction_jax.functional import layer_norm
     x = plain.resid_pre_BLTD[:, 1]
     q = jnp.einsum("btd,hdk->bhtk", layer_norm(x, params["ln1_w"][1], params["ln1_b"][1]), params["W_Q"][1])

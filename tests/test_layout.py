@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from induction_jax import layout, memory
+from induction_jax import interventions, layout, memory
 from induction_jax.config import ModelConfig
 from induction_jax.model import init_params
 
@@ -27,6 +27,15 @@ def test_the_initial_weights_have_the_layouts_names_shapes_and_order(kw):
         p = layout.BY_NAME[name]
         if p.init != "normal":
             np.testing.assert_array_equal(value, 1.0 if p.init == "ones" else 0.0)
+
+
+def test_the_freeze_groups_are_the_layouts_per_head_per_layer_and_whole_parameters():
+    model = ModelConfig(d_vocab=16, n_ctx=12, n_layers=3, n_heads=2, d_model=16, d_mlp=24, layer_norm=True)
+    groups = interventions.freeze_groups(model)
+    assert groups == {"W_E": (), "W_pos": (), "W_Q": (3, 2), "W_K": (3, 2), "W_V": (3, 2), "W_O": (3, 2), "W_U": (),
+                      "W_in": (3,), "W_out": (3,), "ln1_w": (3,), "ln1_b": (3,), "lnf_w": (), "lnf_b": (),
+                      "ln2_w": (3,), "ln2_b": (3,)}
+    assert set(interventions.freeze_groups(ModelConfig())) == {"W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U"}
 
 
 def test_the_attention_only_model_is_the_layout_without_optional_parts():

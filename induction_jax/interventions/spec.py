@@ -12,29 +12,30 @@ steps `@START-STOP` (active while START <= step < STOP; `@START-` runs to the en
                              cut:K:L0H1:L1 for one later layer); the residual stream elsewhere keeps it
     ablate:L1H1+ablate:L1H2@0-500
 
-An ensemble's arms become one `Intervention`: per kind a `Window` of arrays (value, start,
-stop) with a leading ensemble axis, so every arm of a sweep runs in one compiled program; a
-kind no member uses is None and costs nothing, and a kind some member uses is computed only
-where some member uses it (`Intervention.sites`: which layers, which cut paths).
+Each kind is one `Kind` in one table (`KINDS`, `register`): its word, how its text becomes
+entries of per-member arrays, and what those arrays do at a step (`Edit`s on the forward
+pass, or masks on the update). The parser, the arrays and `active` only read the table.
+
+An ensemble's arms become one `Intervention`: per array (a *slot*) a `Window` of arrays
+(value, start, stop) with a leading ensemble axis, so every arm of a sweep runs in one
+compiled program; a slot no member uses is None and costs nothing, and a slot some member
+uses is computed only where some member uses it (`Intervention.sites`: which layers, which
+cut paths).
+
+Nothing here reads the data section of the config: sizes come from `cfg.model`, the run
+length from `cfg.train.steps`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
 from induction_jax.config import ConfigError, RunConfig
-from induction_jax.functional import Sites
-
-KINDS = ("clamp", "ablate", "freeze", "cut")
-CLAMP_TARGETS = ("prev", "induction")
-PATHS = "QKV"
-SYNTAX = ("none, or clamp:prev|induction:LxHy:a, ablate:LxHy, freeze:W_E|W_pos|W_U|Lx|LxHy:QK|LxHy:OV, "
-          "cut:Q|K|V:LxHy[:Lz], joined with +, each with an optional @START-STOP")
 
 
 class InterventionError(ConfigError):
@@ -49,44 +50,112 @@ class Window(NamedTuple):
     stop: np.ndarray
 
 
-@dataclasses.dataclass(frozen=True)
-class Intervention:
-    """Everything done to the members, stacked on a leading ensemble axis (None: nobody does it).
+class Entry(NamedTuple):
+    """One element an arm sets: `value` at `index` of the array `slot` (`(slot, name)` for an
+    array inside a group of them, e.g. one parameter's freeze mask)."""
 
-    `sites` (static, not an array) is where any member acts at all, so the compiled step
-    computes each kind only there: an ensemble pays for what its arms do, not for every head
-    of every layer. (Its arrays keep their layout: checkpoints of earlier versions restore.)"""
-
-    clamp_prev: Window | None         # [E, L, H] strength a
-    clamp_induction: Window | None    # [E, L, H]
-    ablate: Window | None             # [E, L, H] 1 = output zeroed
-    cut: Window | None                # [E, L, H, L, 3]: source layer, source head, target layer, Q/K/V
-    freeze: dict | None               # param name -> Window of [E] or [E, L] or [E, L, H]
-    sites: Sites = dataclasses.field(default=Sites(), metadata={"static": True})
+    slot: str | tuple[str, str]
+    index: tuple = ()
+    value: float = 1.0
 
 
-jax.tree_util.register_dataclass(Intervention)
+class Kind:
+    """One kind of intervention: how it is written and what it does. Subclass and `register`.
+
+    - `word`: the first field of its text (`ablate` in `ablate:L1H2`); `syntax` for messages.
+    - `slots(model)`: the per-member arrays it fills, slot -> shape (the slots' names are
+      the keys of the `Intervention`, hence of checkpoints: `slot_names` lists them, in order).
+    - `parse(fields, cfg, arm)`: the text after the word, split at `:`, as `Entry`s; one-line
+      `InterventionError`s.
+    - `sites(slot, indices)`: where in the pass the entries of one slot act, static (default:
+      their layers, `index[0]`); the compiled pass computes the slot only there.
+    - `edits(active, sites)`: the `functional.Edit`s of the slots at one step (`active`: slot ->
+      its values, zero outside their windows; only the slots some member uses).
+    - `freeze(active)`: parameter name -> mask (1 = no update) at one step.
+    """
+
+    word: str = ""
+    syntax: str = ""
+    slot_names: tuple[str, ...] = ()
+
+    def slots(self, model) -> dict:
+        raise NotImplementedError
+
+    def parse(self, fields: list[str], cfg: RunConfig, arm: str) -> list[Entry]:
+        raise NotImplementedError
+
+    def sites(self, slot: str, indices) -> tuple:
+        return tuple(sorted({index[0] for index in indices}))
+
+    def edits(self, active: Mapping, sites: Mapping) -> tuple:
+        return ()
+
+    def freeze(self, active: Mapping) -> dict:
+        return {}
 
 
-def _heads(text: str, cfg: RunConfig, arm: str) -> list[tuple[int, int]]:
+KINDS: dict[str, Kind] = {}      # word -> Kind, in the order of the Intervention's slots
+
+
+def register(kind: Kind) -> Kind:
+    """Add `kind` to the table the parser and `active` read (its word and slots must be new)."""
+    taken = {s for k in KINDS.values() for s in k.slot_names}
+    if kind.word in KINDS or taken & set(kind.slot_names) or not kind.slot_names:
+        raise ValueError(f"intervention kind {kind.word!r}: word or slots {kind.slot_names} already taken or empty")
+    KINDS[kind.word] = kind
+    return kind
+
+
+def unregister(word: str) -> None:
+    KINDS.pop(word)
+
+
+def syntax() -> str:
+    return (f"none, or {', '.join(k.syntax for k in KINDS.values())}, joined with +, each with an optional "
+            f"@START-STOP")
+
+
+def slot_kinds() -> dict[str, Kind]:
+    """Every slot name of the table -> its kind, in order."""
+    return {s: k for k in KINDS.values() for s in k.slot_names}
+
+
+# ---- What the kinds' parsers share ------------------------------------------------------------
+
+def heads(text: str, cfg: RunConfig, arm: str) -> list[tuple[int, int]]:
+    """`LxHy` or `LxH*` as (layer, head) pairs of this model."""
     m = re.fullmatch(r"L(\d+)H(\d+|\*)", text)
     L, H = cfg.model.n_layers, cfg.model.n_heads
     if not m:
         raise InterventionError(f"intervention {arm!r}: {text!r} is not a head; write LxHy (e.g. L0H1) or LxH*")
     layer = int(m.group(1))
-    heads = range(H) if m.group(2) == "*" else [int(m.group(2))]
-    if layer >= L or any(h >= H for h in heads):
+    hs = range(H) if m.group(2) == "*" else [int(m.group(2))]
+    if layer >= L or any(h >= H for h in hs):
         raise InterventionError(f"intervention {arm!r}: head {text} out of range; allowed: L0H0..L{L - 1}H{H - 1}")
-    return [(layer, h) for h in heads]
+    return [(layer, h) for h in hs]
 
 
-def _layer(text: str, cfg: RunConfig, arm: str) -> int:
+def layer(text: str, cfg: RunConfig, arm: str) -> int:
+    """`Lx` as a layer of this model."""
     m = re.fullmatch(r"L(\d+)", text)
     if not m or int(m.group(1)) >= cfg.model.n_layers:
         raise InterventionError(f"intervention {arm!r}: {text!r} is not a layer of this model; allowed: "
                                 f"L0..L{cfg.model.n_layers - 1}")
     return int(m.group(1))
 
+
+def strength(text: str | None, arm: str) -> float:
+    """An optional strength in [0, 1] (default 1)."""
+    try:
+        a = float(text) if text is not None else 1.0
+    except ValueError:
+        a = float("nan")
+    if not 0.0 <= a <= 1.0:
+        raise InterventionError(f"intervention {arm!r}: strength {text} outside [0, 1]")
+    return a
+
+
+# ---- Windows, parsing, building ---------------------------------------------------------------
 
 def _window(text: str | None, steps: int, arm: str) -> tuple[int, int]:
     """[start, stop) in steps. Open-ended (no window, or @START-) runs to the end, including the
@@ -103,92 +172,77 @@ def _window(text: str | None, steps: int, arm: str) -> tuple[int, int]:
     return start, stop
 
 
-def freeze_groups(cfg: RunConfig) -> dict[str, tuple]:
-    """The parameters a freeze can name and each one's mask shape after the ensemble axis."""
-    m = cfg.model
-    L, H = m.n_layers, m.n_heads
-    shapes = {"W_E": (), "W_pos": (), "W_U": (), "W_Q": (L, H), "W_K": (L, H), "W_V": (L, H), "W_O": (L, H)}
-    if not m.attn_only:
-        shapes |= {"W_in": (L,), "W_out": (L,)}
-    if m.layer_norm:
-        shapes |= {"ln1_w": (L,), "ln1_b": (L,), "lnf_w": (), "lnf_b": ()}
-        if not m.attn_only:
-            shapes |= {"ln2_w": (L,), "ln2_b": (L,)}
-    return shapes
+class Part(NamedTuple):
+    """One parsed element of an arm: an `Entry` and the steps [start, stop) it is active in."""
+
+    slot: str | tuple[str, str]
+    index: tuple
+    value: float
+    span: tuple[int, int]
 
 
-def parse(arm: str, cfg: RunConfig) -> list[tuple]:
-    """An arm as a list of `(kind, target, where, strength, (start, stop))`; one-line errors."""
+def parse(arm: str, cfg: RunConfig) -> list[Part]:
+    """An arm as a list of `Part`s; one-line errors."""
     arm = arm.strip()
     if arm == "none":
         return []
     if not arm:
-        raise InterventionError(f"intervention '': empty; allowed: {SYNTAX}")
-    out = []
-    L = cfg.model.n_layers
+        raise InterventionError(f"intervention '': empty; allowed: {syntax()}")
     parts = [p.strip() for p in arm.split("+")]
     if "none" in parts:
         raise InterventionError(f"--intervention {arm!r}: 'none' stands alone (the arm with no intervention) and "
-                                f"cannot be combined with +; allowed: {SYNTAX}")
+                                f"cannot be combined with +; allowed: {syntax()}")
     repeated = next((p for i, p in enumerate(parts) if p in parts[:i]), None)
     if repeated is not None:
         raise InterventionError(f"--intervention {arm!r}: {repeated!r} appears twice in one arm; each part may appear "
                                 f"once (different heads, kinds or windows combine, e.g. ablate:L0H0+ablate:L0H1)")
-    owner = {}                      # (kind, target, where) -> the part that set it: one window each
+    out = []
+    owner = {}                      # (slot, index) -> the part that set it: one window each
     for part in parts:
-        first = len(out)
         body, _, window = part.partition("@")
         span = _window(window or None, cfg.train.steps, arm)
-        fields = body.split(":")
-        kind = fields[0]
-        if kind not in KINDS:
-            raise InterventionError(f"intervention {arm!r}: unknown kind {kind!r}; allowed: {SYNTAX}")
-        if kind == "clamp":
-            if len(fields) not in (3, 4) or fields[1] not in CLAMP_TARGETS:
-                raise InterventionError(f"intervention {arm!r}: write clamp:prev|induction:LxHy[:a]")
-            try:
-                a = float(fields[3]) if len(fields) == 4 else 1.0
-            except ValueError:
-                a = float("nan")
-            if not 0.0 <= a <= 1.0:
-                raise InterventionError(f"intervention {arm!r}: strength {fields[3]} outside [0, 1]")
-            out += [("clamp_" + fields[1], head, None, a, span) for head in _heads(fields[2], cfg, arm)]
-        elif kind == "ablate":
-            if len(fields) != 2:
-                raise InterventionError(f"intervention {arm!r}: write ablate:LxHy")
-            out += [("ablate", head, None, 1.0, span) for head in _heads(fields[1], cfg, arm)]
-        elif kind == "cut":
-            if len(fields) not in (3, 4) or fields[1] not in PATHS:
-                raise InterventionError(f"intervention {arm!r}: write cut:Q|K|V:LxHy[:Lz]")
-            for head in _heads(fields[2], cfg, arm):
-                targets = [_layer(fields[3], cfg, arm)] if len(fields) == 4 else list(range(head[0] + 1, L))
-                if not targets or min(targets) <= head[0]:
-                    raise InterventionError(f"intervention {arm!r}: L{head[0]}H{head[1]} has no later layer to cut "
-                                            f"its write from; a cut reads from an earlier layer into a later one")
-                out += [("cut", head, (t, PATHS.index(fields[1])), 1.0, span) for t in targets]
-        else:
-            out += [("freeze", target, where, 1.0, span) for target, where in _freeze_targets(fields[1:], cfg, arm)]
-        for kind_, target, where, *_ in out[first:]:
-            other = owner.setdefault((kind_, target, where), part)
+        word, *fields = body.split(":")
+        if word not in KINDS:
+            raise InterventionError(f"intervention {arm!r}: unknown kind {word!r}; allowed: {syntax()}")
+        for e in KINDS[word].parse(fields, cfg, arm):
+            other = owner.setdefault((e.slot, tuple(e.index)), part)
             if other != part:
                 raise InterventionError(f"--intervention {arm!r}: {part!r} sets what {other!r} already sets (one "
                                         f"strength and window per head or weight and kind); name it once")
+            out.append(Part(e.slot, tuple(e.index), e.value, span))
     return out
 
 
-def _freeze_targets(fields: list[str], cfg: RunConfig, arm: str) -> list[tuple]:
-    groups = freeze_groups(cfg)
-    allowed = "W_E, W_pos, W_U, Lx (a layer), LxHy:QK, LxHy:OV" + (", W_in, W_out" if "W_in" in groups else "")
-    if len(fields) == 1 and fields[0] in groups and groups[fields[0]] in ((), (cfg.model.n_layers,)):
-        return [(fields[0], None)]
-    if len(fields) == 1 and re.fullmatch(r"L\d+", fields[0]):
-        layer = _layer(fields[0], cfg, arm)
-        return [(name, (layer,)) for name, shape in groups.items() if shape and len(shape) >= 1]
-    if len(fields) == 2 and fields[1] in ("QK", "OV"):
-        names = ("W_Q", "W_K") if fields[1] == "QK" else ("W_V", "W_O")
-        return [(name, head) for head in _heads(fields[0], cfg, arm) for name in names]
-    raise InterventionError(f"intervention {arm!r}: cannot freeze {':'.join(fields)!r} in this model; allowed: "
-                            f"{allowed}")
+class Intervention:
+    """Everything done to the members, stacked on a leading ensemble axis.
+
+    `windows`: every slot of the table (`slot_kinds`) -> its `Window` (or a group of them,
+    name -> `Window`), None where no member uses it; a pytree whose keys are the slots'
+    names (`.clamp_prev.value`: what checkpoints store and their digests cover, as in earlier
+    versions). `sites` (static, not an array): slot -> where any member acts at all, so the
+    compiled step computes each slot only there: an ensemble pays for what its arms do, not
+    for every head of every layer."""
+
+    def __init__(self, windows: dict, sites: tuple = ()):
+        self.windows = dict(windows)
+        self.sites = tuple(sites)
+
+    def __getattr__(self, name):
+        windows = self.__dict__.get("windows", {})
+        if name in windows:
+            return windows[name]
+        raise AttributeError(name)
+
+    def __repr__(self):
+        return f"Intervention({self.windows!r}, sites={self.sites!r})"
+
+
+def _flatten(iv: Intervention):
+    return [(jax.tree_util.GetAttrKey(k), w) for k, w in iv.windows.items()], (tuple(iv.windows), iv.sites)
+
+
+jax.tree_util.register_pytree_with_keys(
+    Intervention, _flatten, lambda aux, children: Intervention(dict(zip(aux[0], children)), aux[1]))
 
 
 def build(arms, cfg: RunConfig) -> Intervention | None:
@@ -196,22 +250,26 @@ def build(arms, cfg: RunConfig) -> Intervention | None:
     parsed = [parse(a, cfg) for a in arms]
     if not any(parsed):
         return None
-    E, L, H = len(arms), cfg.model.n_layers, cfg.model.n_heads
-    shapes = {"clamp_prev": (L, H), "clamp_induction": (L, H), "ablate": (L, H), "cut": (L, H, L, 3)}
-    used = {c[0] for p in parsed for c in p}
-    windows = {k: Window(np.zeros((E, *s), np.float32), np.zeros((E, *s), np.int32), np.zeros((E, *s), np.int32))
-               for k, s in shapes.items() if k in used}
-    freeze = {name: Window(np.zeros((E, *s), np.float32), np.zeros((E, *s), np.int32), np.zeros((E, *s), np.int32))
-              for name, s in freeze_groups(cfg).items()} if "freeze" in used else None
-    for e, components in enumerate(parsed):
-        for kind, target, where, value, (start, stop) in components:
-            if kind == "freeze":
-                w, index = freeze[target], (e,) + (where or ())
+    E = len(arms)
+    kinds = slot_kinds()
+    used = {p.slot if isinstance(p.slot, str) else p.slot[0] for ps in parsed for p in ps}
+    windows: dict = {s: None for s in kinds}
+    for kind in dict.fromkeys(kinds.values()):
+        for slot, shape in kind.slots(cfg.model).items():
+            top = slot if isinstance(slot, str) else slot[0]
+            if top not in used:
+                continue
+            w = Window(np.zeros((E, *shape), np.float32), np.zeros((E, *shape), np.int32),
+                       np.zeros((E, *shape), np.int32))
+            if isinstance(slot, str):
+                windows[slot] = w
             else:
-                w, index = windows[kind], (e, *target) + (where or ())
-            w.value[index], w.start[index], w.stop[index] = value, start, stop
-    sites = Sites(*(tuple(sorted({target[0] for p in parsed for kind_, target, *_ in p if kind_ == kind}))
-                    for kind in ("clamp_prev", "clamp_induction", "ablate")),
-                  tuple(sorted({(target[0], *where) for p in parsed for kind_, target, where, *_ in p if kind_ == "cut"})))
-    return Intervention(windows.get("clamp_prev"), windows.get("clamp_induction"), windows.get("ablate"),
-                        windows.get("cut"), freeze, sites)
+                windows[top] = (windows[top] or {}) | {slot[1]: w}
+    for e, ps in enumerate(parsed):
+        for p in ps:
+            w = windows[p.slot] if isinstance(p.slot, str) else windows[p.slot[0]][p.slot[1]]
+            index = (e, *p.index)
+            w.value[index], w.start[index], w.stop[index] = p.value, *p.span
+    sites = tuple((s, kinds[s].sites(s, sorted({p.index for ps in parsed for p in ps if p.slot == s})))
+                  for s in kinds if isinstance(windows[s], Window))
+    return Intervention(windows, sites)
