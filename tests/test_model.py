@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from induction_jax.config import ModelConfig
-from induction_jax.data import repeated_sequences
 from induction_jax.model import forward, init_params
 
 CFG = ModelConfig(d_vocab=16, n_ctx=12, n_layers=2, n_heads=2, d_model=16)
@@ -16,7 +15,9 @@ def params():
 
 
 def tokens(batch=3, P=6):
-    return repeated_sequences(jax.random.PRNGKey(1), batch, P, CFG.d_vocab)
+    """Random halves repeated once `[batch, 2P]` (made here: the model's tests need no task)."""
+    half = jax.random.randint(jax.random.PRNGKey(1), (batch, P), 0, CFG.d_vocab)
+    return jnp.concatenate([half, half], axis=1)
 
 
 def test_circuit_layout_shapes(params):
