@@ -26,9 +26,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from induction_jax.members import Members
-    from induction_jax.metrics import METRIC_COLUMNS, TableWriter, chunk_rows, format_rows, read_metrics
-    from induction_jax.probes import PROBE_METRICS
-    from induction_jax.training import STEP_METRICS
+    from induction_jax.metrics import TableWriter, chunk_rows, format_rows, metric_columns, read_metrics
+    from induction_jax.tasks import Repeated
+
+    task = Repeated()
+    step_metrics, probe_metrics = task.step_metric_names(), task.probe_metric_names()
 
     E = args.members
     seeds = np.arange(E)
@@ -36,14 +38,15 @@ def main() -> None:
     rng = np.random.default_rng(0)
     tmp = Path(tempfile.mkdtemp(prefix="metrics-bench-"))
     csv = tmp / "metrics.csv"
-    writer = TableWriter(csv, METRIC_COLUMNS)
+    columns = metric_columns(task, members)
+    writer = TableWriter(csv, columns)
     tic = time.perf_counter()
     for start in range(0, args.steps, args.chunk):
         steps = np.arange(start + 1, start + args.chunk + 1)
         probe_steps = steps[steps % 10 == 0]
-        writer.write(format_rows(chunk_rows(members, steps, {k: rng.random((E, len(steps))) for k in STEP_METRICS},
-                                            probe_steps, {k: rng.random((E, len(probe_steps))) for k in PROBE_METRICS},
-                                            np.full(E, -1)), members))
+        table = chunk_rows(columns, members, steps, {k: rng.random((E, len(steps))) for k in step_metrics},
+                           probe_steps, {k: rng.random((E, len(probe_steps))) for k in probe_metrics}, np.full(E, -1))
+        writer.write(format_rows(columns, table, members))
     write_s = time.perf_counter() - tic
     size = csv.stat().st_size
     tic = time.perf_counter()

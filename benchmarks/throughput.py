@@ -75,7 +75,7 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     model_steps = size * steps / best
     return {"members": size, "member_loop": memory.member_loop(cfg), "steps_timed": steps,
             "seconds_per_chunk": best, "compile_s": compile_s,
-            "model_steps_per_s": model_steps, "tokens_per_s": model_steps * cfg.data.batch_size * cfg.data.seq_len,
+            "model_steps_per_s": model_steps, "tokens_per_s": model_steps * cfg.data.batch_size * cfg.task.seq_len,
             "flops_per_model_step": float(step_cost["flops"]),
             "achieved_flops_per_s": float(step_cost["flops"]) * model_steps,
             "xla_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0)),

@@ -35,7 +35,7 @@ def main() -> None:
     print(f"in-context score midpoint over {mid['n']} members ({mid['n_censored']} censored): "
           f"mean {mid['mean']:.0f}, std {mid['std']:.0f}, CV {mid['cv']:.3f}, median {mid['median']:.0f}, "
           f"IQR {mid['iqr']:.0f}, 95% CI of the mean {mid['ci95_low']:.0f}-{mid['ci95_high']:.0f}")
-    lag = stats["in_context_minus_induction_midpoint"]["median"]
+    lag = stats["primary_minus_later_midpoint"]["median"]
     print(f"median lag, in-context minus induction-score midpoint: {lag} steps")
     for by, order in stats["formation_order"].items():
         print(f"previous-token head forms before / with / after the induction head, by {by}: {order['counts']}")

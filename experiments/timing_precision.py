@@ -34,6 +34,7 @@ from induction_jax.metrics import metric_matrix, read_metrics
 from induction_jax.phase.detect import detect, window_points
 from induction_jax.runner import train_or_resume
 from induction_jax.rundir import RunDir
+from induction_jax.tasks import Repeated
 
 CURVE = "in_context_score"
 TIMINGS = ("onset", "midpoint", "end")
@@ -41,7 +42,7 @@ TIMINGS = ("onset", "midpoint", "end")
 
 def times(steps, values, metric, smooth_steps) -> dict:
     interval = float(np.median(np.diff(steps)))
-    t = detect(steps, values, metric, window=window_points(interval, smooth_steps))
+    t = detect(steps, values, Repeated.metric(metric), window=window_points(interval, smooth_steps))
     return {k: getattr(t, k) for k in TIMINGS}
 
 
@@ -102,7 +103,7 @@ def main() -> None:
                                times(steps[keep], b[:, keep], CURVE, span), ref)
             rows[name]["probes_per_1000_steps"] = 1000 / every
     coarse = steps % 20 == 0
-    first = detect(steps[coarse], a[:, coarse], CURVE, window=1)
+    first = detect(steps[coarse], a[:, coarse], Repeated.metric(CURVE), window=1)
     lo, hi = np.nanmin(first.onset) - 40, np.nanmax(first.end) + 40
     keep = coarse | ((steps >= lo) & (steps <= hi))
     name = "concentrated: every 2 in the window, 20 elsewhere"

@@ -137,20 +137,24 @@ def train(cfg: RunConfig | dict | None = None, out: str | Path = "runs/run", *, 
 
 
 def sweep(cfg: RunConfig | None = None, out: str | Path = "runs/sweep", *, lr=None, weight_decay=None,
-          init_seeds=None, data_seeds=None, interventions=None, overwrite: bool = False,
-          progress: bool = True) -> "Run":
-    """arm x lr x weight decay x (init seed, data seed) crossed into one compiled ensemble;
-    `interventions` lists the arms, e.g. ["none", "clamp:prev:L0H0:1.0", "cut:K:L0H*"]. Each
-    of `lr`, `weight_decay`, `init_seeds`, `data_seeds`, `interventions` is a list of distinct
-    values, or None (the config's). `cfg` as for `train`."""
+          init_seeds=None, data_seeds=None, interventions=None, task_params: dict | None = None,
+          overwrite: bool = False, progress: bool = True) -> "Run":
+    """task parameter x arm x lr x weight decay x (init seed, data seed) crossed into one compiled
+    ensemble; `interventions` lists the arms, e.g. ["none", "clamp:prev:L0H0:1.0", "cut:K:L0H*"];
+    `task_params` maps each of the task's member parameters to its values, e.g.
+    {"min_period": [5, 25]}. Each of `lr`, `weight_decay`, `init_seeds`, `data_seeds`,
+    `interventions` is a list of distinct values, or None (the config's). `cfg` as for `train`."""
     cfg = _config(cfg)
     lr = _values(lr, "lr", "learning rates", "[3e-4, 1e-3]", _number(0.0, lo_open=True))
     weight_decay = _values(weight_decay, "weight_decay", "weight decays", "[0.0, 0.1]", _number(0.0, lo_open=False))
     init_seeds = _values(init_seeds, "init_seeds", "seeds", "range(4)", _seed)
     data_seeds = _values(data_seeds, "data_seeds", "seeds", "range(4)", _seed)
     interventions = _values(interventions, "interventions", "arms", '["none", "ablate:L1H2"]', _arm)
-    return train(cfg, out, members=Members.grid(cfg, lr, weight_decay, init_seeds, data_seeds, interventions),
-                 overwrite=overwrite, progress=progress)
+    if task_params is not None and not isinstance(task_params, dict):
+        raise TypeError(f"task_params: expected a dict of parameter name -> list of values, got "
+                        f"{_type_name(task_params)}")
+    members = Members.grid(cfg, lr, weight_decay, init_seeds, data_seeds, interventions, task_params)
+    return train(cfg, out, members=members, overwrite=overwrite, progress=progress)
 
 
 def open_run(path: str | Path) -> "Run":
@@ -212,7 +216,9 @@ class Run:
 
         if member is not None:
             self._check_member(member)
-        return json.loads((analyze_run(self.path, member) / "circuit.json").read_text())
+        out = analyze_run(self.path, member)
+        self.write_report()
+        return json.loads((out / "circuit.json").read_text())
 
     def scores(self):
         """analysis/scores.csv (run `analyze` first) as a DataFrame, one row per (member, layer, head)."""
@@ -238,7 +244,15 @@ class Run:
                 raise TypeError(f"{key}: expected a number of steps, got {_type_name(value)}")
             elif not math.isfinite(value) or value < 0:
                 raise ValueError(f"{key}={value!r}: must be a finite number >= 0")
-        return json.loads((phase_run(self.path, **options) / "stats.json").read_text())
+        out = phase_run(self.path, **options)
+        self.write_report()
+        return json.loads((out / "stats.json").read_text())
+
+    def write_report(self) -> Path:
+        """report.html from whatever the run directory holds (analyze and phase write it too)."""
+        from induction_jax.report import write_report
+
+        return write_report(self.dir)
 
     def timings(self):
         """phase/timings.csv (run `phase` first) as a DataFrame, one row per (curve, member)."""
@@ -335,13 +349,13 @@ def _weights(params, name: str = "params") -> dict[str, np.ndarray]:
 _ANALYZE_OPTIONS = ("probe_batch", "seed", "prefix_repeats", "thresholds", "batch")
 
 
-def analyze_weights(params: dict, half_length: int | None = None, **options) -> dict:
+def analyze_weights(params: dict, period: int | None = None, **options) -> dict:
     """Every score and the circuit verdict for circuit-layout weights from any source (one
     model, or stacked `[E, ...]`; e.g. `from_transformer_lens(model)`); returns the result dict
     of `analysis.run.analyze_params` (scores arrays, circuit, baseline).
 
-    The probe sequences are 2 x `half_length` tokens and must fit the weights' context (the
-    rows of W_pos, n_ctx); default: the longest that fits, n_ctx // 2. Options: `probe_batch`,
+    The probe sequences repeat `period` random tokens (2 x `period` tokens in all) and must
+    fit the weights' context (the rows of W_pos, n_ctx); default: the longest that fits, n_ctx // 2. Options: `probe_batch`,
     `seed`, `prefix_repeats`, `thresholds`, `batch` (see `analyze_params`)."""
     from induction_jax.analysis.identify import Thresholds
     from induction_jax.analysis.run import analyze_params
@@ -350,15 +364,15 @@ def analyze_weights(params: dict, half_length: int | None = None, **options) -> 
     n_ctx = stacked["W_pos"].shape[1]
     if n_ctx < 2:
         raise ValueError(f"params['W_pos']: {n_ctx} position(s); the probe sequences need a context of at least 2")
-    if half_length is None:
-        half_length = n_ctx // 2
-    elif _int(half_length, "half_length") < 1 or 2 * half_length > n_ctx:
-        raise ValueError(f"half_length={half_length}: the probe sequences of 2*half_length={2 * half_length} tokens "
+    if period is None:
+        period = n_ctx // 2
+    elif _int(period, "period") < 1 or 2 * period > n_ctx:
+        raise ValueError(f"period={period}: the probe sequences of 2*period={2 * period} tokens "
                          f"must fit the context of these weights (W_pos has n_ctx={n_ctx} positions); allowed: "
                          f"1..{n_ctx // 2}, or None for {n_ctx // 2}")
     for key, value in options.items():
         if key not in _ANALYZE_OPTIONS:
-            raise TypeError(f"{key}: not an option of analyze_weights; allowed: half_length, "
+            raise TypeError(f"{key}: not an option of analyze_weights; allowed: period, "
                             f"{', '.join(_ANALYZE_OPTIONS)}")
         if key == "thresholds":
             if not isinstance(value, Thresholds):
@@ -369,10 +383,10 @@ def analyze_weights(params: dict, half_length: int | None = None, **options) -> 
             _int(value, "batch", optional=True, lo=1)
         else:
             _int(value, key, lo=1)
-    if options.get("prefix_repeats", 1) > 2 * half_length:
-        raise ValueError(f"prefix_repeats={options['prefix_repeats']}: must be <= 2*half_length={2 * half_length} "
+    if options.get("prefix_repeats", 1) > 2 * period:
+        raise ValueError(f"prefix_repeats={options['prefix_repeats']}: must be <= 2*period={2 * period} "
                          f"(each repeat needs at least one token)")
-    return analyze_params(stacked, half_length, **options)
+    return analyze_params(stacked, period, **options)
 
 
 def from_transformer_lens(model_or_state_dict, cfg=None) -> dict:

@@ -145,14 +145,33 @@ class Checkpoints:
         """The state (laid out like `template`) and its meta, digest verified."""
         meta = self.read_meta(step)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        absent = self._absent_fields(step, template)
+        if absent:      # a state saved before these (array-free) fields existed: restore the rest by name
+            abstract = {k: v for k, v in abstract._asdict().items() if k not in absent}
         try:
             with quiet():
                 state = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract))).state
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"its arrays are unreadable ({type(e).__name__})") from None
+        if absent:
+            state = type(template)(**state, **{k: None for k in absent})
         _verify(host_copy(state), meta, "state")
         return state, meta
+
+    def _absent_fields(self, step: int, template) -> list[str]:
+        """Fields of a NamedTuple `template` that hold no arrays (None) and that the checkpoint's
+        state does not have: it was written by a version without them (e.g. 0.2, before a
+        member's task parameters were part of its state)."""
+        fields = [f for f in getattr(template, "_fields", ()) if getattr(template, f) is None]
+        if not fields:
+            return []
+        try:
+            with quiet():
+                stored = self.manager.item_metadata(step)["state"].tree
+        except Exception:  # noqa: BLE001  (unreadable metadata: the restore itself reports it)
+            return []
+        return [f for f in fields if isinstance(stored, dict) and f not in stored]
 
     def restore_params(self, step: int) -> tuple[dict[str, np.ndarray], dict]:
         """The params alone and the meta, onto one local device whatever topology saved them."""

@@ -36,13 +36,33 @@ def _bool_arg(text: str) -> bool:
 FLAG_TYPES = {"int": int, "float": float, "bool": _bool_arg, "str": str}
 
 
+def _config_groups() -> list[tuple[str, list]]:
+    """(group title, fields): the config sections, then each task's own fields (a field two
+    tasks share is one flag, listed under the first)."""
+    from induction_jax import tasks
+
+    groups = [(f"{section} config", list(dataclasses.fields(klass))) for section, klass in SECTIONS.items()]
+    seen = {f.name for _, fields in groups for f in fields}
+    for klass in tasks.classes():
+        fields = [f for f in dataclasses.fields(klass) if f.name not in seen]
+        seen |= {f.name for f in fields}
+        groups.append((f"task {klass.name} (with --task {klass.name})", fields))
+    return groups
+
+
 def add_config_flags(parser: argparse.ArgumentParser, lists: bool = False) -> None:
-    """One flag per config field (`--n-layers`, `--lr`, ...), help text with its default.
+    """One flag per config field (`--n-layers`, `--lr`, ...) and per task field (`--half-length`),
+    help text with its default; `--task` chooses the task.
 
     With `lists`, each flag takes a comma-separated list (parsed later, in the sweep)."""
-    for section, klass in SECTIONS.items():
-        group = parser.add_argument_group(f"{section} config")
-        for f in dataclasses.fields(klass):
+    from induction_jax import tasks
+
+    parser.add_argument("--task", default=None, choices=tasks.names(), metavar="{" + ",".join(tasks.names()) + "}",
+                        help="the training task (docs/task.md); its own flags are in its group below "
+                             "(default: repeated)")
+    for title, fields in _config_groups():
+        group = parser.add_argument_group(title)
+        for f in fields:
             kind = FLAG_TYPES[str(f.type)]
             flag = "--" + f.name.replace("_", "-")
             choices = f.metadata.get("choices")
@@ -78,11 +98,29 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         base = RunConfig.from_dict(obj)
         if getattr(args, "preset", None):
             raise CliError("--preset and --config: give one of them (a config file is a whole config)")
-    return base.replace(**_flag_overrides(args))
+    if getattr(args, "task", None):
+        base = base.replace(task=args.task)
+    overrides = _flag_overrides(args)
+    _check_task_flags(base.task, overrides)
+    return base.replace(**overrides)
+
+
+def _check_task_flags(task, overrides: dict) -> None:
+    """A flag of another task's field, given with this task, is a one-line error naming both."""
+    own = {f.name for f in dataclasses.fields(task)}
+    for name in overrides:
+        if name not in _section_field_names() and name not in own:
+            flag = "--" + name.replace("_", "-")
+            allowed = ", ".join("--" + f.replace("_", "-") for f in sorted(own)) or "none"
+            raise CliError(f"{flag}: not a setting of task {task.name}; its settings: {allowed}")
+
+
+def _section_field_names() -> set[str]:
+    return {f.name for klass in SECTIONS.values() for f in dataclasses.fields(klass)}
 
 
 def _field_names() -> list[str]:
-    return [f.name for klass in SECTIONS.values() for f in dataclasses.fields(klass)]
+    return [f.name for _, fields in _config_groups() for f in fields]
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict:
@@ -109,9 +147,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not distributed.is_writer():
         return 0
     summary = json.loads(run.summary_json.read_text())
-    finals = [m["final_loss_second_half"] for m in summary["members"] if m["final_loss_second_half"] is not None]
+    metric = run_config(run.path).task.progress_metric
+    finals = [m[f"final_{metric}"] for m in summary["members"] if m.get(f"final_{metric}") is not None]
     print(f"trained {summary['n_members']} members x {summary['steps']} steps in "
-          f"{time.perf_counter() - tic:.0f} s; final loss_second_half min {min(finals):.3f} / max {max(finals):.3f}"
+          f"{time.perf_counter() - tic:.0f} s; final {metric} min {min(finals):.3f} / max {max(finals):.3f}"
           if finals else "no member has a finite final loss")
     if not args.no_analysis:
         from induction_jax.analysis.analyze import analyze_run
@@ -122,9 +161,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             signals.check(f"after the analysis; the run's training, checkpoints and analysis are complete: "
                           f"time the phase change with 'induction-jax phase {run.path}'")
             _phase_or_skip(run.path, "train")
-        print(f"report: {run.path / 'report.html'}")
+        print(f"report: {_write_report(run.path)}")
     print(f"run directory: {run.path}")
     return EXIT_DIVERGED if _report_divergence(run.path, "train") else 0
+
+
+def _write_report(run_dir) -> Path:
+    """report.html, written once by the command after its analyses finished."""
+    from induction_jax.report import write_report
+
+    return write_report(Path(run_dir))
 
 
 def _phase_or_skip(run_dir: Path, command: str) -> None:
@@ -170,7 +216,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     out_dir = analyze_run(args.run_dir, args.member)
     _print_circuits(out_dir)
     print(f"analysis: {out_dir}")
-    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    print(f"report: {_write_report(args.run_dir)}")
     return 0
 
 
@@ -181,7 +227,7 @@ def cmd_phase(args: argparse.Namespace) -> int:
                     variance=args.variance)
     _print_phase(out)
     print(f"phase: {out}")
-    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    print(f"report: {_write_report(args.run_dir)}")
     return 0
 
 
@@ -194,11 +240,19 @@ def _fmt_ci(ci) -> str:
     return "n/a" if ci is None else f"{ci[0]:.2f}-{ci[1]:.2f}"
 
 
+def run_config(run_dir: Path):
+    from induction_jax.rundir import RunDir
+
+    return RunDir(Path(run_dir)).read_config()
+
+
 def _print_phase(phase_dir: Path) -> None:
     stats = json.loads((phase_dir / "stats.json").read_text())
-    for curve in ("in_context_score", "induction_score", "prev_token_score", "loss_second_half"):
+    primary = stats["primary_curve"]
+    what = primary.replace("_", " ")
+    for curve in stats["curves"]:
         m = stats[curve]["midpoint"]
-        where = "per-step training loss" if curve == "loss_second_half" else "probes"
+        where = "per-step training loss" if curve == stats.get("step_curve") else "probes"
         if m["mean"] is None:
             print(f"  {curve}: every member censored")
             continue
@@ -209,9 +263,10 @@ def _print_phase(phase_dir: Path) -> None:
               f"{m['n_censored']} censored; {where} every {stats[curve]['probe_interval']:g} steps)")
         if m.get("resolution"):
             print(f"    warning: {m['resolution']}")
-    for by, order in stats["formation_order"].items():
+    for by, order in (stats.get("formation_order") or {}).items():
         c = order["counts"]
-        print(f"  previous-token head forms before / with / after the induction head, by {by}: "
+        earlier, later = (order[k].replace("_", " ") for k in ("earlier", "later"))
+        print(f"  {earlier} forms before / with / after the {later}, by {by}: "
               f"{c['before']} / {c['with']} / {c['after']} (censored {c['censored']})")
     effects = stats.get("interventions")
     if effects:
@@ -231,23 +286,23 @@ def _print_phase(phase_dir: Path) -> None:
             print(f"    {arm}: {formed}{shift}")
     for label, arm in stats["arms"].items():
         head = f"  [{label}] " if len(stats["arms"]) > 1 else "  "
-        var = (arm.get("variance") or {}).get("in_context_score", {}).get("midpoint")
+        var = (arm.get("variance") or {}).get(primary, {}).get("midpoint")
         if var is not None:
             if var["shares"] is None:
-                print(f"{head}variance of the in-context midpoint: {var['reason']}")
+                print(f"{head}variance of the {what} midpoint: {var['reason']}")
             else:
                 sh, ci = var["shares"], var["shares_ci95"]
-                print(f"{head}variance of the in-context midpoint ({var['I']} init x {var['J']} data seeds): init "
+                print(f"{head}variance of the {what} midpoint ({var['I']} init x {var['J']} data seeds): init "
                       f"{sh['init']:.2f} [{_fmt_ci(ci['init'])}], data {sh['data']:.2f} [{_fmt_ci(ci['data'])}], "
                       f"residual {sh['residual']:.2f} [{_fmt_ci(ci['residual'])}] (shares, 95% CI)")
         if arm.get("predictors"):
-            print(f"{head}init-time predictors of the in-context midpoint: {arm['predictors']['verdict']}")
+            print(f"{head}init-time predictors of the {what} midpoint: {arm['predictors']['verdict']}")
         plan = arm.get("planning") or {}
         if plan.get("sd") is not None:
             prec = {p["d"]: p for p in plan["precision"]}.get(5.0) or plan["precision"][0]
             sh = {p["shift"]: p for p in plan["shift"]}.get(10.0) or plan["shift"][0]
             print(f"{head}members needed (pilot: sd {plan['sd']:.1f} steps over {plan['n_pilot']} timed; in brackets "
-                  f"with its 80% upper bound {plan['sd_upper80']:.1f}): a 95% CI of the in-context midpoint of "
+                  f"with its 80% upper bound {plan['sd_upper80']:.1f}): a 95% CI of the {what} midpoint of "
                   f"+-{prec['d']:g} steps: {_num(prec['n'], 0)} [{_num(prec['n_upper80'], 0)}] timed; a shift of "
                   f"{sh['shift']:g} steps between two arms with power 0.8: {_num(sh['n_per_arm'], 0)} "
                   f"[{_num(sh['n_per_arm_upper80'], 0)}] per arm (unpaired; fewer where arms share seeds, see "
@@ -289,6 +344,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         repeated = [a for i, a in enumerate(arms) if a in arms[:i]]
         if repeated:
             raise CliError(f"--intervention {repeated[0]}: listed twice; each arm must appear once")
+    base = config_from_args(args)
+    task_params = _task_params(args.task_param or [], base.task)
     init_seeds = parse_seed_range("--init-seeds", args.init_seeds) if args.init_seeds is not None else None
     data_seeds = parse_seed_range("--data-seeds", args.data_seeds) if args.data_seeds is not None else None
     shape_lists = {}
@@ -297,7 +354,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if text is not None and name not in ("lr", "weight_decay"):
             kind = FLAG_TYPES[_field_type(name)]
             shape_lists[name] = _parse_list("--" + name.replace("_", "-"), text, kind)
-    base = config_from_args(args)
+    _check_task_flags(base.task, shape_lists)
     out = Path(args.out or time.strftime("runs/sweep-%Y%m%d-%H%M%S"))
     combos = [dict(zip(shape_lists, vals)) for vals in itertools.product(*shape_lists.values())] or [{}]
     # Validate every configuration, member table and memory plan before anything is written.
@@ -310,7 +367,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cfg = base.replace(**combo)
         varied = {k: v for k, v in combo.items() if len(shape_lists[k]) > 1}
         run_dir = out if len(combos) == 1 else out / "_".join(f"{k}-{v}" for k, v in varied.items())
-        members = Members.grid(cfg, lrs, wds, init_seeds, data_seeds, arms)
+        members = Members.grid(cfg, lrs, wds, init_seeds, data_seeds, arms, task_params)
         interventions.build(members.arm, cfg)
         memory.plan_groups(cfg, len(members), ensemble.select_devices(cfg.train.devices), log=lambda m: None)
         if RunDir(run_dir).is_run() and not args.overwrite:
@@ -319,7 +376,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         plans.append((combo, cfg, run_dir, members))
     diverged = False
     for combo, cfg, run_dir, members in plans:
-        design = (f"{len(arms or [1])} arms x {len(lrs or [1])} lr x {len(wds or [1])} weight decay x "
+        design = ("".join(f"{len(v)} {k} x " for k, v in task_params.items())
+                  + f"{len(arms or [1])} arms x {len(lrs or [1])} lr x {len(wds or [1])} weight decay x "
                   + (f"{len(set(members.init_seed))} init seeds x {len(set(members.data_seed))} data seeds"
                      if members.crossed else f"{len(set(members.init_seed))} seeds"))
         varied = " ".join(f"{k}={v}" for k, v in combo.items() if len(shape_lists[k]) > 1)
@@ -327,9 +385,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         train_run(cfg, run_dir, overwrite=args.overwrite, members=members, progress=not args.no_progress)
         _print_circuits(analyze_run(run_dir))
         _phase_or_skip(run_dir, "sweep")
+        print(f"report: {_write_report(run_dir)}")
         print(f"run directory: {run_dir}")
         diverged |= _report_divergence(run_dir, "sweep")
     return EXIT_DIVERGED if diverged else 0
+
+
+def _task_params(specs: list[str], task) -> dict[str, list]:
+    """`--task-param NAME=v1,v2,...` flags as {name: values}, each checked against the task."""
+    out: dict[str, list] = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not text.strip():
+            raise CliError(f"--task-param {spec!r}: must be NAME=v1,v2,... (parameters of task {task.name}: "
+                           f"{', '.join(p.name for p in task.member_params()) or 'none'})")
+        param = task.member_param(name)
+        if name in out:
+            raise CliError(f"--task-param {name}: given twice; list all its values in one flag, e.g. "
+                           f"--task-param {name}={','.join(map(str, out[name]))},...")
+        out[name] = param.check(_parse_list(f"--task-param {name}", text, str), f"--task-param {name}")
+    return out
 
 
 def cmd_dynamics(args: argparse.Namespace) -> int:
@@ -345,7 +421,7 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
     for o in stats["order_counts"][:5]:
         print(f"  {o['n']} of {n}: {o['order'] or '(nothing formed)'}")
     print(f"dynamics: {out}")
-    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    print(f"report: {_write_report(args.run_dir)}")
     return 0
 
 
@@ -380,7 +456,7 @@ def cmd_llc(args: argparse.Namespace) -> int:
     for w in stats["warnings"]:
         print(f"induction-jax llc: warning: {w}", file=sys.stderr)
     print(f"llc: {out}")
-    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    print(f"report: {_write_report(args.run_dir)}")
     return 0
 
 
@@ -408,7 +484,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _field_type(name: str) -> str:
-    return next(str(f.type) for klass in SECTIONS.values() for f in dataclasses.fields(klass) if f.name == name)
+    return next(str(f.type) for _, fields in _config_groups() for f in fields if f.name == name)
 
 
 # The SGLDConfig fields (but n_beta) as `llc` flags: name, type, default, help. Written out so that
@@ -512,6 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--data-seeds", metavar="RANGE", default=None,
                        help="data seeds (training batches), e.g. 0-7; crossed with --init-seeds "
                             "(default: the --seeds range)")
+    sweep.add_argument("--task-param", metavar="NAME=V1,V2", action="append", default=None,
+                       help="a task parameter that varies per member, with its values, crossed with the seeds, lr, "
+                            "weight decay and arms in the same compiled ensemble (e.g. min_period=5,10,25 for the "
+                            "repeated task); repeat the flag for another parameter")
     add_config_flags(sweep, lists=True)
     sweep.set_defaults(func=cmd_sweep)
 

@@ -18,13 +18,16 @@ class ConfigError(ValueError):
     """A configuration value out of range; the message is one line naming field, value, rule."""
 
 
-def _field(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
-           lo_open: bool = False, choices: tuple | None = None):
+def config_field(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False, choices: tuple | None = None):
+    """A dataclass field with its help text and allowed range, read by `check_fields`, the
+    command line's flags and the report."""
     return field(default=default,
                  metadata={"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices})
 
 
-def _check_fields(obj) -> None:
+def check_fields(obj) -> None:
+    """Type- and range-check every field of a dataclass built from `config_field`s."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         meta = f.metadata
@@ -55,19 +58,19 @@ def _check_fields(obj) -> None:
 class ModelConfig:
     """The transformer. Reference: 2-layer, 4-head, attention-only, no LayerNorm, no biases."""
 
-    d_vocab: int = _field(64, "vocabulary size V (tokens are 0..V-1)", lo=2, hi=1_000_000)
-    n_ctx: int = _field(50, "context length (number of learned positions)", lo=2, hi=100_000)
-    n_layers: int = _field(2, "number of transformer layers (1 is the control that cannot do induction)",
+    d_vocab: int = config_field(64, "vocabulary size V (tokens are 0..V-1)", lo=2, hi=1_000_000)
+    n_ctx: int = config_field(50, "context length (number of learned positions)", lo=2, hi=100_000)
+    n_layers: int = config_field(2, "number of transformer layers (1 is the control that cannot do induction)",
                            lo=1, hi=64)
-    n_heads: int = _field(4, "attention heads per layer", lo=1, hi=256)
-    d_model: int = _field(64, "residual stream width D (d_head = D / n_heads)", lo=1, hi=65_536)
-    d_mlp: int = _field(0, "MLP hidden width per layer; 0 = attention-only (reference)", lo=0, hi=1_000_000)
-    layer_norm: bool = _field(False, "pre-LayerNorm before each block and the unembedding (reference: off)")
-    init_std: float = _field(0.0, "std of the normal init of every weight; 0 = 0.8/sqrt(d_model), "
+    n_heads: int = config_field(4, "attention heads per layer", lo=1, hi=256)
+    d_model: int = config_field(64, "residual stream width D (d_head = D / n_heads)", lo=1, hi=65_536)
+    d_mlp: int = config_field(0, "MLP hidden width per layer; 0 = attention-only (reference)", lo=0, hi=1_000_000)
+    layer_norm: bool = config_field(False, "pre-LayerNorm before each block and the unembedding (reference: off)")
+    init_std: float = config_field(0.0, "std of the normal init of every weight; 0 = 0.8/sqrt(d_model), "
                              "TransformerLens' default", lo=0.0, hi=100.0)
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model}: must be divisible by n_heads={self.n_heads}")
 
@@ -86,39 +89,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Repeated random sequences: P random tokens, then the same P again (length 2P)."""
+    """How batches are drawn and probed; what they hold is the task's (`RunConfig.task`)."""
 
-    half_length: int = _field(25, "P, length of the random half; sequences are 2P long", lo=2, hi=50_000)
-    min_half_length: int = _field(0, "shortest period of a training sequence: each repeats its own "
-                                  "P_b in [min_half_length, P] random tokens from position 0 "
-                                  "(x[t] = x[t mod P_b]), which removes the positional shortcut; "
-                                  "= half_length gives the fixed-P reference task (probes always use "
-                                  "it); 0 = ceil(2P/5)",
-                                  lo=0, hi=50_000)
-    batch_size: int = _field(64, "sequences per training step", lo=1, hi=1_000_000)
-    replace: bool = _field(True, "draw the half with replacement (reference); off = no token repeats "
-                           "inside a half (needs P <= V)")
-    probe_batch_size: int = _field(64, "sequences in the fixed probe batch used for evaluation",
-                                   lo=1, hi=1_000_000)
-    probe_seed: int = _field(0, "seed of the probe batch of reference sequences, shared by every member "
-                             "so that members are compared on the same sequences", lo=0, hi=2**31 - 1)
-    per_member_probes: bool = _field(False, "give each member its own probe batch, drawn from its data "
-                                     "seed, instead of the shared one")
+    batch_size: int = config_field(64, "sequences per training step", lo=1, hi=1_000_000)
+    probe_batch_size: int = config_field(64, "sequences in the fixed probe batch used for evaluation",
+                                         lo=1, hi=1_000_000)
+    probe_seed: int = config_field(0, "seed of the probe batch, shared by every member so that members are "
+                                   "compared on the same sequences", lo=0, hi=2**31 - 1)
+    per_member_probes: bool = config_field(False, "give each member its own probe batch, drawn from its data "
+                                           "seed, instead of the shared one")
 
     def __post_init__(self):
-        _check_fields(self)
-        if self.min_half_length == 1 or self.min_half_length > self.half_length:
-            raise ConfigError(f"min_half_length={self.min_half_length}: must be 0 (auto) or in "
-                              f"[2, half_length={self.half_length}]")
-
-    @property
-    def min_period(self) -> int:
-        """The shortest training period P_b (the resolved `min_half_length`)."""
-        return self.min_half_length or max(2, -(-2 * self.half_length // 5))
-
-    @property
-    def seq_len(self) -> int:
-        return 2 * self.half_length
+        check_fields(self)
 
 
 def snapshot_schedule(spec: str, steps: int, eval_every: int) -> list[int]:
@@ -156,48 +138,48 @@ class TrainConfig:
     """AdamW on fresh batches; an ensemble of `seeds` members with seeds first_seed, first_seed+1, ...
     (the shorthand in which a member's init seed and data seed are the same)."""
 
-    seeds: int = _field(8, "ensemble size: members trained at once, one per seed (init seed = data seed)",
+    seeds: int = config_field(8, "ensemble size: members trained at once, one per seed (init seed = data seed)",
                         lo=1, hi=1_000_000)
-    first_seed: int = _field(0, "seed of member 0; member i has seed first_seed + i", lo=0, hi=2**31 - 1)
-    steps: int = _field(2000, "optimiser steps per member", lo=1, hi=100_000_000)
-    lr: float = _field(1e-2, "AdamW learning rate (the reference experiment uses 1e-3: see docs/task.md)", lo=0.0, hi=10.0, lo_open=True)
-    weight_decay: float = _field(0.01, "AdamW decoupled weight decay (PyTorch's AdamW default)",
+    first_seed: int = config_field(0, "seed of member 0; member i has seed first_seed + i", lo=0, hi=2**31 - 1)
+    steps: int = config_field(2000, "optimiser steps per member", lo=1, hi=100_000_000)
+    lr: float = config_field(1e-2, "AdamW learning rate (the reference experiment uses 1e-3: see docs/task.md)", lo=0.0, hi=10.0, lo_open=True)
+    weight_decay: float = config_field(0.01, "AdamW decoupled weight decay (PyTorch's AdamW default)",
                                  lo=0.0, hi=10.0)
-    b1: float = _field(0.9, "AdamW beta1", lo=0.0, hi=0.999999)
-    b2: float = _field(0.999, "AdamW beta2", lo=0.0, hi=0.99999999)
-    eps: float = _field(1e-8, "AdamW epsilon", lo=0.0, hi=1.0, lo_open=True)
-    chunk_steps: int = _field(250, "most steps per compiled lax.scan call (rounded to a multiple of "
+    b1: float = config_field(0.9, "AdamW beta1", lo=0.0, hi=0.999999)
+    b2: float = config_field(0.999, "AdamW beta2", lo=0.0, hi=0.99999999)
+    eps: float = config_field(1e-8, "AdamW epsilon", lo=0.0, hi=1.0, lo_open=True)
+    chunk_steps: int = config_field(250, "most steps per compiled lax.scan call (rounded to a multiple of "
                               "eval_every); each call runs as many of them as take about a second, so "
                               "metrics and progress reach the host about once a second", lo=1, hi=1_000_000)
-    eval_every: int = _field(10, "steps between in-training probes on the fixed probe batch",
+    eval_every: int = config_field(10, "steps between in-training probes on the fixed probe batch",
                              lo=1, hi=1_000_000)
-    checkpoint_every: int = _field(500, "steps between checkpoints of the whole ensemble state (taken at "
+    checkpoint_every: int = config_field(500, "steps between checkpoints of the whole ensemble state (taken at "
                                    "the end of the chunk that reaches them)", lo=1, hi=100_000_000)
-    keep_checkpoints: int = _field(3, "how many of the latest checkpoints to keep", lo=1, hi=1000)
-    devices: int = _field(0, "local devices to shard the ensemble over; 0 = all", lo=0, hi=65_536)
-    member_group: int = _field(0, "members trained together per compiled call; 0 = as many as fit in "
+    keep_checkpoints: int = config_field(3, "how many of the latest checkpoints to keep", lo=1, hi=1000)
+    devices: int = config_field(0, "local devices to shard the ensemble over; 0 = all", lo=0, hi=65_536)
+    member_group: int = config_field(0, "members trained together per compiled call; 0 = as many as fit in "
                                "memory (estimated per member), larger ensembles run in groups", lo=0,
                                hi=100_000_000)
-    member_loop: str = _field("auto", "how the members on one device train: 'vmap' batches them into one "
+    member_loop: str = config_field("auto", "how the members on one device train: 'vmap' batches them into one "
                               "program (best on GPU/TPU), 'map' runs them one after another inside it "
                               "(best on CPU, where one member's activations stay in cache); auto = map "
                               "on CPU, vmap elsewhere", choices=("auto", "vmap", "map"))
-    weight_probes: bool = _field(True, "at every probe step, also the per-head weight-based scores (positional "
+    weight_probes: bool = config_field(True, "at every probe step, also the per-head weight-based scores (positional "
                                  "previous-token score of every head, Q/K/V composition of every head pair) "
                                  "into head_metrics.csv (attention-only models without LayerNorm)")
-    snapshots: str = _field("none", "parameters of every member saved during training, one file per step: "
+    snapshots: str = config_field("none", "parameters of every member saved during training, one file per step: "
                             "'log' (40 log-spaced steps, fewer on a short run; dense early), 'log:N', 'every:N' (every N "
                             "steps), or 'none'; steps are snapped to the probe grid, step 0 and the last "
                             "included")
-    divergence_loss: float = _field(10.0, "a member whose training loss exceeds this multiple of ln V, or is "
+    divergence_loss: float = config_field(10.0, "a member whose training loss exceeds this multiple of ln V, or is "
                                     "not finite, has diverged: its updates stop at that step (the default "
                                     "run's largest loss is 1.003 ln V)", lo=1.0, hi=1e30, lo_open=True)
-    compute_dtype: str = _field("float32", "dtype of the training forward and backward pass; parameters, "
+    compute_dtype: str = config_field("float32", "dtype of the training forward and backward pass; parameters, "
                                 "AdamW state, softmax and loss stay float32, and probes and analysis "
                                 "always run in float32", choices=("float32", "bfloat16"))
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
         snapshot_schedule(self.snapshots, self.steps, self.eval_every)
 
     @property
@@ -205,33 +187,45 @@ class TrainConfig:
         return snapshot_schedule(self.snapshots, self.steps, self.eval_every)
 
 
+def default_task():
+    from induction_jax.tasks import Repeated
+    return Repeated()
+
+
 @dataclass(frozen=True)
 class RunConfig:
+    """The whole configuration: the model, how data is drawn, training, and the task
+    (a `tasks.Task`, whose own fields are its settings)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    task: Any = field(default_factory=default_task)
 
     def __post_init__(self):
-        m, d = self.model, self.data
-        if d.seq_len > m.n_ctx:
-            raise ConfigError(f"half_length={d.half_length}: sequences of 2*half_length={d.seq_len} "
-                              f"tokens must fit the context n_ctx={m.n_ctx}")
-        if not d.replace and d.half_length > m.d_vocab:
-            raise ConfigError(f"half_length={d.half_length}: sampling without replacement: must be "
-                              f"<= d_vocab={m.d_vocab}")
+        from induction_jax.tasks import Task
+
+        if not isinstance(self.task, Task):
+            raise ConfigError(f"task: must be an induction_jax.tasks.Task, got {type(self.task).__name__}")
+        self.task.check(self.model)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS} | {"task": self.task.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        """Build from a (possibly partial) dict; unknown sections or keys are rejected by name."""
+        """Build from a (possibly partial) dict; unknown sections or keys are rejected by name.
+        A config written before tasks were a parameter (no `task` section; the repeated task's
+        settings in `data`) reads as the repeated task."""
+        from induction_jax import tasks
+
         if not isinstance(d, dict):
-            raise ConfigError(f"config: must be a JSON object with sections {', '.join(SECTIONS)}")
-        unknown = set(d) - set(SECTIONS)
+            raise ConfigError(f"config: must be a JSON object with sections {', '.join(ALL_SECTIONS)}")
+        unknown = set(d) - set(ALL_SECTIONS)
         if unknown:
             raise ConfigError(f"config: unknown section {sorted(unknown)[0]!r}; allowed: "
-                              f"{', '.join(SECTIONS)}")
+                              f"{', '.join(ALL_SECTIONS)}")
+        d = upgrade_config_dict(d)
         parts = {}
         for name, klass in SECTIONS.items():
             sub = d.get(name, {})
@@ -243,6 +237,7 @@ class RunConfig:
                 raise ConfigError(f"config.{name}: unknown key {sorted(bad)[0]!r}; allowed: "
                                   f"{', '.join(sorted(allowed))}")
             parts[name] = klass(**sub)
+        parts["task"] = tasks.from_dict(d.get("task", {"name": "repeated"}))
         return cls(**parts)
 
     @classmethod
@@ -253,18 +248,51 @@ class RunConfig:
         return cls().replace(**PRESETS[name]["fields"])
 
     def replace(self, **overrides) -> "RunConfig":
-        """Copy with flat field overrides, e.g. replace(n_layers=1, lr=3e-3)."""
+        """Copy with flat field overrides, e.g. replace(n_layers=1, lr=3e-3). `task` (a name or a
+        Task) switches the task (a name: with its defaults); the task's own fields are set by
+        name, like any other."""
+        from induction_jax import tasks
+
+        task = overrides.pop("task", self.task)
+        if isinstance(task, str):
+            task = self.task if task == self.task.name else tasks.task_class(task)()
+        task_fields = {f.name for f in dataclasses.fields(task)}
         sections = {name: {} for name in SECTIONS}
+        task_overrides = {}
         for key, value in overrides.items():
             section = FIELD_SECTION.get(key)
-            if section is None:
-                raise ConfigError(f"{key}: not a config field")
-            sections[section][key] = value
-        return RunConfig(**{name: dataclasses.replace(getattr(self, name), **sections[name])
-                            for name in SECTIONS})
+            if section is not None:
+                sections[section][key] = value
+            elif key in task_fields:
+                task_overrides[key] = value
+            else:
+                raise ConfigError(f"{key}: not a config field" + (f" (nor a parameter of task {task.name})"
+                                                                   if key in task_field_names() else ""))
+        return RunConfig(**{name: dataclasses.replace(getattr(self, name), **sections[name]) for name in SECTIONS},
+                         task=dataclasses.replace(task, **task_overrides) if task_overrides else task)
+
+
+def task_field_names() -> set[str]:
+    """The fields of every registered task."""
+    from induction_jax import tasks
+
+    return {f.name for klass in tasks.classes() for f in dataclasses.fields(klass)}
+
+
+def upgrade_config_dict(d: dict) -> dict:
+    """A config.json of version 0.2 (no `task` section: the repeated task's settings sat in
+    `data`) in today's layout; a current one unchanged."""
+    from induction_jax.tasks.repeated import LEGACY_DATA_FIELDS
+
+    if not isinstance(d, dict) or "task" in d or not isinstance(d.get("data", {}), dict):
+        return d
+    data = dict(d.get("data", {}))
+    task = {"name": "repeated", **{k: data.pop(k) for k in LEGACY_DATA_FIELDS if k in data}}
+    return {**d, "data": data, "task": task}
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+ALL_SECTIONS = (*SECTIONS, "task")
 
 # Named configurations: flat field overrides on the defaults, and what they are.
 PRESETS = {

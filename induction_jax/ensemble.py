@@ -54,11 +54,23 @@ def shard(state, sharding: NamedSharding):
     return jax.device_put(state, sharding)
 
 
+def task_arrays(cfg: RunConfig, members: Members) -> dict | None:
+    """The members' task parameters as arrays `[E]` (int32 or float32, as each is declared);
+    None for a members table without task columns (a run written before tasks were a
+    parameter), whose members all train with the task's defaults."""
+    if not members.task:
+        return None
+    kinds = {p.name: p.kind for p in cfg.task.member_params()}
+    return {name: jnp.asarray(v, jnp.int32 if kinds[name] is int else jnp.float32)
+            for name, v in members.task_values(cfg.task).items()}
+
+
 def _member_args(cfg: RunConfig, members: Members):
-    """The per-member inputs of `init_member`, stacked: seeds, lr, weight decay, intervention."""
+    """The per-member inputs of `init_member`, stacked: seeds, lr, weight decay, intervention,
+    task parameters."""
     return (jnp.asarray(members.init_seed, jnp.uint32), jnp.asarray(members.data_seed, jnp.uint32),
             jnp.asarray(members.lr, jnp.float32), jnp.asarray(members.weight_decay, jnp.float32),
-            jax.tree.map(jnp.asarray, interventions.build(members.arm, cfg)))
+            jax.tree.map(jnp.asarray, interventions.build(members.arm, cfg)), task_arrays(cfg, members))
 
 
 def init_ensemble(cfg: RunConfig, members: Members, devices=None, group: int | None = None):
@@ -167,7 +179,7 @@ def initial_probe(cfg: RunConfig, state: train_lib.MemberState, group: int | Non
     probes, heads = _run_grouped(functools.partial(run_probe, cfg), state, group or len(state.step))
     probes, heads = distributed.to_host(probes), distributed.to_host(heads)
     E = len(state.step)
-    return ChunkResult(np.zeros(0, int), {k: np.zeros((E, 0)) for k in train_lib.STEP_METRICS},
+    return ChunkResult(np.zeros(0, int), {k: np.zeros((E, 0)) for k in cfg.task.step_metric_names()},
                        np.zeros(1, int), {k: v[:, None] for k, v in probes.items()},
                        {k: v[:, None] for k, v in heads.items()}, diverged_steps(state), 0.0)
 

@@ -1,7 +1,8 @@
 """Who the members of an ensemble are: one row per member, one representation everywhere.
 
 Each member has an `init_seed` (its initial weights) and a `data_seed` (its training batches),
-a learning rate and a weight decay. The same table is what `config.json` stores, what labels
+a learning rate, a weight decay, an arm (what is done to it in training) and a value of each
+of the task's member parameters (`Task.member_params`: one column each). The same table is what `config.json` stores, what labels
 the rows of `metrics.csv` and every analysis table, and what the compiled ensemble is built
 from, so a member is named the same way in all of them.
 """
@@ -31,6 +32,7 @@ class Members:
     lr: np.ndarray
     weight_decay: np.ndarray
     arm: np.ndarray = None            # what is done to it during training (interventions.spec); "none"
+    task: dict = None                 # task parameter name -> values [E]; a missing one: the task's default
 
     def __post_init__(self):
         n = len(self.init_seed)
@@ -38,7 +40,16 @@ class Members:
             object.__setattr__(self, "arm", np.full(n, "none", dtype=object))
         if n == 0:
             raise MembersError("members: the table is empty; an ensemble needs at least one member")
+        task = {}
+        for name, values in (self.task or {}).items():
+            v = np.asarray(values)
+            if v.shape != (n,) or not (np.issubdtype(v.dtype, np.number) and np.all(np.isfinite(v))):
+                raise MembersError(f"members.{name}: must be {n} finite numbers, one per member")
+            task[str(name)] = v
+        object.__setattr__(self, "task", task)
         for f in fields(self):
+            if f.name == "task":
+                continue
             value = np.asarray(getattr(self, f.name))
             if value.shape != (n,):
                 raise MembersError(f"members.{f.name}: {value.shape[0] if value.ndim else 'no'} entries for "
@@ -64,18 +75,20 @@ class Members:
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "Members":
-        """`seeds` members with init seed = data seed = first_seed + i (the `seed` shorthand)."""
-        t = cfg.train
-        seeds = np.asarray(config_seeds(cfg), dtype=np.int64)
-        return cls(seeds, seeds.copy(), np.full(t.seeds, t.lr), np.full(t.seeds, t.weight_decay))
+        """`seeds` members with init seed = data seed = first_seed + i (the `seed` shorthand), each
+        with the task's default parameters."""
+        return cls.grid(cfg)
 
     @classmethod
     def grid(cls, cfg: RunConfig, lrs=None, weight_decays=None, init_seeds=None, data_seeds=None,
-             arms=None) -> "Members":
-        """Every arm x lr x weight decay x (init seed, data seed) combination; data seeds vary fastest.
+             arms=None, task_params: dict | None = None) -> "Members":
+        """Every task parameter x arm x lr x weight decay x (init seed, data seed) combination;
+        data seeds vary fastest.
 
         Without `init_seeds` / `data_seeds` the config's seeds are used with init seed = data
         seed (one seed per member); with both, they are crossed (a two-way design).
+        `task_params`: {name: values} of the task's member parameters (checked against it);
+        the others take the task's default.
         """
         t = cfg.train
         lrs = [t.lr] if lrs is None else list(lrs)
@@ -87,19 +100,31 @@ class Members:
             default = config_seeds(cfg) if init_seeds is None or data_seeds is None else []
             pairs = list(itertools.product(init_seeds if init_seeds is not None else default,
                                            data_seeds if data_seeds is not None else default))
-        rows = [(arm, lr, wd, a, b) for arm, lr, wd, (a, b) in itertools.product(arms or ["none"], lrs, wds, pairs)]
-        arm, lr, wd, a, b = (np.asarray(col, dtype=object if i == 0 else None) for i, col in enumerate(zip(*rows)))
-        return cls(a.astype(np.int64), b.astype(np.int64), lr.astype(float), wd.astype(float), arm)
+        swept = {}
+        for name, values in (task_params or {}).items():
+            swept[name] = cfg.task.member_param(name).check(list(values), f"--task-param {name}")
+        defaults = {p.name: p.default for p in cfg.task.member_params()}
+        task_values = [dict(zip(swept, combo)) for combo in itertools.product(*swept.values())] or [{}]
+        rows = [(arm, lr, wd, a, b, tv) for tv, arm, lr, wd, (a, b)
+                in itertools.product(task_values, arms or ["none"], lrs, wds, pairs)]
+        arm, lr, wd, a, b = (np.asarray(col, dtype=object if i == 0 else None)
+                             for i, col in enumerate(list(zip(*rows))[:5]))
+        task = {name: np.asarray([tv.get(name, default) for *_, tv in rows]) for name, default in defaults.items()}
+        return cls(a.astype(np.int64), b.astype(np.int64), lr.astype(float), wd.astype(float), arm, task)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every column in table order: the fixed ones, then one per task parameter."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "task"}, **self.task}
 
     def table(self) -> dict[str, list]:
         """JSON-ready columns (as config.json stores them)."""
-        return {f.name: [str(a) for a in self.arm] if f.name == "arm" else getattr(self, f.name).tolist()
-                for f in fields(self)}
+        return {name: [str(a) for a in v] if name == "arm" else v.tolist() for name, v in self.columns().items()}
 
     @classmethod
-    def from_table(cls, table) -> "Members":
-        """Read back `table()`; a malformed table raises `MembersError` in one line."""
-        names = [f.name for f in fields(cls) if f.name != "arm"]
+    def from_table(cls, table, task=None) -> "Members":
+        """Read back `table()`; a malformed table raises `MembersError` in one line. Columns
+        beyond the fixed ones are task parameters (checked against `task` when given)."""
+        names = [f.name for f in fields(cls) if f.name not in ("arm", "task")]
         if not isinstance(table, dict):
             raise MembersError(f"members: must be an object with columns {', '.join(names)}, arm")
         missing = [n for n in names if n not in table]
@@ -112,7 +137,20 @@ class Members:
         arm = table.get("arm")
         if arm is not None and (not isinstance(arm, list) or not all(isinstance(a, str) for a in arm)):
             raise MembersError("members.arm: must be a list of texts")
-        return cls(**cols, arm=None if arm is None else np.asarray(arm, dtype=object))
+        task_cols = {}
+        for name in [k for k in table if k not in names and k != "arm"]:
+            try:
+                values = np.asarray(table[name], dtype=float)
+            except (TypeError, ValueError, OverflowError):
+                raise MembersError(f"members.{name}: must be a list of numbers") from None
+            if task is not None:
+                try:
+                    param = task.member_param(name, "members")
+                    values = np.asarray(param.check(values.tolist(), f"members.{name}"))
+                except ConfigError as e:
+                    raise MembersError(str(e)) from None
+            task_cols[name] = values
+        return cls(**cols, arm=None if arm is None else np.asarray(arm, dtype=object), task=task_cols)
 
     @property
     def crossed(self) -> bool:
@@ -132,19 +170,28 @@ class Members:
             parts.append(f"weight decay {self.weight_decay[i]:g}")
         if len(set(self.arm)) > 1 or self.arm[0] != "none":
             parts.append(f"arm {self.arm[i]}")
+        parts += [f"{name} {v[i]:g}" for name, v in self.task.items() if len(np.unique(v)) > 1]
         return f"{parts[0]} ({', '.join(parts[1:])})"
 
     def arms(self) -> dict[str, np.ndarray]:
         """Members grouped by every setting that varies except the seeds (a sweep's arms):
         label -> member indices, in first-appearance order; one group 'all' if none varies."""
-        varying = [(name, fmt) for name, fmt in (("arm", "{}"), ("lr", "lr {:g}"), ("weight_decay", "weight decay {:g}"))
-                   if len(set(getattr(self, name).tolist())) > 1]
-        labels = [", ".join(fmt.format(getattr(self, name)[i]) for name, fmt in varying) or "all"
+        cols = self.columns()
+        formats = [("arm", "{}"), ("lr", "lr {:g}"), ("weight_decay", "weight decay {:g}")]
+        formats += [(name, name + " {:g}") for name in self.task]
+        varying = [(name, fmt) for name, fmt in formats if len(set(cols[name].tolist())) > 1]
+        labels = [", ".join(fmt.format(cols[name][i]) for name, fmt in varying) or "all"
                   for i in range(len(self))]
         return {label: np.flatnonzero(np.asarray(labels) == label) for label in dict.fromkeys(labels)}
 
     def select(self, index) -> "Members":
-        return Members(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return Members(**{f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "task"},
+                       task={k: v[index] for k, v in self.task.items()})
+
+    def task_values(self, task) -> dict[str, np.ndarray]:
+        """Every member parameter of `task` per member: this table's column, else its default."""
+        return {p.name: np.asarray(self.task[p.name]) if p.name in self.task else np.full(len(self), p.default)
+                for p in task.member_params()}
 
 
 def config_seeds(cfg: RunConfig) -> list[int]:

@@ -16,8 +16,6 @@ import jax
 
 from induction_jax import layout
 from induction_jax.config import RunConfig
-from induction_jax.probes import PROBE_METRICS
-from induction_jax.training import STEP_METRICS
 
 F32 = 4
 
@@ -63,7 +61,7 @@ def activation_bytes(cfg: RunConfig) -> int:
     """One member's live activations in the chunk: the larger of the training step (forward and
     backward) and the probe (forward with every head's pattern and output)."""
     m, d = cfg.model, cfg.data
-    T, L, H, D, V = d.seq_len, m.n_layers, m.n_heads, m.d_model, m.d_vocab
+    T, L, H, D, V = cfg.task.seq_len, m.n_layers, m.n_heads, m.d_model, m.d_vocab
     per_seq = L * (H * T * T * 3 + T * D * 8 + T * max(m.d_mlp, 1) * 2) + T * V * 3
     train = 2 * F32 * d.batch_size * per_seq
     probe = F32 * d.probe_batch_size * (L * (H * T * T + T * H * D + T * D * 2) + T * V * 2)
@@ -74,7 +72,8 @@ def chunk_output_bytes(cfg: RunConfig) -> int:
     """One member's metrics for one compiled chunk, on the device and as host rows and text."""
     t = cfg.train
     steps = max(t.eval_every, t.chunk_steps // t.eval_every * t.eval_every)
-    return steps * (len(STEP_METRICS) * F32 + 12 * 8 * 2 + 120) + len(PROBE_METRICS) * F32 * steps // t.eval_every
+    n_step, n_probe = len(cfg.task.step_metrics), len(cfg.task.probe_metric_info)
+    return steps * (n_step * F32 + 12 * 8 * 2 + 120) + n_probe * F32 * steps // t.eval_every
 
 
 def rough_member_bytes(cfg: RunConfig) -> tuple[int, int]:

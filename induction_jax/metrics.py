@@ -1,8 +1,8 @@
 """The run's tables, written chunk by chunk and read back as columns.
 
-metrics.csv: one row per (member, step): the member's settings (from `Members`), the step,
-then the training losses of that step and the probes measured after it (NaN where not
-measured). head_metrics.csv: one row per (member, step, layer, head, metric) of the per-head
+metrics.csv: one row per (member, step): the member's settings (every column of its
+`Members` table, task parameters included), the step, then the task's training metrics of
+that step and its probes measured after it (NaN where not measured); the task names them. head_metrics.csv: one row per (member, step, layer, head, metric) of the per-head
 weight probes. Each chunk is appended with one `write` and an `fsync`; a write that fails (a
 full disk) is rolled back to the size before the chunk, so a table only ever holds whole chunks.
 """
@@ -16,48 +16,56 @@ from pathlib import Path
 
 import numpy as np
 
-from induction_jax.members import Members
-from induction_jax.probes import PROBE_METRICS
 from induction_jax.rundir import RunDirError, storage_error
-from induction_jax.training import STEP_METRICS
 
-MEMBER_COLUMNS = ("member", "init_seed", "data_seed", "lr", "weight_decay", "arm")
-ID_COLUMNS = MEMBER_COLUMNS + ("step",)
-METRIC_COLUMNS = ID_COLUMNS + STEP_METRICS + PROBE_METRICS
+# The columns every metrics.csv starts with; the members table may add task parameters
+# after `arm`, and the task names the metric columns after `step`.
+ID_COLUMNS = ("member", "init_seed", "data_seed", "lr", "weight_decay", "arm", "step")
 _FORMATS = {"member": "%d", "init_seed": "%d", "data_seed": "%d", "step": "%d", "arm": "%s"}
 TEXT_COLUMNS = ("arm",)
 
 
-def chunk_rows(members: Members, steps: np.ndarray, metrics: dict, probe_steps: np.ndarray,
+def member_columns(members) -> tuple[str, ...]:
+    """`member`, then every column of the members table (`Members.columns`)."""
+    return ("member", *members.columns())
+
+
+def metric_columns(task, members) -> tuple[str, ...]:
+    """metrics.csv's header: the member columns, `step`, the task's training metrics, its probes."""
+    return member_columns(members) + ("step",) + task.step_metric_names() + task.probe_metric_names()
+
+
+def chunk_rows(columns: tuple[str, ...], members, steps: np.ndarray, metrics: dict, probe_steps: np.ndarray,
                probes: dict, diverged_step: np.ndarray) -> np.ndarray:
-    """`[rows, len(METRIC_COLUMNS)]` floats for one chunk, step-major (every member's row of a step,
+    """`[rows, len(columns)]` floats for one chunk, step-major (every member's row of a step,
     then the next step), so the file's bytes do not depend on where chunks end; NaN where not
     measured. A diverged member's rows stop at the step after the one whose update diverged.
     """
     all_steps = np.union1d(steps, probe_steps).astype(int)
     E, n = len(members), len(all_steps)
-    table = np.full((n, E, len(METRIC_COLUMNS)), np.nan)
+    table = np.full((n, E, len(columns)), np.nan)
     table[..., 0] = np.arange(E)[None, :]
-    for col, name in enumerate(MEMBER_COLUMNS[1:], start=1):
+    member_cols = members.columns()
+    for col, name in enumerate(columns[1:columns.index("step")], start=1):
         if name not in TEXT_COLUMNS:            # text columns are filled in by format_rows
-            table[..., col] = np.asarray(getattr(members, name), float)[None, :]
-    table[..., len(MEMBER_COLUMNS)] = all_steps[:, None]
-    for names, at, values in ((STEP_METRICS, steps, metrics), (PROBE_METRICS, probe_steps, probes)):
+            table[..., col] = np.asarray(member_cols[name], float)[None, :]
+    table[..., columns.index("step")] = all_steps[:, None]
+    for at, values in ((steps, metrics), (probe_steps, probes)):
         idx = np.searchsorted(all_steps, at)
-        for name in names:
-            table[idx, :, METRIC_COLUMNS.index(name)] = np.asarray(values[name]).T
+        for name, v in values.items():
+            table[idx, :, columns.index(name)] = np.asarray(v).T
     keep = (diverged_step[None, :] < 0) | (all_steps[:, None] <= diverged_step[None, :] + 1)
     return table[keep]
 
 
-def format_rows(table: np.ndarray, members: Members) -> str:
+def format_rows(columns: tuple[str, ...], table: np.ndarray, members) -> str:
     """CSV lines of `chunk_rows`' table, each member's text settings (its arm) filled in."""
     rows = table.astype(object)
     member = table[:, 0].astype(int)
     for name in TEXT_COLUMNS:
-        rows[:, METRIC_COLUMNS.index(name)] = np.asarray(getattr(members, name), dtype=object)[member]
+        rows[:, columns.index(name)] = np.asarray(members.columns()[name], dtype=object)[member]
     buf = io.StringIO()
-    np.savetxt(buf, rows, fmt=[_FORMATS.get(c, "%.6g") for c in METRIC_COLUMNS], delimiter=",")
+    np.savetxt(buf, rows, fmt=[_FORMATS.get(c, "%.6g") for c in columns], delimiter=",")
     return buf.getvalue()
 
 
@@ -144,16 +152,17 @@ class RunTables:
     """A run's append-only tables, written together chunk by chunk and cut back together on
     resume: metrics.csv, and head_metrics.csv when the weight probes run."""
 
-    def __init__(self, run, members: Members, heads: bool, append: bool = False):
+    def __init__(self, run, task, members, heads: bool, append: bool = False):
         self.members = members
-        self.writers = {"metrics": TableWriter(run.output("metrics.csv"), METRIC_COLUMNS, append)}
+        self.columns = metric_columns(task, members)
+        self.writers = {"metrics": TableWriter(run.output("metrics.csv"), self.columns, append)}
         if heads:
             self.writers["head_metrics"] = TableWriter(run.output("head_metrics.csv"), HEAD_COLUMNS, append)
 
     def write(self, result) -> None:
-        self.writers["metrics"].write(format_rows(chunk_rows(
-            self.members, result.steps, result.metrics, result.probe_steps, result.probes, result.diverged_step),
-            self.members))
+        self.writers["metrics"].write(format_rows(self.columns, chunk_rows(
+            self.columns, self.members, result.steps, result.metrics, result.probe_steps, result.probes,
+            result.diverged_step), self.members))
         if "head_metrics" in self.writers:
             self.writers["head_metrics"].write(head_rows(result.probe_steps, result.head_probes, result.diverged_step))
 
@@ -194,7 +203,7 @@ def read_metrics(path: Path, warn=lambda m: print(m, file=sys.stderr)) -> dict[s
     header = data[:header_end].decode(errors="replace").strip().split(",") if header_end >= 0 else []
     if not set(ID_COLUMNS) - set(TEXT_COLUMNS) <= set(header):
         raise RunDirError(f"{path}: not an induction-jax metrics table (columns {header}); expected "
-                          f"{', '.join(METRIC_COLUMNS)}")
+                          f"{', '.join(ID_COLUMNS)} and the task's metrics")
     body = data[header_end + 1:]
     last_start = body.rfind(b"\n", 0, len(body) - 1) + 1
     last = body[last_start:]

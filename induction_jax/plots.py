@@ -11,7 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-HALF_COLORS = {"loss_first_half": "tab:blue", "loss_second_half": "tab:red"}
+COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown")
+TITLES = {("loss_first_half", "loss_second_half"): "Loss on the first half (unpredictable) and second half "
+                                                   "(induction)"}
 
 
 def save(fig, path: Path) -> Path:
@@ -29,10 +31,11 @@ def ensemble_lines(ax, steps, values_EN, color, label, thin_alpha=0.35):
 
 
 def loss_plot(steps, losses: dict[str, np.ndarray], d_vocab: int, path: Path, title: str = "") -> Path:
-    """First- and second-half loss against step; thin line per member, bold mean, ln V marked."""
+    """The task's training losses against step (for the repeated task: first- and second-half
+    loss); thin line per member, bold mean, ln V marked."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
     E = len(next(iter(losses.values())))
-    for name, color in HALF_COLORS.items():
+    for name, color in zip(losses, COLORS):
         label = f"{name.replace('_', ' ')} (mean of {E})"
         ensemble_lines(ax, steps, losses[name], color, label)
     ax.axhline(math.log(d_vocab), color="k", ls="--", lw=1)
@@ -40,10 +43,10 @@ def loss_plot(steps, losses: dict[str, np.ndarray], d_vocab: int, path: Path, ti
                 xytext=(0, 4), textcoords="offset points", ha="right", va="bottom", fontsize=9)
     ax.set_xlabel("training step")
     ax.set_ylabel("cross-entropy loss (nats)")
-    ax.set_ylim(0, max(math.log(d_vocab) * 1.25, float(np.nanmax(np.nanmean(losses["loss_first_half"], 0)))))
+    ax.set_ylim(0, max(math.log(d_vocab) * 1.25, max(float(np.nanmax(np.nanmean(v, 0))) for v in losses.values())))
     if steps[-1] > steps[0]:
         ax.set_xlim(steps[0], steps[-1])
-    ax.set_title(title or "Loss on the first half (unpredictable) and second half (induction)")
+    ax.set_title(title or TITLES.get(tuple(losses), "Training loss: " + ", ".join(losses)))
     ax.legend(loc="center right")
     ax.grid(alpha=0.3)
     return save(fig, path)

@@ -7,32 +7,21 @@ import jax
 
 from induction_jax import model as model_lib
 from induction_jax.analysis import circuits
-from induction_jax.analysis.attention import induction_score, previous_token_score
 from induction_jax.config import RunConfig
-from induction_jax.data import probe_sequences
-from induction_jax.losses import split_losses, token_losses
-
-PROBE_METRICS = ("in_context_score", "probe_loss_second_half", "prev_token_score", "induction_score")
 
 
-def probe_batch(cfg: RunConfig, probe_key: jax.Array) -> jax.Array:
-    return probe_sequences(probe_key, cfg.data, cfg.model.d_vocab)
+def probe_batch(cfg: RunConfig, probe_key: jax.Array):
+    """The task's probe batch (a dict with `tokens`)."""
+    return cfg.task.probe(probe_key, cfg.data.probe_batch_size, cfg.model.d_vocab)
 
 
-def probe_metrics(cfg: RunConfig, params: dict, probe_key: jax.Array, edits=None) -> dict[str, jax.Array]:
-    """In-context score (early minus late loss, nats), second-half loss, best layer-0
-    previous-token score and best last-layer induction score (attention-based), of the model
-    as it trains: under its intervention at this step (`edits`), if it has one."""
-    tokens_BT = probe_batch(cfg, probe_key)
-    logits_BTV, acts = model_lib.forward(cfg.model, params, tokens_BT, return_activations=True, edits=edits)
-    losses = split_losses(token_losses(logits_BTV, tokens_BT), cfg.data.half_length)
-    pattern_LHTS = acts.pattern_BLHTS.mean(0)
-    return {
-        "in_context_score": losses["loss_first_half"] - losses["loss_second_half"],
-        "probe_loss_second_half": losses["loss_second_half"],
-        "prev_token_score": previous_token_score(pattern_LHTS[0]).max(),
-        "induction_score": induction_score(pattern_LHTS[-1], cfg.data.half_length).max(),
-    }
+def probe_metrics(cfg: RunConfig, params: dict, probe_key: jax.Array, edits=None):
+    """The task's probes of the model as it trains, under its intervention at this step
+    (`edits`), if it has one: `(scalars, per-head [L, H] values)`."""
+    batch = probe_batch(cfg, probe_key)
+    logits_BTV, acts = model_lib.forward(cfg.model, params, batch["tokens"], return_activations=True, edits=edits)
+    out = cfg.task.probe_metrics(logits_BTV, acts, batch)
+    return ({k: out[k] for k in cfg.task.probe_metric_names()}, {k: out[k] for k in cfg.task.head_probe_metrics})
 
 
 # Per-head weight-based probes: one value per head, or per (earlier head, later head) pair.
@@ -53,6 +42,6 @@ def head_probe_metrics(cfg: RunConfig, params: dict) -> dict[str, jax.Array]:
     if not weight_probes_apply(cfg):
         return {}
     one = {k: v[None] for k, v in params.items()}          # the circuit functions take a stacked ensemble
-    pattern = circuits.positional_qk_pattern(one, cfg.data.seq_len)
+    pattern = circuits.positional_qk_pattern(one, cfg.task.seq_len)
     out = {"positional_prev_token_score": circuits.positional_prev_token_score(pattern)[0]}
     return out | {k: v[0] for k, v in circuits.composition_scores(one).items()}

@@ -22,8 +22,9 @@ class ProgressBar:
     the ETA are measured from the end of that call on (the first line shows none yet)."""
 
     def __init__(self, total: int, start: int = 0, members: int = 1, stream=None, width: int = 28,
-                 log_every: float = 10.0):
+                 log_every: float = 10.0, metric: str = "loss_second_half"):
         self.total, self.done, self.start, self.members = total, start, start, members
+        self.metric = metric
         self.log_every, self.last_line = log_every, float("-inf")
         self.stream = stream or sys.stderr
         self.width = width
@@ -58,7 +59,8 @@ class ProgressBar:
             if self.tty:
                 self.stream.write("\n")
 
-    def update(self, done: int, loss_second_half: float) -> None:
+    def update(self, done: int, value: float) -> None:
+        """`done` steps; `value`: the members' mean of the task's progress metric."""
         now = time.perf_counter()
         if not self.tty and self.first is not None and now - self.last_line < self.log_every and done < self.total:
             self.done = done
@@ -75,7 +77,7 @@ class ProgressBar:
         filled = int(self.width * done / max(self.total, 1))
         bar = "#" * filled + "-" * (self.width - filled)
         self._write(f"train [{bar}] {done}/{self.total} steps | {speed} | ETA {eta} | "
-                    f"loss_second_half {loss_second_half:.3f}")
+                    f"{self.metric} {value:.3f}")
 
     def close(self) -> None:
         if self.tty:

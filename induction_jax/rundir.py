@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from induction_jax import __version__, files
-from induction_jax.config import ConfigError, RunConfig
+from induction_jax.config import ConfigError, RunConfig, upgrade_config_dict
 # The file primitives live in `files` (below every module that writes a run); re-exported here,
 # where most of the package and the tests import them from.
 from induction_jax.files import (MANIFEST, RunDirError, StorageError, json_safe, storage_error,  # noqa: F401
@@ -141,7 +141,7 @@ class RunDir:
         from induction_jax.members import Members
 
         try:
-            return Members.from_table(self.read_meta().get("members"))
+            return Members.from_table(self.read_meta().get("members"), self.read_config().task)
         except ConfigError as e:
             raise RunDirError(f"{self.config_json}: {e}") from None
 
@@ -287,8 +287,9 @@ class RunDir:
         """Refuse a config.json that no longer says what the run was trained with (`recorded`:
         the config and members a checkpoint stored). Only `may_differ` fields may change."""
         meta = self.read_meta()
-        for section, fields in recorded.get("config", {}).items():
-            now = meta.get("config", {}).get(section, {})
+        config_now = upgrade_config_dict(meta.get("config", {}))   # either may predate the task section
+        for section, fields in upgrade_config_dict(recorded.get("config", {})).items():
+            now = config_now.get(section, {})
             for name, value in fields.items():
                 if name not in may_differ and now.get(name) != value:
                     raise RunDirError(f"{self.config_json}: edited after training ({section}.{name} is "

@@ -22,10 +22,10 @@ from induction_jax.checkpoint import CheckpointError, Checkpoints, restore_lates
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
 from induction_jax.metrics import NullTables, RunTables, metric_matrix, read_metrics
-from induction_jax.probes import PROBE_METRICS, weight_probes_apply
+from induction_jax.probes import weight_probes_apply
 from induction_jax.progress import ProgressBar
 from induction_jax.rundir import RESUMABLE_CHANGES, RunDir, RunDirError, json_safe, write_json_atomic
-from induction_jax.training import STEP_METRICS, divergence_limit
+from induction_jax.training import divergence_limit
 
 FINAL_WINDOW = 50   # steps averaged into the summary's final losses
 
@@ -45,8 +45,9 @@ def summarize(cfg: RunConfig, members: Members, table: dict, diverged_step: np.n
     E = len(members)
     rows = [{"member": i, "label": members.label(i), **{k: v[i] for k, v in members.table().items()},
              "diverged_step": int(diverged_step[i]) if diverged_step[i] >= 0 else None} for i in range(E)]
-    for k in STEP_METRICS + PROBE_METRICS:
-        window = FINAL_WINDOW if k in STEP_METRICS else 1
+    step_metrics = cfg.task.step_metric_names()
+    for k in step_metrics + cfg.task.probe_metric_names():
+        window = FINAL_WINDOW if k in step_metrics else 1
         _, values = metric_matrix(table, k, E)
         for i, row in enumerate(rows):
             v = values[i][np.isfinite(values[i])][-window:]
@@ -85,7 +86,7 @@ def _train_loop(cfg: RunConfig, run: RunDir, ckpt: Checkpoints, members: Members
     """Train from `start`, checkpointing every `checkpoint_every` steps and on a signal, and
     taking the snapshots of the schedule."""
     t = cfg.train
-    bar = ProgressBar(t.steps, start=start, members=len(members)) if progress else None
+    bar = ProgressBar(t.steps, start=start, members=len(members), metric=cfg.task.progress_metric) if progress else None
     snapshot_steps = set(t.snapshot_steps)
     stops = [s for s in range((start // t.checkpoint_every + 1) * t.checkpoint_every, t.steps, t.checkpoint_every)]
     stops += [s for s in snapshot_steps if s > start]
@@ -99,7 +100,7 @@ def _train_loop(cfg: RunConfig, run: RunDir, ckpt: Checkpoints, members: Members
         if step in snapshot_steps:
             _snapshot(run, state, step)
         if bar is not None:
-            bar.update(step, float(np.nanmean(result.metrics["loss_second_half"][:, -1])))
+            bar.update(step, float(np.nanmean(result.metrics[cfg.task.progress_metric][:, -1])))
         if step % t.checkpoint_every == 0 or step == t.steps:
             save(state, step)
         if signals.caught() is not None and step < t.steps:
@@ -121,7 +122,8 @@ def _train_loop(cfg: RunConfig, run: RunDir, ckpt: Checkpoints, members: Members
 def _tables(cfg: RunConfig, run: RunDir, members: Members, append: bool = False):
     if not distributed.is_writer():
         return NullTables()
-    return RunTables(run, members, heads=weight_probes_apply(cfg), append=append)
+    return RunTables(run, cfg.task, members, heads=weight_probes_apply(cfg) or bool(cfg.task.head_probe_metrics),
+                     append=append)
 
 
 def _finish(cfg: RunConfig, run: RunDir, members: Members, state) -> RunDir:
@@ -132,9 +134,9 @@ def _finish(cfg: RunConfig, run: RunDir, members: Members, state) -> RunDir:
     table = read_metrics(run.metrics_csv)
     write_json_atomic(run.output("summary.json"), json_safe(summarize(cfg, members, table, diverged)))
     E = len(members)
-    steps, first = metric_matrix(table, "loss_first_half", E)
-    _, second = metric_matrix(table, "loss_second_half", E)
-    plots.loss_plot(steps, {"loss_first_half": first, "loss_second_half": second}, cfg.model.d_vocab,
+    curves = {name: metric_matrix(table, name, E) for name in cfg.task.plot_metrics}
+    steps = next(iter(curves.values()))[0]
+    plots.loss_plot(steps, {name: values for name, (_, values) in curves.items()}, cfg.model.d_vocab,
                     run.output("plots/loss.png"))
     return run
 

@@ -19,12 +19,8 @@ import optax
 
 from induction_jax import model as model_lib
 from induction_jax.config import RunConfig
-from induction_jax.data import sample_batch
 from induction_jax.interventions import active
-from induction_jax.losses import split_losses, token_losses
 from induction_jax.probes import head_probe_metrics, probe_metrics
-
-STEP_METRICS = ("loss", "loss_first_half", "loss_second_half")
 
 
 class MemberState(NamedTuple):
@@ -37,6 +33,7 @@ class MemberState(NamedTuple):
     probe_key: jax.Array
     diverged_step: jax.Array   # int32, -1 while healthy; else the step whose loss or grads diverged
     intervention: object = None  # interventions.Intervention (this member's arrays) or None
+    task_params: object = None   # this member's task parameters {name: scalar}; None: the task's defaults
 
 
 def optimizer(cfg: RunConfig) -> optax.GradientTransformation:
@@ -62,25 +59,27 @@ def member_keys(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array):
 
 
 def init_member(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array, lr: jax.Array,
-                weight_decay: jax.Array, intervention=None) -> MemberState:
+                weight_decay: jax.Array, intervention=None, task_params=None) -> MemberState:
     init_key, data_key, probe_key = member_keys(cfg, init_seed, data_seed)
     params = model_lib.init_params(cfg.model, init_key)
     opt_state = optimizer(cfg).init(params)
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
     opt_state.hyperparams["weight_decay"] = jnp.asarray(weight_decay, jnp.float32)
-    return MemberState(params, opt_state, jnp.int32(0), data_key, probe_key, jnp.int32(-1), intervention)
+    return MemberState(params, opt_state, jnp.int32(0), data_key, probe_key, jnp.int32(-1), intervention,
+                       task_params)
 
 
-def loss_fn(cfg: RunConfig, params: dict, tokens_BT: jax.Array, period_B: jax.Array, edits=None):
-    """Mean next-token loss. With `compute_dtype` bfloat16 the float32 parameters are cast for
+def loss_fn(cfg: RunConfig, params: dict, batch, edits=None):
+    """The task's training loss on `batch`, and its named training metrics. With `compute_dtype` bfloat16 the float32 parameters are cast for
     the forward pass (their gradients come back in float32 through the cast). `edits`: what an
     intervention does to the forward pass at this step."""
     dtype = jnp.dtype(cfg.train.compute_dtype)
     if dtype != jnp.float32:
         params = jax.tree.map(lambda p: p.astype(dtype), params)
-    logits_BTV = model_lib.forward(cfg.model, params, tokens_BT, edits=edits)
-    metrics = split_losses(token_losses(logits_BTV, tokens_BT), cfg.data.half_length, period_B)
-    return metrics["loss"], metrics
+    logits_BTV = model_lib.forward(cfg.model, params, batch["tokens"], edits=edits)
+    metrics = cfg.task.losses(logits_BTV, batch)
+    # the training metrics the task declares (a task may compute more, e.g. for its probes)
+    return metrics["loss"], {k: metrics[k] for k in cfg.task.step_metric_names()}
 
 
 def divergence_limit(cfg: RunConfig) -> float:
@@ -93,8 +92,9 @@ def train_step(cfg: RunConfig, state: MemberState) -> tuple[MemberState, dict]:
     gradient that is not finite, or a loss above `divergence_limit` (a finite blow-up),
     freezes the member at that step."""
     edits, freeze = active(state.intervention, state.step)
-    batch = sample_batch(jax.random.fold_in(state.data_key, state.step), cfg.data, cfg.model.d_vocab)
-    grads, metrics = jax.grad(functools.partial(loss_fn, cfg), has_aux=True)(state.params, *batch, edits)
+    batch = cfg.task.sample(jax.random.fold_in(state.data_key, state.step), state.task_params or {},
+                            cfg.data.batch_size, cfg.model.d_vocab)
+    grads, metrics = jax.grad(functools.partial(loss_fn, cfg), has_aux=True)(state.params, batch, edits)
     updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
     if freeze is not None:      # a frozen weight is not updated at all: no gradient step, no weight decay
         updates = {k: jnp.where(_expand(freeze[k], u) > 0, jnp.zeros_like(u), u) if k in freeze else u
@@ -107,8 +107,8 @@ def train_step(cfg: RunConfig, state: MemberState) -> tuple[MemberState, dict]:
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
                                      (params, opt_state), (state.params, state.opt_state))
     diverged_step = jnp.where(alive & ~finite, state.step, state.diverged_step)
-    return MemberState(params, opt_state, state.step + 1, state.data_key, state.probe_key,
-                       diverged_step, state.intervention), metrics
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1,
+                          diverged_step=diverged_step), metrics
 
 
 def _expand(mask, like):
@@ -120,7 +120,8 @@ def member_probes(cfg: RunConfig, state: MemberState):
     """The probes of one member as it is at its step, under its intervention: behaviour on the
     probe batch, and the per-head weight probes."""
     edits, _ = active(state.intervention, state.step)
-    return probe_metrics(cfg, state.params, state.probe_key, edits), head_probe_metrics(cfg, state.params)
+    probes, task_heads = probe_metrics(cfg, state.params, state.probe_key, edits)
+    return probes, head_probe_metrics(cfg, state.params) | task_heads
 
 
 def run_steps(cfg: RunConfig, state: MemberState, n_steps: int) -> tuple[MemberState, dict]:
@@ -182,7 +183,8 @@ def next_chunk(step: int, total: int, chunk_steps: int, eval_every: int, stop: i
     return Chunk(max_evals, eval_every, max(1, min(want, max_evals, room)))
 
 
-def train_member(cfg: RunConfig, init_seed, data_seed=None, lr=None, weight_decay=None, intervention=None):
+def train_member(cfg: RunConfig, init_seed, data_seed=None, lr=None, weight_decay=None, intervention=None,
+                 task_params=None):
     """A whole run as one pure function of its seeds: `jax.jit(jax.vmap(...))(seeds)` trains
     many. `data_seed` defaults to `init_seed` (the single-seed shorthand).
 
@@ -191,7 +193,7 @@ def train_member(cfg: RunConfig, init_seed, data_seed=None, lr=None, weight_deca
     t = cfg.train
     state = init_member(cfg, init_seed, init_seed if data_seed is None else data_seed,
                         t.lr if lr is None else lr, t.weight_decay if weight_decay is None else weight_decay,
-                        intervention)
+                        intervention, task_params)
     n_evals, rem = divmod(t.steps, t.eval_every)
     state, metrics, probes, _ = run_chunk(cfg, state, n_evals, n_evals, t.eval_every)
     if rem:

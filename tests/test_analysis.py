@@ -9,9 +9,9 @@ from induction_jax.analysis import behaviour, circuits
 from induction_jax.analysis.factored import FactoredMatrix, copying_score
 from induction_jax.analysis.run import analyze_params
 from induction_jax.analysis.weights import WeightsError, stacked_params
-from induction_jax.data import repeated_sequences
 from induction_jax.functional import apply
-from induction_jax.losses import split_losses, token_losses
+from induction_jax.losses import token_losses
+from induction_jax.tasks.repeated import induction_floor, repeated_sequences, split_losses
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,6 @@ def test_weights_and_architecture_errors():
 
 
 def test_induction_floor_known_cases():
-    from induction_jax.analysis.behaviour import induction_floor
     distinct = np.array([[0, 1, 2, 3, 0, 1, 2, 3]])
     assert induction_floor(distinct, 4) == 0.0
     # token 0 twice in the half. Query 4 (x=0) matches j=0 (next 1) and j=2 (next 2), target 1:

@@ -90,7 +90,7 @@ def test_run_objects_and_their_errors(reference, tmp_path):
         r.scores()
     with pytest.raises(RunDirError, match="not a run directory"):
         ij.open_run(tmp_path)
-    result = ij.analyze_weights(r.params(member=0), half_length=6)     # weights from any source
+    result = ij.analyze_weights(r.params(member=0), period=6)     # weights from any source
     assert result["scores"]["induction_score"].shape == (1, 2, 2)
 
 
@@ -132,7 +132,7 @@ def test_exported_member_loads_in_transformer_lens(reference, tmp_path):
 def test_the_seed001_preset(capsys):
     from induction_jax.cli import build_parser, config_from_args
     cfg = config_from_args(build_parser().parse_args(["train", "--preset", "seed001"]))
-    assert (cfg.data.min_half_length, cfg.data.half_length, cfg.model.d_vocab, cfg.model.n_layers,
+    assert (cfg.task.min_half_length, cfg.task.half_length, cfg.model.d_vocab, cfg.model.n_layers,
             cfg.model.n_heads, cfg.model.d_model, cfg.train.lr, cfg.data.batch_size, cfg.train.steps) == (
         25, 25, 64, 2, 4, 64, 1e-3, 64, 3000)
     assert config_from_args(build_parser().parse_args(["train", "--preset", "seed001", "--steps", "5"])).train.steps == 5

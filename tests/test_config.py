@@ -26,7 +26,7 @@ def test_out_of_range_names_field_value_and_rule(overrides, field):
 
 def test_defaults_are_the_reference():
     c = RunConfig()
-    assert (c.model.d_vocab, c.data.half_length, c.model.n_ctx) == (64, 25, 50)
+    assert (c.model.d_vocab, c.task.half_length, c.model.n_ctx) == (64, 25, 50)
     assert (c.model.n_layers, c.model.n_heads, c.model.d_model, c.model.d_head) == (2, 4, 64, 16)
     assert c.model.attn_only and not c.model.layer_norm
     assert c.data.batch_size == 64

@@ -56,7 +56,7 @@ def test_head_metrics_table_and_its_agreement_with_the_analysis(snap_run):
     assert {"positional_prev_token_score", "k_composition_from_L0H1", "q_composition_from_L0H0",
             "v_composition_from_L0H0"} <= set(table.metric)
     params = {k: v for k, v in load_arrays(snap_run / "snapshots" / "step_00000150.npz").items()}
-    result = analyze_params(params, half_length=6)
+    result = analyze_params(params, period=6)
     row = table[(table.member == 1) & (table.step == 150) & (table.layer == 1) & (table["head"] == 0)]
     k = row[row.metric == "k_composition_from_L0H1"].value.item()
     assert k == pytest.approx(result["scores"]["k_composition"][1, 0, 1, 1, 0], rel=1e-4)

@@ -277,10 +277,10 @@ def test_weights_are_checked_against_their_own_shapes(reference, tmp_path):
     params = ij.open_run(reference).params(member=0)                       # n_ctx 12
     with pytest.raises(TypeError, match="^params: expected a dict of circuit-layout weights"):
         ij.analyze_weights("W_E")
-    with pytest.raises(ValueError, match=r"^half_length=25: the probe sequences of 2\*half_length=50 tokens must "
+    with pytest.raises(ValueError, match=r"^period=25: the probe sequences of 2\*period=50 tokens must "
                                          r"fit the context of these weights \(W_pos has n_ctx=12 positions\); "
                                          r"allowed: 1..6"):
-        ij.analyze_weights(params, half_length=25)
+        ij.analyze_weights(params, period=25)
     bad = dict(params, W_K=params["W_K"][:, :1])
     with pytest.raises(ValueError, match=r"^params\['W_K'\]: shape \(2, 1, 16, 8\), expected \(2, 2, 16, 8\)"):
         ij.analyze_weights(bad)

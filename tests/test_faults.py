@@ -371,7 +371,7 @@ def test_readers_drop_a_cut_off_last_line_saying_so(capsys, reference, tmp_path)
 @pytest.mark.parametrize("command, section, key, value", [
     ("train --resume", "train", "lr", 0.02),
     ("train --resume", "model", "d_model", 32),
-    ("analyze", "data", "half_length", 5),
+    ("analyze", "task", "half_length", 5),
     ("phase", "members", "init_seed", [5, 6]),
 ])
 def test_an_edited_config_is_detected(capsys, reference, tmp_path, command, section, key, value):

@@ -22,7 +22,6 @@ TRAINER = ("training", "ensemble", "probes", "memory", "members", "distributed")
 # (importer, module imported from, name). Fixing one means removing it here; a new one fails.
 KNOWN_PRIVATE_IMPORTS = {
     ("induction_jax.api", "induction_jax.interop.transformer_lens", "_cfg_get"),
-    ("induction_jax.dynamics.formation", "induction_jax.phase.detect", "_first_crossing"),
 }
 
 

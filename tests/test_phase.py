@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from induction_jax.phase.detect import (PhaseError, _first_crossing, _peak_vertex, detect, logistic_fit,
+from induction_jax.phase.detect import (PhaseError, first_crossing, _peak_vertex, detect, logistic_fit,
                                         moving_average)
 from induction_jax.phase.stats import formation_order, summarize
+from induction_jax.tasks import Repeated
 
 STEPS = np.arange(0, 3001, 25)
 
@@ -16,7 +17,7 @@ def test_noisy_logistic_recovers_midpoint_width_and_marks():
     rng = np.random.default_rng(0)
     mids, width = np.array([800.0, 1200.0, 1900.0]), 60.0
     y = logistic(STEPS[None], mids[:, None], width) + rng.normal(0, 0.05, (3, len(STEPS)))
-    t = detect(STEPS, y, "in_context_score")
+    t = detect(STEPS, y, Repeated.metric("in_context_score"))
     assert not t.censored.any()
     np.testing.assert_allclose(t.midpoint, mids, atol=50)
     np.testing.assert_allclose(t.logistic_midpoint, mids, atol=25)
@@ -31,7 +32,7 @@ def test_noisy_logistic_recovers_midpoint_width_and_marks():
 def test_flat_curve_is_censored_not_dropped():
     rng = np.random.default_rng(1)
     y = np.vstack([0.1 + rng.normal(0, 0.05, len(STEPS)), logistic(STEPS, 1000, 50)])
-    t = detect(STEPS, y, "in_context_score")
+    t = detect(STEPS, y, Repeated.metric("in_context_score"))
     assert t.censored.tolist() == [True, False]
     assert "no transition" in t.reason[0] and np.isnan(t.midpoint[0])
     assert np.isfinite(t.midpoint[1])
@@ -41,7 +42,7 @@ def test_two_step_curve_times_the_crossings_of_the_whole_rise():
     # A small step (0 -> 1 at 600) then the main one (1 -> 4 at 2000): s0 = 0, s1 = 4, so 10%
     # (0.4) falls in the first step, 50% (2.0) and 90% (3.6) in the second.
     y = logistic(STEPS, 600, 30, 0, 1) + logistic(STEPS, 2000, 30, 0, 3)
-    t = detect(STEPS, y[None], "in_context_score")
+    t = detect(STEPS, y[None], Repeated.metric("in_context_score"))
     assert not t.censored[0]
     assert 500 < t.onset[0] < 650
     assert 1950 < t.midpoint[0] < 2050 and 2000 < t.end[0] < 2150
@@ -50,10 +51,10 @@ def test_two_step_curve_times_the_crossings_of_the_whole_rise():
 
 def test_decreasing_curve_and_unfinished_transition():
     y = logistic(STEPS, 1500, 50, 4.0, 0.1)                 # a loss falling
-    t = detect(STEPS, y[None], "probe_loss_second_half")
+    t = detect(STEPS, y[None], Repeated.metric("probe_loss_second_half"))
     assert abs(t.midpoint[0] - 1500) <= 50
     late = logistic(STEPS, 2990, 10)                         # still rising at the end
-    assert detect(STEPS, late[None], "in_context_score").censored[0]
+    assert detect(STEPS, late[None], Repeated.metric("in_context_score")).censored[0]
 
 
 def test_too_short_and_bad_window():
@@ -100,10 +101,10 @@ def test_formation_order():
 def test_collapse_is_censored_not_timed():
     # formed at 600, then collapsed far below its start at 2000 (a loss blow-up)
     y = logistic(STEPS, 600, 30, 0, 4) - logistic(STEPS, 2000, 30, 0, 40)
-    t = detect(STEPS, np.vstack([y, logistic(STEPS, 900, 40)]), "in_context_score")
+    t = detect(STEPS, np.vstack([y, logistic(STEPS, 900, 40)]), Repeated.metric("in_context_score"))
     assert t.censored.tolist() == [True, False]
     assert "collapse" in t.reason[0] and np.isnan(t.midpoint[0])
-    assert not detect(STEPS, logistic(STEPS, 900, 40, 4.0, 0.1)[None], "probe_loss_second_half").censored[0]
+    assert not detect(STEPS, logistic(STEPS, 900, 40, 4.0, 0.1)[None], Repeated.metric("probe_loss_second_half")).censored[0]
 
 
 def test_midpoint_is_timed_between_probe_points():
@@ -113,12 +114,12 @@ def test_midpoint_is_timed_between_probe_points():
     steps = np.arange(0, 801, 10)
     mids = rng.uniform(300, 500, 400)
     y = logistic(steps[None], mids[:, None], 30.0) + rng.normal(0, 0.05, (400, len(steps)))
-    t = detect(steps, y, "in_context_score")
+    t = detect(steps, y, Repeated.metric("in_context_score"))
     # a plateau needs ~7 widths after the midpoint: 1 of the 400 (midpoint 495 of 800 steps, its
     # slowdown delayed by the noise) has not shown one by the end and is censored "not finished"
     assert t.censored.sum() <= 2 and t.probe_interval == 10.0
     ok = ~t.censored
-    t, y, mids = detect(steps, y[ok], "in_context_score"), y[ok], mids[ok]
+    t, y, mids = detect(steps, y[ok], Repeated.metric("in_context_score")), y[ok], mids[ok]
     new_mae = np.mean(np.abs(t.midpoint - mids)) / t.probe_interval
     # the old rule: the first probe point at or past the threshold of the same smoothed curve
     progress = (t.smoothed - t.s0[:, None]) / (t.s1 - t.s0)[:, None]
@@ -137,7 +138,7 @@ def test_crossing_interpolates_between_the_bracketing_probes():
                   [0.0, 0.1, 0.2, 0.3],                      # never reached
                   [0.0, np.nan, 0.6, 1.0],                   # no probe before the hit: its own step
                   [0.0, 0.5, 0.2, 0.9]])                     # the first crossing, exactly on a probe
-    np.testing.assert_allclose(_first_crossing(steps, p, 0.5), [17.5, 27.5, 0.0, np.nan, 20.0, 10.0])
+    np.testing.assert_allclose(first_crossing(steps, p, 0.5), [17.5, 27.5, 0.0, np.nan, 20.0, 10.0])
 
 
 def test_peak_slope_is_the_parabola_vertex_within_the_neighbours():
@@ -154,12 +155,12 @@ def test_peak_slope_is_the_parabola_vertex_within_the_neighbours():
     # noise-free logistics: the refined peak finds the midpoint far inside the probe interval
     mids = np.linspace(300, 310, 21)[:-1]
     st = np.arange(0, 801, 10)
-    t = detect(st, logistic(st[None], mids[:, None], 30.0), "in_context_score")
+    t = detect(st, logistic(st[None], mids[:, None], 30.0), Repeated.metric("in_context_score"))
     assert np.max(np.abs(t.peak_slope - mids)) < 0.05 * 10 and np.max(np.abs(t.midpoint - mids)) < 0.05 * 10
 
 
 def test_probe_interval_is_reported_with_every_timing():
-    t = detect(STEPS, logistic(STEPS, 1000, 50)[None], "in_context_score")
+    t = detect(STEPS, logistic(STEPS, 1000, 50)[None], Repeated.metric("in_context_score"))
     assert t.probe_interval == 25.0
     from induction_jax.members import Members
     row = t.as_rows(Members(np.array([7]), np.array([3]), np.array([1e-2]), np.array([0.0])))[0]
@@ -179,7 +180,7 @@ def test_levels_and_timings_do_not_depend_on_the_length_of_the_run():
     rng = np.random.default_rng(4)
     steps = np.arange(0, 2001, 10)
     y = two_stage(steps, rng.uniform(150, 220, 16), rng)
-    long, short = detect(steps, y, "in_context_score"), detect(steps[:81], y[:, :81], "in_context_score")
+    long, short = detect(steps, y, Repeated.metric("in_context_score")), detect(steps[:81], y[:, :81], Repeated.metric("in_context_score"))
     assert not long.censored.any() and not short.censored.any()
     for name in ("s0", "s1", "onset", "midpoint", "end", "logistic_width"):
         if name == "logistic_width":
@@ -191,7 +192,7 @@ def test_levels_and_timings_do_not_depend_on_the_length_of_the_run():
         n1 = max(1, round(0.1 * t.smoothed.shape[1]))
         s0, s1 = t.smoothed[:, :max(1, round(0.05 * t.smoothed.shape[1]))].mean(1), t.smoothed[:, -n1:].mean(1)
         p = (t.smoothed - s0[:, None]) / (s1 - s0)[:, None]
-        old.append(_first_crossing(t.steps, p, 0.5))
+        old.append(first_crossing(t.steps, p, 0.5))
     assert np.max(np.abs(old[0] - old[1])) > 2.0, np.abs(old[0] - old[1])
 
 
@@ -201,14 +202,14 @@ def test_a_curve_still_rising_at_its_end_is_censored_not_finished():
     rng = np.random.default_rng(2)
     steps = np.arange(0, 401, 10)
     y = np.vstack([logistic(steps, 130, 25, 0, 3.6), logistic(steps, 400, 40, 0, 3.6)]) + rng.normal(0, 0.05, (2, 41))
-    t = detect(steps, y, "in_context_score")
+    t = detect(steps, y, Repeated.metric("in_context_score"))
     assert t.censored.tolist() == [False, True], t.reason
     assert t.reason[1].startswith("transition not finished") and np.isnan(t.midpoint[1])
     assert abs(t.midpoint[0] - 130) < 3 and np.isfinite(t.raw_onset[1])
     # the same member 1 trained on until its plateau is seen is timed
     steps2 = np.arange(0, 1001, 10)
     y2 = logistic(steps2, 400, 40, 0, 3.6) + rng.normal(0, 0.05, len(steps2))
-    t2 = detect(steps2, y2[None], "in_context_score")
+    t2 = detect(steps2, y2[None], Repeated.metric("in_context_score"))
     assert not t2.censored[0] and abs(t2.midpoint[0] - 400) < 3
 
 
@@ -216,9 +217,11 @@ def test_the_per_step_loss_resolution_warning_advises_what_applies_to_it():
     from induction_jax.phase.run import _curve_stats
     steps = np.arange(0, 1001)
     mids = 500 + np.array([0.0, 0.3, 0.6, 0.9])           # spread well under 2 steps
-    t = detect(steps, logistic(steps[None], mids[:, None], 30, 4.0, 0.2), "loss_second_half", window=25)
+    t = detect(steps, logistic(steps[None], mids[:, None], 30, 4.0, 0.2), Repeated.metric("loss_second_half"),
+               window=25)
     assert t.probe_interval == 1.0 and not t.censored.any()
-    msg = _curve_stats(t, 25)["midpoint"]["resolution"]
+    msg = _curve_stats(t, "loss_second_half", 25)["midpoint"]["resolution"]
     assert "--loss-smooth-steps" in msg and "25 steps" in msg and "probe more often" not in msg, msg
-    probe = detect(steps[::10], logistic(steps[None, ::10], mids[:, None], 30), "in_context_score", window=1)
-    assert "probe more often (--eval-every)" in _curve_stats(probe)["midpoint"]["resolution"]
+    probe = detect(steps[::10], logistic(steps[None, ::10], mids[:, None], 30), Repeated.metric("in_context_score"),
+                   window=1)
+    assert "probe more often (--eval-every)" in _curve_stats(probe, "loss_second_half")["midpoint"]["resolution"]

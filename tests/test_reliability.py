@@ -199,7 +199,8 @@ def test_phase_command_on_a_real_run(capsys, reference, tmp_path):
     assert set(stats) >= {"in_context_score", "induction_score", "prev_token_score", "formation_order"}
     assert set(stats["formation_order"]) == {"onset", "peak_slope", "midpoint"}
     header = (run / "phase" / "timings.csv").read_text().splitlines()[0]
-    assert header.startswith("member,init_seed,data_seed,lr,weight_decay,arm,metric,s0,s1,censored,reason,onset,"
+    assert header.startswith("member,init_seed,data_seed,lr,weight_decay,arm,min_period,metric,s0,s1,censored,reason,"
+                             "onset,"
                              "midpoint,end,peak_slope")
     for name in ("in_context_score", "induction_score", "midpoint_distribution", "prev_vs_induction", "loss_bump"):
         assert (run / "phase" / f"{name}.png").stat().st_size > 1000
@@ -213,7 +214,8 @@ def test_analyze_command_writes_scores_circuit_figures_and_report(capsys, refere
     assert "induction circuit" in capsys.readouterr().out
     rows = (run / "analysis" / "scores.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 2 * 2
-    assert rows[0].startswith("member,init_seed,data_seed,lr,weight_decay,arm,layer,head,prev_token_score")
+    assert rows[0].startswith("member,init_seed,data_seed,lr,weight_decay,arm,min_period,layer,head,"
+                              "prev_token_score")
     circuit = json.loads((run / "analysis" / "circuit.json").read_text())
     assert circuit["n_members"] == 2 and circuit["figure_member"] == 1
     assert {"prev_token_head", "induction_head", "checks", "clean_circuit"} <= set(circuit["members"][0])

@@ -104,7 +104,7 @@ def test_report_embeds_the_data_of_both_members(report, run_dir):
     assert att["members"] == [0, 1]
     arrays = load_arrays(run_dir / "analysis" / "arrays.npz")
     np.testing.assert_array_equal(decode_patterns(att), arrays["patterns"])      # exact: float16 as stored
-    assert att["tokens"] == arrays["tokens"].tolist() and att["T"] == 12 and att["half_length"] == 6
+    assert att["tokens"] == arrays["tokens"].tolist() and att["T"] == 12 and att["period"] == 6
     heads = data["circuit"]["heads"]
     assert len(heads["values"]["induction_score"]) == 2
     assert np.shape(heads["values"]["induction_score"]) == (2, heads["L"], heads["H"])

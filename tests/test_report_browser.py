@@ -144,7 +144,7 @@ def test_tables_sort_numerically_by_a_clicked_column(page):
 
 def test_hovering_a_heatmap_cell_shows_value_and_tokens(page, report):
     att = embedded(report.read_text())["circuit"]["attention"]
-    T, P, tokens = att["T"], att["half_length"], att["tokens"]
+    T, P, tokens = att["T"], att["period"], att["tokens"]
     q, k = T - 1, T - P                         # the last query and its induction target (q - P + 1)
     canvas = center(page, page.find_element(By.ID, "zoom-canvas"))
     w, h = canvas.size["width"], canvas.size["height"]

@@ -16,7 +16,7 @@ def run(cfg, members, devices=None, group=None):
     chunks = []
     state = ensemble.init_ensemble(cfg, members, devices)
     state = ensemble.train(cfg, state, 0, lambda s, r: chunks.append(r), group=group)
-    return state, {k: np.concatenate([c.metrics[k] for c in chunks], 1) for k in train_lib.STEP_METRICS}
+    return state, {k: np.concatenate([c.metrics[k] for c in chunks], 1) for k in cfg.task.step_metric_names()}
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def test_phase_decomposes_a_crossed_design(crossed_run, capsys):
     assert config["members"]["init_seed"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert config["members"]["data_seed"] == [5, 6, 7] * 3
     header = (crossed_run / "metrics.csv").read_text().splitlines()[0]
-    assert header.startswith("member,init_seed,data_seed,lr,weight_decay,arm,step,")
+    assert header.startswith("member,init_seed,data_seed,lr,weight_decay,arm,min_period,step,")
     assert main(["phase", str(crossed_run), "--variance"]) == 0
     out = capsys.readouterr().out
     stats = json.loads((crossed_run / "phase" / "stats.json").read_text())

@@ -15,7 +15,7 @@ def collect(cfg, members):
     chunks = []
     state = ensemble.init_ensemble(cfg, members)
     state = ensemble.train(cfg, state, 0, lambda s, r: chunks.append(r))
-    return state, {k: np.concatenate([c.metrics[k] for c in chunks], 1) for k in train_lib.STEP_METRICS}
+    return state, {k: np.concatenate([c.metrics[k] for c in chunks], 1) for k in cfg.task.step_metric_names()}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_every_member_learns_induction(small_cfg):
     members = Members.from_config(small_cfg)
     chunks = []
     ensemble.train(small_cfg, ensemble.init_ensemble(small_cfg, members), 0, lambda s, r: chunks.append(r))
-    m = {k: np.concatenate([c.metrics[k] for c in chunks], 1) for k in train_lib.STEP_METRICS}
+    m = {k: np.concatenate([c.metrics[k] for c in chunks], 1) for k in small_cfg.task.step_metric_names()}
     last = {k: v[:, -25:].mean(1) for k, v in m.items()}
     ln_v = np.log(small_cfg.model.d_vocab)
     assert np.all(last["loss_second_half"] < 0.6), last["loss_second_half"]
@@ -135,7 +135,7 @@ def test_bfloat16_compute_forms_the_same_circuit(small_cfg):
         chunks = []
         state = ensemble.train(cfg, ensemble.init_ensemble(cfg, members), 0, lambda s, r: chunks.append(r))
         loss = np.concatenate([c.metrics["loss_second_half"] for c in chunks], 1)[:, -25:].mean(1)
-        results[dtype] = loss, analyze_params(jax.device_get(state.params), cfg.data.half_length)
+        results[dtype] = loss, analyze_params(jax.device_get(state.params), cfg.task.half_length)
     (loss32, a32), (loss16, a16) = results["float32"], results["bfloat16"]
     assert np.all(loss16 < 0.6) and np.all(np.abs(loss16 - loss32) < 0.15), (loss32, loss16)
     # Every head's scores, not only the best one: the induction work is shared by near-equal

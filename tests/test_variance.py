@@ -6,6 +6,7 @@ from induction_jax.phase.detect import PhaseError
 from induction_jax.phase.survival import censor_at_last_step, kaplan_meier, survival_at
 from induction_jax.phase.variance import (_average_ranks, anova_two_way, crossed_matrix, spearman,
                                           variance_decomposition)
+from induction_jax.tasks import Repeated
 
 SOURCES = ("init", "data", "residual")
 
@@ -188,7 +189,7 @@ def test_only_a_formation_counts_as_started_in_the_survival_curve():
     curves = np.stack([rise(200, 4.0),                 # forms
                        rise(50, 0.6),                  # a rise below the 1-nat minimum: no transition
                        4.0 - rise(300, 3.0)])          # collapses
-    t = detect(steps, curves, "in_context_score", window=1)
+    t = detect(steps, curves, Repeated.metric("in_context_score"), window=1)
     assert t.censored.tolist() == [False, True, True]
     assert t.reason[1].startswith("no transition") and "collapse" in t.reason[2]
     assert abs(t.raw_onset[0] - t.onset[0]) < 1e-9 and np.isnan(t.raw_onset[1:]).all()

@@ -13,12 +13,11 @@ from induction_jax.arrays import save_arrays
 from induction_jax.analysis import figures
 from induction_jax.analysis.run import analyze_params, scores_table
 from induction_jax.analysis.weights import load_run_checkpoint
-from induction_jax.report import write_report
 from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
 
 
 def write_figures(result: dict, params: dict, member: int, out: Path) -> dict[str, Path]:
-    s, x, P = result["scores"], result["extra"], result["half_length"]
+    s, x, P = result["scores"], result["extra"], result["period"]
     row = result["circuit"]["members"][member]
     figs = {
         "attention_patterns": figures.attention_grid(x["patterns"], member, P, out / "attention_patterns.png", row),
@@ -76,7 +75,7 @@ def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
         interrupted = (f"during the analysis; the run's training and checkpoints are intact: run again "
                        f"'induction-jax analyze {run.path}'")
         signals.check(interrupted)
-        result = analyze_params(params, cfg.data.half_length)
+        result = analyze_params(params, cfg.task.induction_period(cfg.model))
         signals.check(interrupted)
         out = run.output_dir("analysis")
         header, rows = scores_table(result, members)
@@ -91,5 +90,4 @@ def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
         write_figures(result, params, member, out)
         save_arrays(out / "arrays.npz", report_arrays(result, members))
         write_json_atomic(out / "circuit.json", json_safe(circuit))
-        write_report(run)
     return out.path

@@ -24,14 +24,14 @@ def previous_token_score(pattern_TS: jnp.ndarray) -> jnp.ndarray:
     return _mean_offset_diagonal(pattern_TS, 1, 1)
 
 
-def induction_score(pattern_TS: jnp.ndarray, half_length: int) -> jnp.ndarray:
+def induction_score(pattern_TS: jnp.ndarray, period: int) -> jnp.ndarray:
     """Mean over second-half queries i = P..T-1 of A[i, i-P+1] (the token after the earlier copy)."""
-    return _mean_offset_diagonal(pattern_TS, half_length - 1, half_length)
+    return _mean_offset_diagonal(pattern_TS, period - 1, period)
 
 
-def duplicate_token_score(pattern_TS: jnp.ndarray, half_length: int) -> jnp.ndarray:
+def duplicate_token_score(pattern_TS: jnp.ndarray, period: int) -> jnp.ndarray:
     """Mean over second-half queries i = P..T-1 of A[i, i-P] (the earlier copy itself)."""
-    return _mean_offset_diagonal(pattern_TS, half_length, half_length)
+    return _mean_offset_diagonal(pattern_TS, period, period)
 
 
 def _masked_score(pattern_BHTS: jnp.ndarray, target_BTS: jnp.ndarray) -> jnp.ndarray:

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from induction_jax.analysis import attention as att
-from induction_jax.data import repeated_sequences
 from induction_jax.functional import apply
-from induction_jax.losses import split_losses, token_losses
+from induction_jax.losses import token_losses
+from induction_jax.tasks.repeated import repeated_sequences, split_losses
 
 
 def over_models(fn, xs, batch: int | None):
@@ -26,14 +26,14 @@ def over_models(fn, xs, batch: int | None):
     return jax.lax.map(fn, xs, batch_size=batch)
 
 
-def probe_tokens(key: jax.Array, batch: int, half_length: int, d_vocab: int, repeats: int = 2):
+def probe_tokens(key: jax.Array, batch: int, period: int, d_vocab: int, repeats: int = 2):
     """Reference repeated sequences (period P) for the pattern scores and ablations."""
-    return repeated_sequences(key, batch, half_length, d_vocab, True, repeats)
+    return repeated_sequences(key, batch, period, d_vocab, True, repeats)
 
 
-@functools.partial(jax.jit, static_argnames=("half_length", "prefix_period", "batch"))
+@functools.partial(jax.jit, static_argnames=("period", "prefix_period", "batch"))
 def pattern_scores(params: dict, tokens_BT: jax.Array, prefix_tokens_BT: jax.Array,
-                   half_length: int, prefix_period: int, batch: int | None = None) -> dict[str, jax.Array]:
+                   period: int, prefix_period: int, batch: int | None = None) -> dict[str, jax.Array]:
     """Every attention-pattern score of every head, `[E, L, H]` each."""
 
     def member(p):
@@ -54,8 +54,8 @@ def pattern_scores(params: dict, tokens_BT: jax.Array, prefix_tokens_BT: jax.Arr
         prefix = jax.vmap(lambda A: att.prefix_matching_score(A, prefix_tokens_BT, prefix_period),
                           in_axes=1)(prefix_acts.pattern_BLHTS)
         return {"prev_token_score": att.previous_token_score(mean_LHTS),
-                "induction_score": att.induction_score(mean_LHTS, half_length),
-                "duplicate_token_score": att.duplicate_token_score(mean_LHTS, half_length),
+                "induction_score": att.induction_score(mean_LHTS, period),
+                "duplicate_token_score": att.duplicate_token_score(mean_LHTS, period),
                 "prefix_matching_score": prefix, **per_layer}
 
     return over_models(member, params, batch)
@@ -68,17 +68,17 @@ def mean_patterns(params: dict, tokens_BT: jax.Array, batch: int | None = None) 
                        params, batch)
 
 
-def _second_half_loss(p, tokens_BT, half_length, **kwargs):
+def _second_half_loss(p, tokens_BT, period, **kwargs):
     logits = apply(p, tokens_BT, **kwargs)
-    return split_losses(token_losses(logits, tokens_BT), half_length)["loss_second_half"]
+    return split_losses(token_losses(logits, tokens_BT), period)["loss_second_half"]
 
 
-def _mean_ablated_loss(p, tokens_BT, half_length, heads_LH, mean_LHD):
+def _mean_ablated_loss(p, tokens_BT, period, heads_LH, mean_LHD):
     """loss_second_half with the heads marked in `heads_LH` replaced by their mean output."""
     L, H, D = mean_LHD.shape
     B, T = tokens_BT.shape
     replace_LBTHD = jnp.broadcast_to((heads_LH[..., None] * mean_LHD)[:, None, None], (L, B, T, H, D))
-    return _second_half_loss(p, tokens_BT, half_length, head_mask_LH=1.0 - heads_LH,
+    return _second_half_loss(p, tokens_BT, period, head_mask_LH=1.0 - heads_LH,
                              head_replace_LBTHD=replace_LBTHD)
 
 
@@ -87,20 +87,20 @@ def _mean_head_outputs(p, tokens_BT):
     return apply(p, tokens_BT, return_activations=True)[1].head_out_BLTHD.mean((0, 2))
 
 
-@functools.partial(jax.jit, static_argnames=("half_length", "batch"))
-def ablations(params: dict, tokens_BT: jax.Array, half_length: int, batch: int | None = None) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnames=("period", "batch"))
+def ablations(params: dict, tokens_BT: jax.Array, period: int, batch: int | None = None) -> dict[str, jax.Array]:
     """Increase of loss_second_half when one head's output is replaced by zero, or by its mean
     over batch and positions, `[E, L, H]`; plus the clean loss `[E]`."""
 
     def member(p):
-        clean = _second_half_loss(p, tokens_BT, half_length)
+        clean = _second_half_loss(p, tokens_BT, period)
         mean_LHD = _mean_head_outputs(p, tokens_BT)
         L, H = mean_LHD.shape[:2]
         eye = jnp.eye(L * H).reshape(L * H, L, H)
 
         def ablate(onehot_LH):
-            zero = _second_half_loss(p, tokens_BT, half_length, head_mask_LH=1.0 - onehot_LH)
-            mean = _mean_ablated_loss(p, tokens_BT, half_length, onehot_LH, mean_LHD)
+            zero = _second_half_loss(p, tokens_BT, period, head_mask_LH=1.0 - onehot_LH)
+            mean = _mean_ablated_loss(p, tokens_BT, period, onehot_LH, mean_LHD)
             return zero - clean, mean - clean
 
         zero, mean = jax.lax.map(ablate, eye)
@@ -110,16 +110,16 @@ def ablations(params: dict, tokens_BT: jax.Array, half_length: int, batch: int |
     return over_models(member, params, batch)
 
 
-@functools.partial(jax.jit, static_argnames=("half_length", "batch"))
-def direct_logit_attribution(params: dict, tokens_BT: jax.Array, half_length: int,
+@functools.partial(jax.jit, static_argnames=("period", "batch"))
+def direct_logit_attribution(params: dict, tokens_BT: jax.Array, period: int,
                              batch: int | None = None) -> jax.Array:
     """Each head's output dotted with W_U[:, correct token], mean over second-half predictions
     (positions P..T-2 predicting targets P+1..T-1), `[E, L, H]`."""
 
     def member(p):
         _, acts = apply(p, tokens_BT, return_activations=True)
-        heads_BLTHD = acts.head_out_BLTHD[:, :, half_length:-1]
-        correct_BTD = jnp.swapaxes(p["W_U"], 0, 1)[tokens_BT[:, half_length + 1:]]
+        heads_BLTHD = acts.head_out_BLTHD[:, :, period:-1]
+        correct_BTD = jnp.swapaxes(p["W_U"], 0, 1)[tokens_BT[:, period + 1:]]
         return jnp.einsum("blthd,btd->lh", heads_BLTHD, correct_BTD) / (
             heads_BLTHD.shape[0] * heads_BLTHD.shape[2])
 
@@ -130,33 +130,15 @@ def to_numpy(tree) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in tree.items()}
 
 
-def induction_floor(tokens_BT: np.ndarray, half_length: int) -> float:
-    """loss_second_half of an ideal one-token induction head on these sequences.
-
-    It attends equally to every earlier position j+1 whose previous token x[j] equals the
-    current token x[i], and copies x[j+1]. Tokens repeated inside a half make such matches
-    ambiguous, so even a perfect induction head has this much loss (about 0.30 nats on the
-    reference sequences, V = 64, P = 25, drawn with replacement); only positional
-    information or longer prefixes can do better.
-    """
-    x = np.asarray(tokens_BT)
-    T = x.shape[1]
-    i = np.arange(half_length, T - 1)                        # queries predicting targets P+1..T-1
-    j = np.arange(T - 1)
-    match = (x[:, None, :-1] == x[:, i, None]) & (j[None, None, :] < i[None, :, None])
-    right = match & (x[:, None, 1:] == x[:, i + 1, None])
-    return float(np.mean(-np.log(right.sum(-1) / match.sum(-1))))
-
-
-@functools.partial(jax.jit, static_argnames=("half_length", "batch"))
-def joint_mean_ablation(params: dict, tokens_BT: jax.Array, half_length: int, heads_ELH: jax.Array,
+@functools.partial(jax.jit, static_argnames=("period", "batch"))
+def joint_mean_ablation(params: dict, tokens_BT: jax.Array, period: int, heads_ELH: jax.Array,
                         batch: int | None = None):
     """Increase of loss_second_half when every head marked in `heads_ELH` (per member) is
     mean-ablated at once, `[E]` (for circuits whose work is shared by redundant heads)."""
 
     def member(args):
         p, heads_LH = args
-        clean = _second_half_loss(p, tokens_BT, half_length)
-        return _mean_ablated_loss(p, tokens_BT, half_length, heads_LH, _mean_head_outputs(p, tokens_BT)) - clean
+        clean = _second_half_loss(p, tokens_BT, period)
+        return _mean_ablated_loss(p, tokens_BT, period, heads_LH, _mean_head_outputs(p, tokens_BT)) - clean
 
     return over_models(member, (params, heads_ELH), batch)

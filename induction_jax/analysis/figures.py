@@ -14,7 +14,7 @@ def _head_labels(L: int, H: int) -> list[str]:
     return [f"L{layer}H{h}" for layer in range(L) for h in range(H)]
 
 
-def attention_grid(patterns_ELHTS, member: int, half_length: int, path: Path, circuit=None) -> Path:
+def attention_grid(patterns_ELHTS, member: int, period: int, path: Path, circuit=None) -> Path:
     """Every head's attention pattern on one repeated sequence, as a layers x heads grid."""
     P = patterns_ELHTS[member]
     L, H = P.shape[:2]
@@ -25,8 +25,8 @@ def attention_grid(patterns_ELHTS, member: int, half_length: int, path: Path, ci
         for h in range(H):
             ax = axes[layer, h]
             ax.imshow(P[layer, h], cmap="Blues", vmin=0, vmax=1)
-            ax.axvline(half_length - 0.5, color="tab:red", lw=0.6, alpha=0.6)
-            ax.axhline(half_length - 0.5, color="tab:red", lw=0.6, alpha=0.6)
+            ax.axvline(period - 0.5, color="tab:red", lw=0.6, alpha=0.6)
+            ax.axhline(period - 0.5, color="tab:red", lw=0.6, alpha=0.6)
             title = f"L{layer}H{h}" + (f"\n{marks[(layer, h)]}" if (layer, h) in marks else "")
             ax.set_title(title, fontsize=9, color="tab:red" if (layer, h) in marks else "k")
             ax.set_xticks([]), ax.set_yticks([])
@@ -34,7 +34,7 @@ def attention_grid(patterns_ELHTS, member: int, half_length: int, path: Path, ci
                 ax.set_ylabel("query position")
             if layer == L - 1:
                 ax.set_xlabel("key position")
-    fig.suptitle(f"Attention patterns of member {member} on a repeated sequence (P = {half_length})")
+    fig.suptitle(f"Attention patterns of member {member} on a repeated sequence (P = {period})")
     return save(fig, path)
 
 

@@ -1,4 +1,5 @@
-"""Score every head of every member in one pass: `analyze_params(params, half_length)`."""
+"""Score every head of every member in one pass: `analyze_params(params, period)`, on reference
+repeated random sequences of period P (2P tokens), the sequences the induction scores are defined on."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 from induction_jax.analysis import behaviour, circuits
 from induction_jax.analysis.identify import Thresholds, identify
 from induction_jax.analysis.weights import stacked_params
+from induction_jax.tasks.repeated import induction_floor
 
 # Per-head scores written to scores.csv, in this order.
 HEAD_SCORES = ("prev_token_score", "induction_score", "duplicate_token_score", "prefix_matching_score",
@@ -18,7 +20,7 @@ HEAD_SCORES = ("prev_token_score", "induction_score", "duplicate_token_score", "
                "max_k_composition_in", "max_k_composition_out")
 
 
-def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, seed: int = 12345,
+def analyze_params(params: dict, period: int, *, probe_batch: int = 128, seed: int = 12345,
                    prefix_repeats: int = 4, thresholds: Thresholds = Thresholds(),
                    batch: int | None = None) -> dict:
     """All scores for stacked params `[E, ...]` on fresh reference probe sequences.
@@ -29,17 +31,17 @@ def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, se
     """
     params = stacked_params(params)
     V = params["W_E"].shape[1]
-    T = 2 * half_length
+    T = 2 * period
     k_probe, k_prefix = jax.random.split(jax.random.PRNGKey(seed))
-    tokens = behaviour.probe_tokens(k_probe, probe_batch, half_length, V)
-    period = T // prefix_repeats
-    prefix_tokens = behaviour.probe_tokens(k_prefix, probe_batch, period, V, prefix_repeats)
+    tokens = behaviour.probe_tokens(k_probe, probe_batch, period, V)
+    prefix_period = T // prefix_repeats
+    prefix_tokens = behaviour.probe_tokens(k_prefix, probe_batch, prefix_period, V, prefix_repeats)
     jparams = jax.tree.map(jax.numpy.asarray, params)
 
-    scores = behaviour.to_numpy(behaviour.pattern_scores(jparams, tokens, prefix_tokens, half_length, period, batch))
-    scores |= behaviour.to_numpy(behaviour.ablations(jparams, tokens, half_length, batch))
+    scores = behaviour.to_numpy(behaviour.pattern_scores(jparams, tokens, prefix_tokens, period, prefix_period, batch))
+    scores |= behaviour.to_numpy(behaviour.ablations(jparams, tokens, period, batch))
     scores["direct_logit_attribution"] = np.asarray(
-        behaviour.direct_logit_attribution(jparams, tokens, half_length, batch))
+        behaviour.direct_logit_attribution(jparams, tokens, period, batch))
     extra = {"patterns": np.asarray(behaviour.mean_patterns(jparams, tokens[:1], batch)),
              "tokens": np.asarray(tokens[0])}
     baseline, not_applicable = None, None
@@ -68,16 +70,16 @@ def analyze_params(params: dict, half_length: int, *, probe_batch: int = 128, se
     later = (np.arange(L) > 0)[None, :, None]
     induction_heads = (scores["induction_score"] > thresholds.induction_score) & later
     scores["joint_ablation_induction_heads"] = np.asarray(behaviour.joint_mean_ablation(
-        jparams, tokens, half_length, jax.numpy.asarray(induction_heads, jax.numpy.float32), batch))
+        jparams, tokens, period, jax.numpy.asarray(induction_heads, jax.numpy.float32), batch))
     scores["n_induction_heads"] = induction_heads.sum((1, 2))
     scores["induction_heads_mask"] = induction_heads
     circuit = identify(scores, baseline, thresholds)
-    circuit["induction_floor_loss_second_half"] = behaviour.induction_floor(np.asarray(tokens), half_length)
+    circuit["induction_floor_loss_second_half"] = induction_floor(np.asarray(tokens), period)
     circuit["clean_loss_second_half"] = scores["clean_loss_second_half"].tolist()
     circuit["composition_baseline"] = baseline
     circuit["weight_based_not_applicable"] = not_applicable
     return {"scores": scores, "extra": extra, "baseline": baseline, "circuit": circuit,
-            "half_length": half_length, "not_applicable": not_applicable}
+            "period": period, "not_applicable": not_applicable}
 
 
 def scores_table(result: dict, members) -> tuple[list[str], list[list]]:

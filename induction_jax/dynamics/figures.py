@@ -64,7 +64,7 @@ def order_chart(formed: dict, labels: list[str], path: Path) -> Path:
 
 
 def animation(steps, patterns_SLHTS: np.ndarray, kcomp_SHH: np.ndarray | None, member: int, path: Path,
-              half_length: int) -> Path:
+              period: int) -> Path:
     """A GIF of one member over training: every head's attention pattern on the probe sequence
     and the K-composition matrix (layer-0 heads x layer-1 heads), one frame per snapshot."""
     from matplotlib.animation import FuncAnimation, PillowWriter
@@ -94,7 +94,7 @@ def animation(steps, patterns_SLHTS: np.ndarray, kcomp_SHH: np.ndarray | None, m
             im.set_data(patterns_SLHTS[i, layer, h])
         if kimg is not None:
             kimg.set_data(kcomp_SHH[i])
-        title.set_text(f"member {member}, step {int(steps[i])} (P = {half_length})")
+        title.set_text(f"member {member}, step {int(steps[i])} (P = {period})")
         return images
 
     anim = FuncAnimation(fig, frame, frames=S)

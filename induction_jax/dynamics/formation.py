@@ -15,7 +15,7 @@ from collections import Counter
 import numpy as np
 
 from induction_jax.dynamics.trajectories import MIN_CHANGE
-from induction_jax.phase.detect import _first_crossing
+from induction_jax.phase.detect import first_crossing
 
 # Every event rises as its sub-circuit forms.
 FRACTION = 0.5
@@ -29,7 +29,7 @@ def formation_steps(steps: np.ndarray, events: dict[str, np.ndarray]) -> tuple[d
         s0, s1 = v[:, 0], v[:, -1]
         change = s1 - s0
         progress = (v - s0[:, None]) / np.where(np.abs(change) > 0, change, 1.0)[:, None]
-        crossing = _first_crossing(np.asarray(steps, float), progress, FRACTION)
+        crossing = first_crossing(np.asarray(steps, float), progress, FRACTION)
         why = np.where(~np.isfinite(change), "no finite values",
                        np.where(change < MIN_CHANGE[name], f"no rise: changed by less than {MIN_CHANGE[name]:g}", ""))
         formed = why == ""

@@ -24,8 +24,9 @@ KEPT = ("prev_token_score", "induction_score", "positional_prev_token_score", "o
 
 
 def _phase_window(run: RunDir) -> tuple[float, float] | None:
-    """The ensemble's phase window (median in-context onset to end) if `phase` has timed it."""
-    medians = phase_window(run.path)
+    """The ensemble's phase window (median onset to end of the task's primary curve) if `phase`
+    has timed it."""
+    medians = phase_window(run.path, run.read_config().task.primary_curve)
     if medians is None or medians["onset"] is None or medians["end"] is None:
         return None
     return medians["onset"], medians["end"]
@@ -55,7 +56,7 @@ def dynamics_run(run_dir: str | Path, member: int = 0, batch: int = 32) -> Path:
         if gap:
             print(snapshots.missing_message(run, gap, steps.tolist()), file=sys.stderr)
         signals.check(interrupted)
-        result = signals.run(snapshot_analysis, params, cfg.data.half_length, batch=batch, what=interrupted)
+        result = signals.run(snapshot_analysis, params, cfg.task.induction_period(cfg.model), batch=batch, what=interrupted)
         signals.check(interrupted)
         labels = [members.label(e) for e in range(len(members))]
         stats, formed = summarize(steps, result["events"], labels)
@@ -80,7 +81,5 @@ def dynamics_run(run_dir: str | Path, member: int = 0, batch: int = 32) -> Path:
         figures.animation(steps, result["patterns"][:, member],
                           None if k is None or k.shape[2] < 2 else k[:, member, 0, :, 1, :], member,
                           out / "animation.gif",
-                          cfg.data.half_length)
-        from induction_jax.report import write_report
-        write_report(run)
+                          cfg.task.induction_period(cfg.model))
     return out.path

@@ -28,7 +28,8 @@ import numpy as np
 from induction_jax.analysis import behaviour
 from induction_jax.analysis.run import analyze_params
 from induction_jax.functional import apply
-from induction_jax.losses import split_losses, token_losses
+from induction_jax.losses import token_losses
+from induction_jax.tasks.repeated import split_losses
 
 EVENTS = ("prev_token_qk", "prev_token_attention", "k_composition", "induction_attention", "ov_copying",
           "induction_heads_necessary", "in_context_score")
@@ -38,11 +39,11 @@ MIN_CHANGE = {"prev_token_qk": 0.1, "prev_token_attention": 0.1, "k_composition"
               "ov_copying": 0.2, "induction_heads_necessary": 0.5, "in_context_score": 1.0}
 
 
-@functools.partial(jax.jit, static_argnames=("half_length", "batch"))
-def in_context_scores(params: dict, tokens_BT: jax.Array, half_length: int, batch: int | None = None):
+@functools.partial(jax.jit, static_argnames=("period", "batch"))
+def in_context_scores(params: dict, tokens_BT: jax.Array, period: int, batch: int | None = None):
     """Loss on the first-half targets minus loss on the second-half targets, per model `[N]`."""
     def model(p):
-        losses = split_losses(token_losses(apply(p, tokens_BT), tokens_BT), half_length)
+        losses = split_losses(token_losses(apply(p, tokens_BT), tokens_BT), period)
         return losses["loss_first_half"] - losses["loss_second_half"]
 
     return behaviour.over_models(model, params, batch)
@@ -53,25 +54,25 @@ def _flatten(params_SE: dict) -> tuple[dict, tuple[int, int]]:
     return {k: v.reshape(S * E, *v.shape[2:]) for k, v in params_SE.items()}, (S, E)
 
 
-def snapshot_analysis(params_SE: dict, half_length: int, batch: int = 32, probe_batch: int = 64) -> dict:
+def snapshot_analysis(params_SE: dict, period: int, batch: int = 32, probe_batch: int = 64) -> dict:
     """`analyze_params` of every (snapshot, member) model, its arrays reshaped to `[S, E, ...]`,
     plus the in-context score and each member's events."""
     flat, (S, E) = _flatten(params_SE)
-    result = analyze_params(flat, half_length, probe_batch=probe_batch, batch=batch)
+    result = analyze_params(flat, period, probe_batch=probe_batch, batch=batch)
     scores = {k: np.asarray(v).reshape(S, E, *np.shape(v)[1:]) for k, v in result["scores"].items()
               if np.ndim(v) >= 1 and np.shape(v)[0] == S * E}
-    tokens = behaviour.probe_tokens(jax.random.PRNGKey(12345), probe_batch, half_length, flat["W_E"].shape[1])
+    tokens = behaviour.probe_tokens(jax.random.PRNGKey(12345), probe_batch, period, flat["W_E"].shape[1])
     jflat = jax.tree.map(jnp.asarray, flat)
-    scores["in_context_score"] = np.asarray(in_context_scores(jflat, tokens, half_length, batch)).reshape(S, E)
+    scores["in_context_score"] = np.asarray(in_context_scores(jflat, tokens, period, batch)).reshape(S, E)
     # At the last snapshot, each named by its member (the analysis numbered the flattened models).
     circuits = [{**result["circuit"]["members"][(S - 1) * E + e], "member": e} for e in range(E)]
-    events = member_events(scores, circuits, result["baseline"], jflat, tokens, half_length, batch)
+    events = member_events(scores, circuits, result["baseline"], jflat, tokens, period, batch)
     patterns = np.asarray(result["extra"]["patterns"]).reshape(S, E, *np.shape(result["extra"]["patterns"])[1:])
     return {"scores": scores, "events": events, "final_circuits": circuits, "baseline": result["baseline"],
             "not_applicable": result["not_applicable"], "patterns": patterns}
 
 
-def member_events(scores: dict, circuits: list[dict], baseline: dict | None, jflat: dict, tokens, half_length: int,
+def member_events(scores: dict, circuits: list[dict], baseline: dict | None, jflat: dict, tokens, period: int,
                   batch: int) -> dict[str, np.ndarray]:
     """Each event's score `[S, E]`, on each member's final heads."""
     S, E = scores["prev_token_score"].shape[:2]
@@ -96,5 +97,5 @@ def member_events(scores: dict, circuits: list[dict], baseline: dict | None, jfl
             final[i, layer, h] = True
     heads = np.broadcast_to(final[None], (S, *final.shape)).reshape(S * E, *final.shape[1:])
     out["induction_heads_necessary"] = np.asarray(behaviour.joint_mean_ablation(
-        jflat, tokens, half_length, jnp.asarray(heads, jnp.float32), batch)).reshape(S, E)
+        jflat, tokens, period, jnp.asarray(heads, jnp.float32), batch)).reshape(S, E)
     return {k: out[k] for k in EVENTS if k in out}

@@ -26,16 +26,14 @@ class PhaseError(ValueError):
     """A curve that cannot be timed (too short to smooth, wrong shape): one-line message."""
 
 
-# Smallest rise that counts as a transition, per probed curve (natural units of each).
-MIN_RISE = {"in_context_score": 1.0, "induction_score": 0.2, "prev_token_score": 0.2,
-            "probe_loss_second_half": 1.0, "loss_second_half": 1.0}
+# Smallest rise that counts as a transition, in the curve's own units, when the curve does not
+# say (a task's `Metric.min_rise`).
+DEFAULT_MIN_RISE = 0.2
 FRACTIONS = {"onset": 0.1, "midpoint": 0.5, "end": 0.9}
 # The per-member timings a `Timing` holds, in the order of the tables.
 TIMINGS = (*FRACTIONS, "peak_slope", "logistic_midpoint", "logistic_width")
-# The direction a formation moves each curve: scores rise, losses fall. A move the other way
-# (a trained member collapsing) is censored, not timed as a phase change.
-DIRECTION = {"in_context_score": 1, "induction_score": 1, "prev_token_score": 1,
-             "probe_loss_second_half": -1, "loss_second_half": -1}
+# The direction a formation moves a curve (its `Metric.direction`: scores rise, losses fall).
+# A move the other way (a trained member collapsing) is censored, not timed as a phase change.
 
 # The levels of a transition, from the transition itself (docs/definitions.md): s0 = the mean
 # of the first BASELINE_STEPS steps (cut at the foot of the steepest rise); s1 = the plateau
@@ -116,7 +114,7 @@ class Timing:
         return rows
 
 
-def _first_crossing(steps: np.ndarray, progress_EN: np.ndarray, frac: float) -> np.ndarray:
+def first_crossing(steps: np.ndarray, progress_EN: np.ndarray, frac: float) -> np.ndarray:
     """Step where the normalised progress first reaches `frac`, linearly interpolated between
     the bracketing probe points (NaN if never reached).
 
@@ -268,14 +266,20 @@ def plateau_levels(steps: np.ndarray, s_EN: np.ndarray, wide_EN: np.ndarray, dir
     return s0, s1, finished, plateau_end
 
 
-def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int = 5,
+def detect(steps: np.ndarray, values_EN: np.ndarray, metric, *, window: int = 5,
            min_rise: float | None = None) -> Timing:
-    """Onset, midpoint, end, peak-slope and logistic estimates for every member's curve."""
+    """Onset, midpoint, end, peak-slope and logistic estimates for every member's curve.
+
+    `metric`: a task's `Metric` (its name, direction and smallest rise), or a bare name (then
+    the direction is read off the curve and the smallest rise is DEFAULT_MIN_RISE)."""
+    info = metric if hasattr(metric, "direction") else None
+    metric = info.name if info is not None else metric
     steps = np.asarray(steps)
     values_EN = np.atleast_2d(np.asarray(values_EN, float))
     if values_EN.shape[-1] != len(steps):
         raise PhaseError(f"{metric}: {values_EN.shape[-1]} values for {len(steps)} steps")
-    min_rise = MIN_RISE.get(metric, 0.2) if min_rise is None else min_rise
+    if min_rise is None:
+        min_rise = info.min_rise if info is not None and info.min_rise > 0 else DEFAULT_MIN_RISE
     s = moving_average(values_EN, window)
     N = s.shape[-1]
     n1 = max(1, int(round(0.10 * N)))
@@ -283,8 +287,8 @@ def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int
     # unknown direction), never a level of the transition
     last = np.array([row[np.isfinite(row)][-n1:].mean() if np.isfinite(row).any() else np.nan for row in s])
     first = np.array([row[np.isfinite(row)][0] if np.isfinite(row).any() else np.nan for row in s])
-    if metric in DIRECTION:
-        direction = np.full(len(s), float(DIRECTION[metric]))
+    if info is not None:
+        direction = np.full(len(s), float(info.direction))
     else:
         direction = np.where(last - first >= 0, 1.0, -1.0)
     wide = max(window, window_points(float(np.median(np.diff(steps))) if N > 1 else 1.0, PLATEAU_SMOOTH_STEPS))
@@ -292,7 +296,7 @@ def detect(steps: np.ndarray, values_EN: np.ndarray, metric: str, *, window: int
                                       direction, wide // 2)
     rise = s1 - s0
     progress = (s - s0[:, None]) / np.where(np.abs(rise) > 0, rise, 1.0)[:, None]
-    out = {name: _first_crossing(steps, progress, f) for name, f in FRACTIONS.items()}
+    out = {name: first_crossing(steps, progress, f) for name, f in FRACTIONS.items()}
     slope = np.gradient(s * direction[:, None], steps, axis=-1)
     peak = _peak_vertex(steps, slope)
     # the logistic is fitted up to the end of the plateau, not over whatever followed it

@@ -21,7 +21,6 @@ from induction_jax import training as train_lib
 from induction_jax.analysis import circuits
 from induction_jax.analysis.factored import FactoredMatrix
 from induction_jax.config import RunConfig
-from induction_jax.data import sample_batch
 from induction_jax.phase.variance import MIN_N_SPEARMAN, spearman
 
 # name -> (what it is, whether it depends on the init seed alone)
@@ -34,37 +33,50 @@ DESCRIPTIONS = {
     "mean_norm_OV_L0": ("mean Frobenius norm of the layer-0 heads' OV = W_V W_O", True),
     "mean_norm_QK_L1": ("mean Frobenius norm of the layer-1 heads' QK", True),
     "mean_norm_OV_L1": ("mean Frobenius norm of the layer-1 heads' OV", True),
-    "init_in_context_score": ("in-context score on the probe batch at step 0", True),
     "init_grad_norm": ("gradient norm of the training loss on the first batch", False),
 }
 
 
-def _first_gradient_norm(cfg: RunConfig, params: dict, data_key: jax.Array) -> jax.Array:
-    batch = sample_batch(jax.random.fold_in(data_key, 0), cfg.data, cfg.model.d_vocab)
-    grads, _ = jax.grad(functools.partial(train_lib.loss_fn, cfg), has_aux=True)(params, *batch)
+def describe(name: str) -> tuple[str, bool]:
+    """What a quantity is, and whether it depends on the init seed alone. `init_<curve>`: the
+    task's probe curve at step 0."""
+    if name in DESCRIPTIONS:
+        return DESCRIPTIONS[name]
+    if name.startswith("init_"):
+        return f"{name[5:]} on the probe batch at step 0", True
+    raise KeyError(name)
+
+
+def _first_gradient_norm(cfg: RunConfig, params: dict, data_key: jax.Array, task_params) -> jax.Array:
+    batch = cfg.task.sample(jax.random.fold_in(data_key, 0), task_params or {}, cfg.data.batch_size,
+                            cfg.model.d_vocab)
+    grads, _ = jax.grad(functools.partial(train_lib.loss_fn, cfg), has_aux=True)(params, batch)
     return jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
 
 
-def init_quantities(cfg: RunConfig, members, init_in_context_score: np.ndarray | None = None) -> dict:
+def init_quantities(cfg: RunConfig, members, init_primary: np.ndarray | None = None) -> dict:
     """Per member `[E]`: every quantity of `DESCRIPTIONS` that applies to this architecture
-    (weight-based ones need an attention-only model with at least two layers)."""
+    (weight-based ones need an attention-only model with at least two layers), and
+    `init_<primary curve>` when its values at step 0 are given."""
+    from induction_jax.ensemble import task_arrays
 
-    def member(init_seed, data_seed):
+    def member(init_seed, data_seed, task_params):
         state = train_lib.init_member(cfg, init_seed, data_seed, jnp.float32(0), jnp.float32(0))
-        return state.params, _first_gradient_norm(cfg, state.params, state.data_key)
+        return state.params, _first_gradient_norm(cfg, state.params, state.data_key, task_params)
 
     params, grad_norm = jax.jit(jax.vmap(member))(jnp.asarray(members.init_seed, jnp.uint32),
-                                                  jnp.asarray(members.data_seed, jnp.uint32))
+                                                  jnp.asarray(members.data_seed, jnp.uint32),
+                                                  task_arrays(cfg, members))
     out = {"init_grad_norm": np.asarray(grad_norm),
            "norm_W_E": np.asarray(jnp.sqrt((params["W_E"] ** 2).sum((1, 2)))),
            "norm_W_pos": np.asarray(jnp.sqrt((params["W_pos"] ** 2).sum((1, 2))))}
-    if init_in_context_score is not None:
-        out["init_in_context_score"] = np.asarray(init_in_context_score, float)
+    if init_primary is not None:
+        out[f"init_{cfg.task.primary_curve}"] = np.asarray(init_primary, float)
     try:
         circuits.check_weight_based(params)
     except circuits.NotApplicable:
         return out
-    pos = circuits.positional_prev_token_score(circuits.positional_qk_pattern(params, cfg.data.seq_len))
+    pos = circuits.positional_prev_token_score(circuits.positional_qk_pattern(params, cfg.task.seq_len))
     out["max_pos_prev_token_L0"] = np.asarray(pos[:, 0].max(-1))
     qk_norm = np.asarray(circuits.QK(params).norm())                     # [E, L, H]
     ov_norm = np.asarray(FactoredMatrix(params["W_V"], params["W_O"]).norm())
@@ -91,7 +103,7 @@ def predictor_table(quantities: dict, timing: np.ndarray, init_seed: np.ndarray,
     the unit it was computed over, and a plain verdict."""
     rows = []
     for name, values in quantities.items():
-        what, init_only = DESCRIPTIONS[name]
+        what, init_only = describe(name)
         if init_only and len(np.unique(init_seed)) < len(init_seed):
             seeds, t = _per_init_seed(init_seed, timing)
             x = np.array([values[init_seed == s][0] for s in seeds])

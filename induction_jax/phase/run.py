@@ -27,9 +27,8 @@ from induction_jax.phase.variance import crossed_matrix, variance_decomposition
 from induction_jax.metrics import metric_matrix, read_metrics
 from induction_jax.rundir import RunDir, json_safe, write_json_atomic, write_text_atomic
 
-CURVES = ("in_context_score", "induction_score", "prev_token_score")
-# The training loss of every step: a second estimate of the timing at no cost in probes.
-STEP_CURVE = "loss_second_half"
+# The curves timed are the task's: its `timing_curves` (probes) and its `step_curve` (the
+# training loss of every step: a second estimate of the timing at no cost in probes).
 DECOMPOSED = ("onset", "midpoint", "end")
 # Smoothing spans in steps, chosen by measurement (experiments/timing_precision.py, docs/studies/phase-timing.md): on
 # the default run, wider windows bias every crossing (a 41-step window moved midpoints by +4.8
@@ -39,22 +38,24 @@ SMOOTH_STEPS = 10
 LOSS_SMOOTH_STEPS = 25
 
 
-def phase_window(run_path: Path) -> dict | None:
-    """The in-context score's median onset, end and midpoint over the ensemble (values None where
-    every member is censored), from `phase/stats.json`; None before `phase` has run."""
+def phase_window(run_path: Path, curve: str) -> dict | None:
+    """`curve`'s median onset, end and midpoint over the ensemble (values None where every
+    member is censored), from `phase/stats.json`; None before `phase` has run."""
     path = Path(run_path) / "phase" / "stats.json"
     if not path.is_file():
         return None
-    s = json.loads(path.read_text()).get("in_context_score", {})
+    s = json.loads(path.read_text()).get(curve, {})
     return {k: s.get(k, {}).get("median") for k in ("onset", "end", "midpoint")}
 
 
-def time_curves(table: dict, n_members: int, smooth_steps: float = SMOOTH_STEPS,
+def time_curves(table: dict, task, n_members: int, smooth_steps: float = SMOOTH_STEPS,
                 loss_smooth_steps: float = LOSS_SMOOTH_STEPS,
                 diverged_step: np.ndarray | None = None) -> dict[str, Timing]:
-    """Every curve's timings; members that diverged are censored with that reason."""
+    """The timings of every curve the task names; members that diverged are censored with that reason."""
     out = {}
-    for name, span in [(c, smooth_steps) for c in CURVES] + [(STEP_CURVE, loss_smooth_steps)]:
+    spans = [(c, smooth_steps) for c in task.timing_curves]
+    spans += [(task.step_curve, loss_smooth_steps)] if task.step_curve else []
+    for name, span in spans:
         if name not in table:
             raise PhaseError(f"metrics.csv has no probe metric {name!r}: this run was trained without "
                              f"in-training probes; retrain with induction-jax >= 0.1")
@@ -63,7 +64,7 @@ def time_curves(table: dict, n_members: int, smooth_steps: float = SMOOTH_STEPS,
                              f"diverge at once?); nothing to time")
         steps, values = metric_matrix(table, name, n_members)
         interval = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
-        timing = detect(steps, values, name, window=window_points(interval, span))
+        timing = detect(steps, values, task.metric(name), window=window_points(interval, span))
         if diverged_step is not None:
             for e in np.flatnonzero(diverged_step >= 0):
                 timing.reason[e] = f"diverged at step {diverged_step[e]}"
@@ -74,9 +75,9 @@ def time_curves(table: dict, n_members: int, smooth_steps: float = SMOOTH_STEPS,
     return out
 
 
-def _curve_stats(t: Timing, loss_smooth_steps: float = LOSS_SMOOTH_STEPS) -> dict:
+def _curve_stats(t: Timing, step_curve: str | None, loss_smooth_steps: float = LOSS_SMOOTH_STEPS) -> dict:
     stats = {k: summarize(getattr(t, k)) for k in TIMINGS}
-    per_step = loss_smooth_steps if t.metric == STEP_CURVE else None     # recorded every step: no probes
+    per_step = loss_smooth_steps if t.metric == step_curve else None     # recorded every step: no probes
     for k in ("onset", "midpoint", "end", "peak_slope"):
         stats[k]["resolution"] = resolution(stats[k], t.probe_interval, per_step)
     return stats | {"probe_interval": t.probe_interval}
@@ -87,12 +88,13 @@ def arm_stats(cfg, members, timings: dict[str, Timing], table: dict, idx: np.nda
     """One arm (members sharing every setting but their seeds): timing, variance shares when
     its seeds are crossed, predictors, survival."""
     sub = members.select(idx)
-    ic = timings["in_context_score"]
-    out = {"members": idx.tolist(), "n": len(idx), "in_context_midpoint": summarize(ic.midpoint[idx]),
-           "probe_interval": ic.probe_interval}
-    out["in_context_midpoint"]["resolution"] = resolution(out["in_context_midpoint"], ic.probe_interval)
+    primary = cfg.task.primary_curve
+    ic = timings[primary]
+    out = {"members": idx.tolist(), "n": len(idx), "primary_curve": primary,
+           "primary_midpoint": summarize(ic.midpoint[idx]), "probe_interval": ic.probe_interval}
+    out["primary_midpoint"]["resolution"] = resolution(out["primary_midpoint"], ic.probe_interval)
     # how many members a study of this timing needs, from this arm as a pilot
-    out["planning"] = plan_sample_size(ic.midpoint[idx]) | {"timing": "in_context_score midpoint"}
+    out["planning"] = plan_sample_size(ic.midpoint[idx]) | {"timing": f"{primary} midpoint"}
     try:
         crossed_matrix(sub.init_seed, sub.data_seed, np.zeros(len(idx)))
         out["variance"] = {name: {k: _decompose(sub, getattr(t, k)[idx]) for k in DECOMPOSED}
@@ -118,19 +120,19 @@ def _decompose(sub, values: np.ndarray) -> dict:
 CONTROL = "none"
 
 
-def arm_effects(members, timings: dict[str, Timing], circuit: dict | None = None, n_boot: int = 2000,
-                seed: int = 0) -> dict | None:
+def arm_effects(members, timings: dict[str, Timing], primary: str, circuit: dict | None = None) -> dict | None:
     """Each intervention arm against the control arm ('none'), paired: a treated member is
-    compared with the control member of the same init seed, data seed, lr and weight decay.
-    The in-context midpoint shift (treated minus control) over the pairs where both formed,
+    compared with the control member of the same init seed, data seed, lr, weight decay and
+    task parameters. The midpoint shift of the `primary` curve (treated minus control) over the pairs where both formed,
     with a Student-t 95% CI of the mean (from 2 pairs: 1 degree of freedom, wide but with its
     coverage), the sd of the differences and the pairs a study needs to detect a shift (`plan_sample_size`), and
     how many members of each arm formed the transition (and, after `analyze`, the induction circuit)."""
     arms = list(dict.fromkeys(members.arm))
     if CONTROL not in arms or len(arms) < 2:
         return None
-    mid = timings["in_context_score"].midpoint
-    key = lambda i: (members.init_seed[i], members.data_seed[i], members.lr[i], members.weight_decay[i])  # noqa: E731
+    mid = timings[primary].midpoint
+    key = lambda i: (members.init_seed[i], members.data_seed[i], members.lr[i], members.weight_decay[i],  # noqa: E731
+                     *(v[i] for v in members.task.values()))
     control = {key(i): i for i in range(len(members)) if members.arm[i] == CONTROL}
     verdicts = None if circuit is None else [r.get("induction_circuit", False) for r in circuit["members"]]
     out = {}
@@ -156,27 +158,31 @@ def arm_effects(members, timings: dict[str, Timing], circuit: dict | None = None
                         "sd_diff": float(d.std(ddof=1)),
                         "planning": plan_sample_size(np.array([mid[c] for _, c in pairs]), d)}
         out[arm] = row
-    return {"control": CONTROL, "timing": "in_context_score midpoint", "arms": out}
+    return {"control": CONTROL, "timing": f"{primary} midpoint", "arms": out}
 
 
 def phase_stats(cfg, members, timings: dict[str, Timing], table: dict, last_step: int,
                 predictors: dict | None = None, circuit: dict | None = None,
                 loss_smooth_steps: float = LOSS_SMOOTH_STEPS) -> dict:
-    stats = {name: _curve_stats(t, loss_smooth_steps) for name, t in timings.items()}
-    eval_every = timings["in_context_score"].probe_interval
-    # By onset and by peak slope as well as by midpoint: a curve that jumps and then creeps up
-    # (the previous-token score here) has a late midpoint though it forms with the other.
-    stats["formation_order"] = {
-        k: formation_order(getattr(timings["prev_token_score"], k), getattr(timings["induction_score"], k),
-                           eval_every) for k in ("onset", "peak_slope", "midpoint")}
-    lag = timings["in_context_score"].midpoint - timings["induction_score"].midpoint
-    finite = lag[np.isfinite(lag)]
-    stats["in_context_minus_induction_midpoint"] = {
-        "median": float(np.median(finite)) if len(finite) else None, "n": int(len(finite)),
-        "per_member": lag.tolist()}
+    task = cfg.task
+    stats = {name: _curve_stats(t, task.step_curve, loss_smooth_steps) for name, t in timings.items()}
+    stats["curves"], stats["primary_curve"], stats["step_curve"] = list(timings), task.primary_curve, task.step_curve
+    eval_every = timings[task.primary_curve].probe_interval
+    if task.formation_order:
+        # By onset and by peak slope as well as by midpoint: a curve that jumps and then creeps up
+        # (the previous-token score here) has a late midpoint though it forms with the other.
+        earlier, later = task.formation_order
+        stats["formation_order"] = {
+            k: formation_order(getattr(timings[earlier], k), getattr(timings[later], k), eval_every) | {
+                "earlier": earlier, "later": later} for k in ("onset", "peak_slope", "midpoint")}
+        lag = timings[task.primary_curve].midpoint - timings[later].midpoint
+        finite = lag[np.isfinite(lag)]
+        stats["primary_minus_later_midpoint"] = {
+            "median": float(np.median(finite)) if len(finite) else None, "n": int(len(finite)),
+            "per_member": lag.tolist(), "curves": [task.primary_curve, later]}
     stats["arms"] = {label: arm_stats(cfg, members, timings, table, idx, last_step, predictors)
                      for label, idx in members.arms().items()}
-    stats["interventions"] = arm_effects(members, timings, circuit)
+    stats["interventions"] = arm_effects(members, timings, task.primary_curve, circuit)
     return stats
 
 
@@ -209,10 +215,10 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
         summary = json.loads(run.summary_json.read_text()) if run.summary_json.is_file() else None
         diverged = (np.array([m["diverged_step"] if m["diverged_step"] is not None else -1
                               for m in summary["members"]]) if summary else None)
-        timings = time_curves(table, E, smooth_steps, loss_smooth_steps, diverged)
+        timings = time_curves(table, cfg.task, E, smooth_steps, loss_smooth_steps, diverged)
         last = int(np.nanmax(table["step"])) if len(table["step"]) else 0
-        _, init_ic = metric_matrix(table, "in_context_score", E)
-        predictors = init_quantities(cfg, members, init_ic[:, 0])
+        _, init_primary = metric_matrix(table, cfg.task.primary_curve, E)
+        predictors = init_quantities(cfg, members, init_primary[:, 0])
         out = run.output_dir("phase")
         rows = [r for t in timings.values() for r in t.as_rows(members)]
         buf = io.StringIO()
@@ -227,29 +233,29 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
                              for name, t in timings.items()}
         stats["last_step"], stats["steps"] = last, cfg.train.steps
         stats["smooth_steps"], stats["loss_smooth_steps"] = smooth_steps, loss_smooth_steps
+        figs = write_phase_figures(cfg.task, table, timings, members, stats, out)
+        stats["figures"] = [Path(f).stem for f in figs.values()]
         write_json_atomic(out / "stats.json", json_safe(stats))
-        write_phase_figures(table, timings, members, stats, out)
-        from induction_jax.report import write_report
-        write_report(run)
     return out.path
 
 
-def write_phase_figures(table, timings, members, stats: dict, out) -> dict[str, Path]:
-    ic = timings["in_context_score"]
+def write_phase_figures(task, table, timings, members, stats: dict, out) -> dict[str, Path]:
+    """The phase figures; their names (file stems) are recorded in stats.json's `figures`."""
+    primary = task.primary_curve
+    ic = timings[primary]
     E = len(members)
     arms = members.arms()           # a sweep's arms (one group "all" for a plain run): every figure by arm
-    figs = {
-        "in_context_score": figures.curves_with_marks(
-            ic, metric_matrix(table, "in_context_score", E)[1], out / "in_context_score.png", "nats", arms),
-        "induction_score": figures.curves_with_marks(
-            timings["induction_score"], metric_matrix(table, "induction_score", E)[1],
-            out / "induction_score.png", "attention", arms),
-        "midpoint_distribution": figures.midpoint_distribution(ic.midpoint, out / "midpoint_distribution.png",
-                                                               groups=arms),
-        "prev_vs_induction": figures.prev_vs_induction(
-            timings["prev_token_score"].midpoint, timings["induction_score"].midpoint,
-            out / "prev_vs_induction.png"),
-    }
+    # every probe curve the task times, except the earlier part of a formation order (its
+    # timing is in the order figure)
+    drawn = [c for c in task.timing_curves if not task.formation_order or c != task.formation_order[0]]
+    figs = {name: figures.curves_with_marks(timings[name], metric_matrix(table, name, E)[1], out / f"{name}.png",
+                                            task.metric(name).unit, arms) for name in drawn}
+    figs["midpoint_distribution"] = figures.midpoint_distribution(ic.midpoint, out / "midpoint_distribution.png",
+                                                                  groups=arms)
+    if task.formation_order:
+        earlier, later = task.formation_order
+        figs["prev_vs_induction"] = figures.prev_vs_induction(
+            timings[earlier].midpoint, timings[later].midpoint, out / "prev_vs_induction.png")
     steps, loss = metric_matrix(table, "loss", E)
     window = None
     if np.isfinite(ic.onset).any():
@@ -263,14 +269,14 @@ def write_phase_figures(table, timings, members, stats: dict, out) -> dict[str, 
                                                         out / "timing_by_arm.png", "sweep arm")
     last = stats["last_step"]
     groups = {label: censor_at_last_step(ic.raw_onset[idx], last) for label, idx in arms.items()}
-    figs["survival"] = figures.survival_and_ecdf(groups, out / "survival.png", "in-context score onset step")
+    figs["survival"] = figures.survival_and_ecdf(groups, out / "survival.png", f"{primary} onset step")
     for i, (label, arm) in enumerate(stats["arms"].items()):
         suffix = "" if len(arms) == 1 else f"_{i}"
-        var = (arm.get("variance") or {}).get("in_context_score", {}).get("midpoint")
+        var = (arm.get("variance") or {}).get(primary, {}).get("midpoint")
         if var is not None:
             figs[f"variance{suffix}"] = figures.variance_heatmap(
                 np.asarray(var["matrix"], float), np.asarray(var["init_seeds"]), np.asarray(var["data_seeds"]), var,
-                out / f"variance{suffix}.png", f"in-context midpoint ({label})")
+                out / f"variance{suffix}.png", f"{primary} midpoint ({label})")
         if arm.get("predictors"):
             figs[f"predictors{suffix}"] = figures.predictors(arm["predictors"]["rows"], out / f"predictors{suffix}.png")
     return figs

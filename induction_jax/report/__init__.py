@@ -73,9 +73,13 @@ def render(data: dict) -> str:
     return re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], _asset("report.html"))
 
 
-def write_report(run: RunDir) -> Path:
-    """A self-contained RUN_DIR/report.html from whatever the run directory holds; returns its path."""
-    doc = render(gather(run))
-    path = run.output("report.html")
-    write_text_atomic(path, doc)
+def write_report(run: RunDir | str | Path) -> Path:
+    """A self-contained RUN_DIR/report.html from whatever the run directory holds; returns its
+    path. Written once, by the command (or API call) that ran the analyses, after they finished;
+    under the run's writer lock."""
+    run = run if isinstance(run, RunDir) else RunDir(Path(run))
+    with run.lock():
+        doc = render(gather(run))
+        path = run.output("report.html")
+        write_text_atomic(path, doc)
     return path

@@ -31,9 +31,6 @@ from induction_jax.rundir import RunDir, RunDirError
 # are kept in a collapsed block. The other analysis figures are shown as they are.
 REDRAWN_FIGURES = ("attention_patterns", "head_scores", "ablations", "k_composition")
 ANALYSIS_FIGURES = ("ensemble_scores", "positional_qk_prev_token_head", "full_ov_induction_head", "ov_eigenvalues")
-PHASE_FIGURES = ("in_context_score", "induction_score", "loss_bump", "midpoint_distribution",
-                 "prev_vs_induction", "timing_by_lr", "timing_by_arm", "survival", "variance", "predictors")
-PHASE_CURVES = ("in_context_score", "induction_score", "prev_token_score", "loss_second_half")
 PHASE_TIMINGS = ("onset", "midpoint", "end", "peak_slope", "logistic_midpoint", "logistic_width")
 SIG = 5          # significant digits of the per-head numbers sent to the page
 
@@ -84,6 +81,8 @@ def read_run(run: RunDir) -> dict:
             "jax_version": meta.get("jax_version"), "device": meta.get("device"), "members": rows,
             "arms": {label: idx.tolist() for label, idx in members.arms().items()},
             "crossed": members.crossed, "has_summary": bool(summary),
+            "task_params": list(members.task),
+            "metric_help": {m.name: m.help for m in cfg.task.step_metrics + cfg.task.probe_metric_info},
             "trained_steps": summary.get("steps"), "_notes": notes}
 
 
@@ -162,7 +161,7 @@ def read_circuit(run: RunDir) -> dict | None:
         if "patterns" in arrays:
             E_, L, H, T, _ = arrays["patterns"].shape
             out["attention"] = {"members": [int(m) for m in arrays["members"]], "tokens": arrays["tokens"].tolist(),
-                                "T": T, "L": L, "H": H, "half_length": T // 2, **pack_patterns(arrays["patterns"])}
+                                "T": T, "L": L, "H": H, "period": T // 2, **pack_patterns(arrays["patterns"])}
         comp = {mode: _nested(arrays[f"{mode}_composition"]) for mode in ("k", "q", "v")
                 if f"{mode}_composition" in arrays}
         if comp:
@@ -178,7 +177,9 @@ def read_phase(run: RunDir) -> dict | None:
         return None
     notes: list[str] = []
     out: dict = {"_notes": notes, "_stats": read_json(folder / "stats.json", notes),
-                 "_figures": find_figures(folder, PHASE_FIGURES)}
+                 "_figures": []}
+    # the figures in the order phase recorded them (a phase/ written before it did: file order)
+    out["_figures"] = find_figures(folder, (out["_stats"] or {}).get("figures", ()))
     if (folder / "timings.csv").is_file():
         timings: dict[str, dict] = {}
         for r in _csv_rows(folder / "timings.csv"):
@@ -288,22 +289,16 @@ MEMBER_COLS = [Col("member", "#", "member index"), Col("label", "member", "the m
                Col("lr", "lr", "learning rate"), Col("weight_decay", "wd", "weight decay"),
                Col("diverged_step", "diverged", "step at which the member diverged (its updates stopped)",
                    lambda v: "-" if v is None else fmt(v))]
-FINAL_COLS = {  # summary.json's final_* values: short header, full name
-    "final_loss": ("loss", "final training loss (mean over the last window of steps)"),
-    "final_loss_first_half": ("loss 1st", "final training loss on the random first half"),
-    "final_loss_second_half": ("loss 2nd", "final training loss on the repeated second half"),
-    "final_in_context_score": ("in-ctx", "final in-context score: loss at early minus late positions (nats)"),
-    "final_probe_loss_second_half": ("probe 2nd", "final second-half loss on the probe batch"),
-    "final_prev_token_score": ("PT score", "final previous-token score of the best layer-0 head (probe batch)"),
-    "final_induction_score": ("IH score", "final induction score of the best later-layer head (probe batch)"),
-}
 
 
 def render_members(data: dict) -> str:
     run = data["run"]
     rows = run["members"]
     finals = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("final_")]
-    cols = MEMBER_COLS + [Col(k, *FINAL_COLS.get(k, (k.removeprefix("final_").replace("_", " "), k))) for k in finals]
+    helps = run.get("metric_help", {})
+    cols = MEMBER_COLS + [Col(k, k, "task parameter") for k in run.get("task_params", [])]
+    cols += [Col(k, k.removeprefix("final_").replace("_", " "),
+                 "final " + helps.get(k.removeprefix("final_"), k.removeprefix("final_"))) for k in finals]
     arms = run["arms"]
     arm_note = ("" if list(arms) == ["all"] else
                 "<p>Arms (members sharing every setting but their seeds): "
@@ -382,7 +377,7 @@ def render_member_view(data: dict) -> str | None:
              "<p class=\"note\">Every view below follows the member selector at the top (also the ← / → keys, or "
              "a click on a member's row in a table).</p><div id=\"mv-summary\" class=\"mv-summary\"></div>"]
     if circuit.get("attention"):
-        P = circuit["attention"]["half_length"]
+        P = circuit["attention"]["period"]
         parts.append(
             "<h3>Attention patterns on the probe sequence</h3>"
             f"<p class=\"note\">Every head's attention on one probe sequence ({P} random tokens, then the same {P} "
@@ -465,9 +460,10 @@ def _effects_html(effects: dict | None) -> str:
 
 
 def _arm_html(label: str, arm: dict) -> str:
-    ic = arm.get("in_context_midpoint") or {}
+    ic = arm.get("primary_midpoint") or arm.get("in_context_midpoint") or {}    # the latter: phase/ of 0.2
+    curve = arm.get("primary_curve", "in_context_score")
     out = [f"<h4>Arm: {esc(label)} ({fmt(arm.get('n'))} members)</h4>",
-           f"<p>In-context score midpoint: median {fmt(ic.get('median'))}, mean {fmt(ic.get('mean'))} ± "
+           f"<p>{esc(curve.replace('_', ' ').capitalize())} midpoint: median {fmt(ic.get('median'))}, mean {fmt(ic.get('mean'))} ± "
            f"{fmt(ic.get('std'))} ("
            + (f"95% CI {fmt(ic.get('ci95_low'))} to {fmt(ic.get('ci95_high'))}" if ic.get("ci95_low") is not None
               else esc(ic.get("ci95_note") or "no CI of the mean"))
@@ -503,7 +499,7 @@ def _arm_html(label: str, arm: dict) -> str:
         out.append(f"<p class=\"note\">No variance decomposition: {esc(why)}.</p>")
     pred = arm.get("predictors")
     if pred:
-        out.append(f"<p>Init-time predictors of the in-context midpoint: <b>{esc(pred.get('verdict', ''))}</b></p>"
+        out.append(f"<p>Init-time predictors of the {esc(curve.replace('_', ' '))} midpoint: <b>{esc(pred.get('verdict', ''))}</b></p>"
                    + table([Col("name", "quantity", cls="txt"), Col("description", "description", cls="wrap"),
                             Col("rho", "Spearman ρ"), Col("ci95_low", "CI95 lo"), Col("ci95_high", "CI95 hi"),
                             Col("n", "n"), Col("unit", "unit", cls="txt")], pred.get("rows", []), table_id=""))
@@ -518,7 +514,10 @@ def render_phase(data: dict) -> str | None:
     out = ["<h2>Phase change</h2>", _notes(part)]
     if stats:
         rows, warnings = [], []
-        for curve in PHASE_CURVES:
+        # the curves phase timed (a phase/ of version 0.2 did not list them: its four)
+        curves = stats.get("curves") or [c for c in ("in_context_score", "induction_score", "prev_token_score",
+                                                     "loss_second_half") if c in stats]
+        for curve in curves:
             c = stats.get(curve) or {}
             for timing in PHASE_TIMINGS:
                 s = c.get(timing)
@@ -530,8 +529,9 @@ def render_phase(data: dict) -> str | None:
                     warnings.append(f"{curve} {timing}: {s['resolution']}")
         out.append("<p class=\"note\">Timings in steps, interpolated between probe points (probe interval beside "
                    "each); "
-                   "loss_second_half is the per-step training loss, a second estimate with no probes. "
-                   f"Smoothing: {fmt(stats.get('smooth_steps'))} steps (probes), {fmt(stats.get('loss_smooth_steps'))} "
+                   + (f"{esc(stats['step_curve'])} is the per-step training loss, a second estimate with no probes. "
+                      if stats.get("step_curve") else "")
+                   + f"Smoothing: {fmt(stats.get('smooth_steps'))} steps (probes), {fmt(stats.get('loss_smooth_steps'))} "
                    "steps (loss).</p>")
         out.append(table(STAT_COLS, rows, table_id="phase-stats",
                          cell_cls=lambda k, v: "warn" if k == "resolution" and isinstance(v, str) else ""))
@@ -542,17 +542,20 @@ def render_phase(data: dict) -> str | None:
         if order:
             orows = [{"by": by, **o.get("counts", {}), "lag": o.get("median_lag_induction_minus_prev"),
                       "tol": o.get("tolerance_steps")} for by, o in order.items()]
-            out.append("<h3>Formation order</h3><p class=\"note\">Does the previous-token head form before, with or "
-                       "after "
-                       "the induction head? Within the tolerance (one probe interval) counts as with.</p>"
+            first = next(iter(order.values()))
+            earlier = first.get("earlier", "prev_token_score").replace("_", " ")
+            later = first.get("later", "induction_score").replace("_", " ")
+            out.append(f"<h3>Formation order</h3><p class=\"note\">Does the {esc(earlier)} form before, with or "
+                       f"after the {esc(later)}? Within the tolerance (one probe interval) counts as with.</p>"
                        + table([Col("by", "by", cls="txt"), Col("before", "before"), Col("with", "with"),
                                 Col("after", "after"),
                                 Col("censored", "censored"),
                                 Col("lag", "median lag", "median of induction minus previous-token timing (steps)"),
                                 Col("tol", "tolerance", "steps")], orows, sortable=False))
-        lag = stats.get("in_context_minus_induction_midpoint") or {}
+        lag = stats.get("primary_minus_later_midpoint") or stats.get("in_context_minus_induction_midpoint") or {}
         if lag.get("n"):
-            out.append(f"<p>In-context score midpoint minus induction score midpoint: median {fmt(lag.get('median'))} "
+            a, b = (c.replace("_", " ") for c in lag.get("curves", ("in_context_score", "induction_score")))
+            out.append(f"<p>{esc(a.capitalize())} midpoint minus {esc(b)} midpoint: median {fmt(lag.get('median'))} "
                        f"steps over {fmt(lag.get('n'))} members.</p>")
         arms = stats.get("arms") or {}
         if arms:

@@ -24,7 +24,6 @@ import numpy as np
 from induction_jax import ensemble, signals, snapshots
 from induction_jax.arrays import save_arrays
 from induction_jax.config import ConfigError, RunConfig
-from induction_jax.data import sample_batch
 from induction_jax.phase.run import phase_window
 from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
 from induction_jax.slt import figures
@@ -40,18 +39,19 @@ DEFAULT_N = 1024        # sequences in a member's LLC dataset
 
 @dataclass(frozen=True)
 class TrainingLoss:
-    """The mean next-token loss of a batch `(tokens, periods)` (hashable: a static argument)."""
+    """The task's training loss on a batch (hashable: a static argument)."""
 
     cfg: RunConfig
 
     def __call__(self, params, batch):
-        return loss_fn(self.cfg, params, *batch)[0]
+        return loss_fn(self.cfg, params, batch)[0]
 
 
-def llc_dataset(cfg: RunConfig, data_seed: int, n: int):
-    """`n` sequences of the member's training distribution (`(tokens [n, T], periods [n])`)."""
+def llc_dataset(cfg: RunConfig, data_seed: int, n: int, task_params=None):
+    """`n` sequences of the member's training distribution, drawn by the task with the member's
+    parameters (a batch: `{tokens [n, T], ...}`)."""
     key = jax.random.fold_in(seed_key(data_seed, DATA), LLC_DATA)
-    return sample_batch(key, dataclasses.replace(cfg.data, batch_size=n), cfg.model.d_vocab)
+    return cfg.task.sample(key, task_params or {}, n, cfg.model.d_vocab)
 
 
 def restriction_mask(params: dict, where: str | None, cfg: RunConfig):
@@ -116,11 +116,12 @@ def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_ste
             print(snapshots.missing_message(run, gap, list(steps)), file=sys.stderr)
         S, E = len(steps), len(members_idx)
         params = {k: v[:, members_idx].reshape(S * E, *v.shape[2:]) for k, v in params.items()}
-        data = signals.run(jax.vmap(lambda s: llc_dataset(cfg, s, n)),      # signals.run: interruptible
-                           jnp.asarray(members.data_seed[members_idx], jnp.uint32), what=interrupted)
+        data = signals.run(jax.vmap(lambda s, tp: llc_dataset(cfg, s, n, tp)),      # signals.run: interruptible
+                           jnp.asarray(members.data_seed[members_idx], jnp.uint32),
+                           ensemble.task_arrays(cfg, members.select(members_idx)), what=interrupted)
         data_N = signals.run(jax.tree.map, lambda x: jnp.tile(x, (S,) + (1,) * (x.ndim - 1)), data, what=interrupted)
         keys = jax.random.split(jax.random.PRNGKey(seed), S * E)
-        curves = signals.run(_behaviour, run, members_idx, steps, what=interrupted)
+        curves = signals.run(_behaviour, run, cfg.task.primary_curve, members_idx, steps, what=interrupted)
         gamma_sweep = None
         if gamma_auto:   # one gamma for the whole run, picked at the last snapshot of the first member
             from induction_jax.slt.diagnostics import gamma_sensitivity
@@ -139,7 +140,7 @@ def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_ste
         sweep = signals.run(eps_sensitivity, jax.random.PRNGKey(seed + 1),
                             TrainingLoss(cfg.replace(compute_dtype="float32")), w_last, d_first, sgld, mask=mask,
                             what=interrupted)
-        stats = _stats(run, members, members_idx, steps, llc, sgld, n, head, sweep, curves)
+        stats = _stats(run, cfg, members, members_idx, steps, llc, sgld, n, head, sweep, curves)
         stats["missing_snapshot_steps"] = gap
         stats["gamma_rule"] = None if gamma_sweep is None else gamma_sweep.summary()
         if gamma_sweep is not None and gamma_sweep.warning:
@@ -155,38 +156,38 @@ def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_ste
                      f"SGLD loss traces: {members.label(members_idx[0])}, step {steps[-1]}")
         eps_figure(sweep, folder / "eps.png", f"eps sensitivity at step {steps[-1]}, {members.label(members_idx[0])}: "
                                               f"{'stable' if sweep.stable else 'NOT stable'}")
-        from induction_jax.report import write_report
-        write_report(run)
     return folder.path
 
 
-def _stats(run, members, members_idx, steps, llc, sgld, n, head, sweep, curves) -> dict:
+def _stats(run, cfg, members, members_idx, steps, llc, sgld, n, head, sweep, curves) -> dict:
     per_member = []
     for j, e in enumerate(members_idx):
         flagged = [int(steps[s]) for s in range(len(steps)) if any(llc[f][s, j].any() for f in CHAIN_FLAGS)
                    or llc["drifting"][s, j]]
         per_member.append({"member": e, "label": members.label(e),
                            "boundaries": stage_boundaries(steps, llc["llc_mean"][:, j], llc["llc_se"][:, j]),
-                           "flagged_steps": flagged, "in_context_score": curves.get(e)})
+                           "flagged_steps": flagged, "behaviour": curves.get(e)})
     n_flagged = sum(len(m["flagged_steps"]) for m in per_member)
     warnings = ([sweep.warning] if not sweep.stable else []) + (
         [f"{n_flagged} of {llc['llc_mean'].size} estimates have a flagged chain or drift (see llc.csv)"]
         if n_flagged else [])
-    medians = phase_window(run.path)
+    medians = phase_window(run.path, cfg.task.primary_curve)
     window = None if medians is None else [medians["onset"], medians["end"], medians["midpoint"]]
-    return {"sgld": dataclasses.asdict(sgld), "n": n, "n_beta": sgld.n_beta_for(n), "head": head,
+    return {"sgld": dataclasses.asdict(sgld), "n": n, "behaviour_curve": cfg.task.primary_curve,
+            "n_beta": sgld.n_beta_for(n), "head": head,
             "steps": np.asarray(steps).tolist(), "members": per_member, "phase_window": window,
             "eps_sweep": {"eps": sweep.eps, "llc_mean": sweep.llc_mean, "llc_se": sweep.llc_se,
                           "stable": sweep.stable, "warning": sweep.warning},
             "warnings": warnings, "llc_mean": llc["llc_mean"], "llc_se": llc["llc_se"]}
 
 
-def _behaviour(run: RunDir, members_idx, steps) -> dict:
-    """Each member's in-context score at the snapshot steps (from metrics.csv), for the figure."""
+def _behaviour(run: RunDir, curve: str, members_idx, steps) -> dict:
+    """Each member's `curve` (the task's primary probe curve) at the snapshot steps (from
+    metrics.csv), for the figure."""
     from induction_jax.metrics import metric_matrix, read_metrics
 
     E = len(run.members())
-    probe_steps, ic = metric_matrix(read_metrics(run.metrics_csv), "in_context_score", E)
+    probe_steps, ic = metric_matrix(read_metrics(run.metrics_csv), curve, E)
     return {e: np.interp(steps, probe_steps, ic[e]).tolist() for e in members_idx}
 
 

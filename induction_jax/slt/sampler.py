@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from induction_jax.config import ConfigError, _check_fields, _field
+from induction_jax.config import ConfigError, check_fields, config_field
 
 LossFn = Callable[[Any, Any], jax.Array]
 SAMPLERS = ("sgld", "rmsprop-sgld")
@@ -62,22 +62,22 @@ class SGLDConfig:
     docs/definitions.md, and `diagnostics.gamma_sensitivity` / `--gamma auto` to measure it.
     """
 
-    eps: float = _field(1e-4, "SGLD step size (the noise variance per step)", lo=0.0, hi=1e6,
+    eps: float = config_field(1e-4, "SGLD step size (the noise variance per step)", lo=0.0, hi=1e6,
                         lo_open=True)
-    gamma: float = _field(1000.0, "localisation strength: the pull toward w* (0 = none)", lo=0.0, hi=1e12)
-    n_beta: float = _field(0.0, "inverse temperature times n; 0 = n / ln n for the n dataset items",
+    gamma: float = config_field(1000.0, "localisation strength: the pull toward w* (0 = none)", lo=0.0, hi=1e12)
+    n_beta: float = config_field(0.0, "inverse temperature times n; 0 = n / ln n for the n dataset items",
                            lo=0.0, hi=1e15)
-    chains: int = _field(4, "independent chains, all started at w*", lo=1, hi=1_000_000)
-    draws: int = _field(250, "SGLD steps per chain, each recording one loss (burn-in included)",
+    chains: int = config_field(4, "independent chains, all started at w*", lo=1, hi=1_000_000)
+    draws: int = config_field(250, "SGLD steps per chain, each recording one loss (burn-in included)",
                         lo=1, hi=100_000_000)
-    burn_in: int = _field(80, "first draws of each chain discarded by the estimators", lo=0, hi=100_000_000)
-    batch_size: int = _field(64, "minibatch size m, drawn without replacement from the n items at "
+    burn_in: int = config_field(80, "first draws of each chain discarded by the estimators", lo=0, hi=100_000_000)
+    batch_size: int = config_field(64, "minibatch size m, drawn without replacement from the n items at "
                              "every step; must be <= n", lo=1, hi=100_000_000)
-    sampler: str = _field("sgld", "sgld, or rmsprop-sgld (per-weight preconditioned steps, as devinterp's "
+    sampler: str = config_field("sgld", "sgld, or rmsprop-sgld (per-weight preconditioned steps, as devinterp's "
                           "SGMCMC.rmsprop_sgld)", choices=SAMPLERS)
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
         if self.draws <= self.burn_in:
             raise ConfigError(f"draws={self.draws}: must be > burn_in={self.burn_in}")
 

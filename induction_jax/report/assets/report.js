@@ -212,7 +212,7 @@
     const grid = $("attn-grid"), zoom = $("attn-zoom");
     if (!ATT || !grid || !zoom) return;
     const { T, L, H, tokens } = ATT;
-    const P = ATT.half_length;
+    const P = ATT.period;
     const values = decodeHalves(ATT.b64);
     const S = ATT.causal ? T * (T + 1) / 2 : T * T;
     const slot = {};

@@ -1,0 +1,203 @@
+"""The task protocol: what a training task is, to the trainer, the tables and the analyses.
+
+A task is a frozen, hashable dataclass (static under `jit`), like purejaxrl's static `env`:
+its fields are the settings that fix shapes and the program (sequence length, vocabulary
+use); they are config fields (`config_field`), so the command line, `config.json` and the
+validation come from them. What may differ per member (purejaxrl's per-seed `env_params`)
+is declared in `member_params` and arrives as data: `sample(key, params, ...)` receives
+this member's values as scalars, so one compiled program trains members with different
+values side by side.
+
+A task family is one file in `induction_jax/tasks/` (or anywhere: `register` it) that
+subclasses `Task` and fills in:
+
+- `sample(key, params, batch_size, d_vocab) -> Batch`: one training batch, drawn on the
+  device, a dict of arrays with at least `tokens [B, T]`;
+- `losses(logits_BTV, batch) -> dict` of scalar training metrics, `loss` the one trained on;
+- `probe(key, batch_size, d_vocab) -> Batch` and `probe_metrics(logits_BTV, acts, batch)
+  -> dict` of scalars (and per-head `[L, H]` values, named in `head_probe_metrics`);
+- `step_metrics`, `probe_metric_info`: the names of both sets with how each is read;
+- `timing_curves`: the probe curves `phase` times by default (`primary_curve` the one its
+  planning and paired effects use) and `step_curve`, a per-step training metric timed too;
+  `formation_order`: two of them whose order of formation `phase` reports;
+- optionally `ideal_patterns(T)` (the attention pattern each head role would have, for the
+  pattern scores and clamps) and `baselines(batch)` (losses of reference predictors).
+
+Built-in tasks import JAX inside their methods, so that the command line, whose parser
+lists their flags, starts without loading JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+from induction_jax.config import ConfigError, check_fields
+
+Batch = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named scalar curve: which way is better, and how far it must move to count as a change
+    (phase timing's `min_rise`, in its own units)."""
+
+    name: str
+    help: str
+    direction: int = 1          # +1: rises as the model learns; -1: falls
+    min_rise: float = 0.0
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class MemberParam:
+    """A task setting that may differ per member: data on the ensemble axis."""
+
+    name: str
+    help: str
+    kind: type                  # int or float
+    default: float
+    lo: float
+    hi: float
+
+    def check(self, values, flag: str) -> list:
+        """Values as `kind`, or a one-line ConfigError naming `flag` and the allowed range."""
+        out = []
+        for v in values:
+            try:
+                x = self.kind(v)
+            except (TypeError, ValueError):
+                x = None
+            if x is None or (self.kind is int and float(v) != x) or not self.lo <= x <= self.hi:
+                raise ConfigError(f"{flag}: {self.name}={v!r} out of range; allowed: "
+                                  f"{'integers' if self.kind is int else 'numbers'} {self.lo:g}..{self.hi:g}")
+            out.append(x)
+        return out
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base of every task; see the module docstring for what a subclass provides."""
+
+    name: ClassVar[str] = ""
+    step_metrics: ClassVar[tuple[Metric, ...]] = (Metric("loss", "mean next-token loss", -1, 1.0),)
+    probe_metric_info: ClassVar[tuple[Metric, ...]] = ()
+    head_probe_metrics: ClassVar[tuple[str, ...]] = ()
+    timing_curves: ClassVar[tuple[str, ...]] = ()
+    primary_curve: ClassVar[str | None] = None
+    step_curve: ClassVar[str | None] = None
+    # Two probe curves whose formation order `phase` reports (earlier part, later part), if any.
+    formation_order: ClassVar[tuple[str, str] | None] = None
+    progress_metric: ClassVar[str] = "loss"
+    plot_metrics: ClassVar[tuple[str, ...]] = ("loss",)
+
+    def __post_init__(self):
+        check_fields(self)
+
+    # -- shapes and validation -------------------------------------------------------------
+    @property
+    def seq_len(self) -> int:
+        raise NotImplementedError
+
+    def check(self, model) -> None:
+        """Raise ConfigError (one line) if this task cannot run on `model`."""
+        if self.seq_len > model.n_ctx:
+            raise ConfigError(f"{self.name}: sequences of {self.seq_len} tokens must fit the context "
+                              f"n_ctx={model.n_ctx}")
+
+    def member_params(self) -> tuple[MemberParam, ...]:
+        return ()
+
+    def induction_period(self, model) -> int:
+        """The period of the repeated random sequences on which the circuit analysis scores
+        induction heads (TransformerLens' convention): half the context unless the task says."""
+        return model.n_ctx // 2
+
+    # -- the data and what is measured -----------------------------------------------------
+    def sample(self, key, params: Mapping[str, Any], batch_size: int, d_vocab: int) -> Batch:
+        raise NotImplementedError
+
+    def losses(self, logits_BTV, batch: Batch) -> dict:
+        raise NotImplementedError
+
+    def probe(self, key, batch_size: int, d_vocab: int) -> Batch:
+        raise NotImplementedError
+
+    def probe_metrics(self, logits_BTV, acts, batch: Batch) -> dict:
+        return {}
+
+    def ideal_patterns(self, T: int) -> dict:
+        return {}
+
+    def baselines(self, batch: Batch) -> dict:
+        return {}
+
+    # -- names, for the tables and analyses --------------------------------------------------
+    @classmethod
+    def probe_metric_names(cls) -> tuple[str, ...]:
+        return tuple(m.name for m in cls.probe_metric_info)
+
+    @classmethod
+    def step_metric_names(cls) -> tuple[str, ...]:
+        return tuple(m.name for m in cls.step_metrics)
+
+    @classmethod
+    def metric(cls, name: str) -> Metric:
+        for m in cls.step_metrics + cls.probe_metric_info:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def default_member_params(self) -> dict[str, float]:
+        return {p.name: p.default for p in self.member_params()}
+
+    def member_param(self, name: str, flag: str = "--task-param") -> MemberParam:
+        params = {p.name: p for p in self.member_params()}
+        if name not in params:
+            allowed = ", ".join(params) or "none"
+            raise ConfigError(f"{flag} {name}: not a parameter of task {self.name}; allowed: {allowed}")
+        return params[name]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Make a task class known by its `name` (a class decorator); a name is taken once."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}: a task needs a non-empty `name`")
+    if _TASKS.get(cls.name, cls) is not cls:
+        raise ValueError(f"task {cls.name!r}: already registered by {_TASKS[cls.name].__module__}")
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def task_class(name: str, flag: str = "--task") -> type[Task]:
+    if name not in _TASKS:
+        raise ConfigError(f"{flag} {name}: unknown task; allowed: {', '.join(names())}")
+    return _TASKS[name]
+
+
+def classes() -> list[type[Task]]:
+    return [_TASKS[n] for n in names()]
+
+
+def from_dict(d: Mapping[str, Any]) -> Task:
+    """A task from `{"name": ..., field: value, ...}` (config.json's `task` section)."""
+    if not isinstance(d, Mapping) or not isinstance(d.get("name"), str):
+        raise ConfigError(f"config.task: must be an object with a \"name\" ({', '.join(names())})")
+    cls = task_class(d["name"], "config.task.name")
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(d) - allowed - {"name"})
+    if bad:
+        raise ConfigError(f"config.task: {bad[0]!r} is not a parameter of task {cls.name}; allowed: "
+                          f"{', '.join(sorted(allowed)) or 'none'}")
+    return cls(**{k: v for k, v in d.items() if k != "name"})
