@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from induction_jax.analysis.analyze import analyze_run
+from induction_jax.analysis.run import analyze_run
 from induction_jax import use_cpu_cores
 from induction_jax.config import RunConfig
 from induction_jax.phase.run import phase_run

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from induction_jax import use_cpu_cores
-from induction_jax.analysis.analyze import analyze_run
+from induction_jax.analysis.run import analyze_run
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
 from induction_jax.runner import train_or_resume

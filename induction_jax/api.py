@@ -212,7 +212,7 @@ class Run:
     def analyze(self, member: int = 0) -> dict:
         """Score every head of every member and identify the circuit (writes analysis/ and the
         report); returns circuit.json. `member` picks the single-model figures."""
-        from induction_jax.analysis.analyze import analyze_run
+        from induction_jax.analysis.run import analyze_run
 
         if member is not None:
             self._check_member(member)
@@ -352,13 +352,13 @@ _ANALYZE_OPTIONS = ("probe_batch", "seed", "prefix_repeats", "thresholds", "batc
 def analyze_weights(params: dict, period: int | None = None, **options) -> dict:
     """Every score and the circuit verdict for circuit-layout weights from any source (one
     model, or stacked `[E, ...]`; e.g. `from_transformer_lens(model)`); returns the result dict
-    of `analysis.run.analyze_params` (scores arrays, circuit, baseline).
+    of `analysis.score.analyze_params` (scores arrays, circuit, baseline).
 
     The probe sequences repeat `period` random tokens (2 x `period` tokens in all) and must
     fit the weights' context (the rows of W_pos, n_ctx); default: the longest that fits, n_ctx // 2. Options: `probe_batch`,
     `seed`, `prefix_repeats`, `thresholds`, `batch` (see `analyze_params`)."""
     from induction_jax.analysis.identify import Thresholds
-    from induction_jax.analysis.run import analyze_params
+    from induction_jax.analysis.score import analyze_params
 
     stacked = _weights(params)
     n_ctx = stacked["W_pos"].shape[1]
@@ -395,7 +395,7 @@ def from_transformer_lens(model_or_state_dict, cfg=None) -> dict:
     Takes a `HookedTransformer`, or its state dict with `cfg` (a `HookedTransformerConfig` or a
     dict of its kwargs). The weights are checked to fit together and to match `cfg`'s sizes."""
     from induction_jax.analysis.weights import WeightsError
-    from induction_jax.interop.transformer_lens import _cfg_get
+    from induction_jax.interop.transformer_lens import tl_config_value
     from induction_jax.interop.transformer_lens import from_transformer_lens as convert
 
     is_model = hasattr(model_or_state_dict, "state_dict") and hasattr(model_or_state_dict, "cfg")
@@ -408,7 +408,7 @@ def from_transformer_lens(model_or_state_dict, cfg=None) -> dict:
     if not is_model and cfg is None:
         raise ValueError("cfg: a state dict needs its cfg (a HookedTransformerConfig or a dict of its kwargs)")
     used = cfg if cfg is not None else model_or_state_dict.cfg
-    n_layers = _cfg_get(used, "n_layers")
+    n_layers = tl_config_value(used, "n_layers")
     if isinstance(n_layers, bool) or not isinstance(n_layers, numbers.Integral) or n_layers < 1:
         raise ValueError(f"cfg: n_layers={n_layers!r}; expected an int >= 1")
     try:
@@ -423,7 +423,7 @@ def from_transformer_lens(model_or_state_dict, cfg=None) -> dict:
     found = {"d_vocab": V, "n_ctx": stacked["W_pos"].shape[1], "n_layers": L, "n_heads": H, "d_model": D,
              "d_head": K}
     for key, value in found.items():
-        stated = _cfg_get(used, key)
+        stated = tl_config_value(used, key)
         if stated is not None and stated != value:
             raise WeightsError(f"cfg: {key}={stated} but the weights have {key}={value} (W_E {(V, D)}, W_pos "
                                f"{stacked['W_pos'].shape[1:]}, W_Q {(L, H, D, K)})")

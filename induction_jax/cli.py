@@ -153,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - tic:.0f} s; final {metric} min {min(finals):.3f} / max {max(finals):.3f}"
           if finals else "no member has a finite final loss")
     if not args.no_analysis:
-        from induction_jax.analysis.analyze import analyze_run
+        from induction_jax.analysis.run import analyze_run
 
         _print_circuits(analyze_run(run.path))
         if summary["n_members"] > 1:
@@ -211,7 +211,7 @@ def _print_circuits(analysis_dir: Path) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from induction_jax.analysis.analyze import analyze_run
+    from induction_jax.analysis.run import analyze_run
 
     out_dir = analyze_run(args.run_dir, args.member)
     _print_circuits(out_dir)
@@ -332,7 +332,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import itertools
 
     from induction_jax import ensemble, interventions, memory
-    from induction_jax.analysis.analyze import analyze_run
+    from induction_jax.analysis.run import analyze_run
     from induction_jax.members import Members, parse_seed_range
     from induction_jax.rundir import RunDir, RunDirError
     from induction_jax.runner import train_run
@@ -668,8 +668,8 @@ FINISHED_FIRST = "after its last safe point; it finished first, so everything it
 # signal can interrupt it; a module missing here is imported by the command, just not interruptibly.
 # induction_jax.checkpoint (Orbax) is for the config check of commands that read a run.
 COMMAND_MODULES = {"train": ["induction_jax.runner"],
-                   "sweep": ["induction_jax.runner", "induction_jax.analysis.analyze"],
-                   "analyze": ["induction_jax.analysis.analyze", "induction_jax.checkpoint"],
+                   "sweep": ["induction_jax.runner", "induction_jax.analysis.run"],
+                   "analyze": ["induction_jax.analysis.run", "induction_jax.checkpoint"],
                    "phase": ["induction_jax.phase.run", "induction_jax.checkpoint"],
                    "dynamics": ["induction_jax.dynamics.run", "induction_jax.checkpoint"],
                    "llc": ["induction_jax.slt.run", "induction_jax.checkpoint"],

@@ -144,7 +144,8 @@ def compiled_chunk(cfg: RunConfig, n_evals: int, eval_every: int, state):
     return _compiled_chunk(cfg, n_evals, eval_every, _mesh_for(cfg, state))
 
 
-def run_chunk(cfg: RunConfig, chunk: train_lib.Chunk, state):
+def run_compiled_chunk(cfg: RunConfig, chunk: train_lib.Chunk, state):
+    """One `Chunk` of the whole ensemble through its compiled program (`training.run_chunk` per member)."""
     fn = compiled_chunk(cfg, chunk.n_evals, chunk.eval_every, state)
     return fn(state, jnp.int32(chunk.n_active))
 
@@ -243,7 +244,7 @@ def train(cfg: RunConfig, state: train_lib.MemberState, start: int,
         tic = time.perf_counter()
         ctx = on_compile("the training step") if new and on_compile else contextlib.nullcontext()
         with ctx:
-            state, metrics, probes, heads = _run_grouped(functools.partial(run_chunk, cfg, chunk), state, group)
+            state, metrics, probes, heads = _run_grouped(functools.partial(run_compiled_chunk, cfg, chunk), state, group)
             metrics, probes, heads = (distributed.to_host(x) for x in (metrics, probes, heads))
         seconds = time.perf_counter() - tic
         if not new and chunk.eval_every == t.eval_every:

@@ -7,7 +7,7 @@ from handbuilt import P, V, build
 from induction_jax.analysis import attention as att
 from induction_jax.analysis import behaviour, circuits
 from induction_jax.analysis.factored import FactoredMatrix, copying_score
-from induction_jax.analysis.run import analyze_params
+from induction_jax.analysis.score import analyze_params
 from induction_jax.analysis.weights import WeightsError, stacked_params
 from induction_jax.functional import apply
 from induction_jax.losses import token_losses
@@ -156,7 +156,7 @@ def test_layernorm_mlp_model_marks_weight_scores_not_applicable():
 
 
 def test_one_layer_model_is_analysed_and_has_no_circuit(tmp_path):
-    from induction_jax.analysis.analyze import write_figures
+    from induction_jax.analysis.run import write_figures
     from induction_jax.config import ModelConfig
     from induction_jax.model import init_params
     cfg = ModelConfig(d_vocab=16, n_ctx=12, n_layers=1, n_heads=2, d_model=16)

@@ -48,7 +48,7 @@ def test_snapshots_are_plain_arrays_of_the_whole_ensemble(snap_run):
 def test_head_metrics_table_and_its_agreement_with_the_analysis(snap_run):
     import pandas as pd
 
-    from induction_jax.analysis.run import analyze_params
+    from induction_jax.analysis.score import analyze_params
     from induction_jax.arrays import load_arrays
     table = pd.read_csv(snap_run / "head_metrics.csv")
     assert list(table.columns) == ["member", "step", "layer", "head", "metric", "value"]
@@ -67,7 +67,7 @@ def test_head_metrics_table_and_its_agreement_with_the_analysis(snap_run):
 
 def test_snapshot_analysis_equals_analyze_and_a_per_snapshot_loop(snap_run):
     from induction_jax import snapshots
-    from induction_jax.analysis.run import analyze_params
+    from induction_jax.analysis.score import analyze_params
     from induction_jax.rundir import RunDir
     steps, params = snapshots.load(RunDir(snap_run))
     batched = snapshot_analysis(params, 6, batch=3, probe_batch=64)

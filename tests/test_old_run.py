@@ -43,7 +43,7 @@ def test_an_old_run_opens_as_the_repeated_task(old_run):
 
 
 def test_an_old_run_resumes_bitwise_and_analyses_and_reports(old_run, tmp_path):
-    from induction_jax.analysis.analyze import analyze_run
+    from induction_jax.analysis.run import analyze_run
     from induction_jax.phase.run import phase_run
     from induction_jax.runner import resume_run, train_run
 

@@ -126,7 +126,7 @@ def test_bfloat16_compute_forms_the_same_circuit(small_cfg):
     """The bfloat16 compute mode (float32 params, AdamW, softmax and loss) trains the same
     circuit as float32: every head's attention scores within 0.05, the same previous-token head,
     the same checks passed and failed, a similar loss."""
-    from induction_jax.analysis.run import analyze_params
+    from induction_jax.analysis.score import analyze_params
 
     members = Members.from_config(small_cfg)
     results = {}

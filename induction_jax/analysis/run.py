@@ -1,101 +1,94 @@
-"""Score every head of every member in one pass: `analyze_params(params, period)`, on reference
-repeated random sequences of period P (2P tokens), the sequences the induction scores are defined on."""
+"""`analyze_run(RUN_DIR)`: the I/O entry of the analysis: scores.csv, circuit.json, arrays.npz and figures
+(the pure scoring is `analysis.score`)."""
 
 from __future__ import annotations
 
-import jax
+import csv
+import io
+from pathlib import Path
+
 import numpy as np
 
-from induction_jax.analysis import behaviour, circuits
-from induction_jax.analysis.identify import Thresholds, identify
-from induction_jax.analysis.weights import stacked_params
-from induction_jax.tasks.repeated import induction_floor
-
-# Per-head scores written to scores.csv, in this order.
-HEAD_SCORES = ("prev_token_score", "induction_score", "duplicate_token_score", "prefix_matching_score",
-               "prev_token_score_tokens", "induction_score_tokens", "duplicate_score_tokens",
-               "prev_token_score_tl", "induction_score_tl", "duplicate_score_tl",
-               "positional_prev_token_score", "ov_copying_score", "ov_top1", "ov_top5",
-               "zero_ablation_delta", "mean_ablation_delta", "direct_logit_attribution",
-               "max_k_composition_in", "max_k_composition_out")
+from induction_jax import signals
+from induction_jax.arrays import save_arrays
+from induction_jax.analysis import figures
+from induction_jax.analysis.score import analyze_params, scores_table
+from induction_jax.analysis.weights import load_run_checkpoint
+from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
 
 
-def analyze_params(params: dict, period: int, *, probe_batch: int = 128, seed: int = 12345,
-                   prefix_repeats: int = 4, thresholds: Thresholds = Thresholds(),
-                   batch: int | None = None) -> dict:
-    """All scores for stacked params `[E, ...]` on fresh reference probe sequences.
-
-    Returns `scores` (arrays `[E, L, H]`, and `[E, L, H, L, H]` compositions), the extra
-    arrays the figures need, the composition baseline and the circuit identification.
-    `batch` models run at a time (memory; the numbers do not change).
-    """
-    params = stacked_params(params)
-    V = params["W_E"].shape[1]
-    T = 2 * period
-    k_probe, k_prefix = jax.random.split(jax.random.PRNGKey(seed))
-    tokens = behaviour.probe_tokens(k_probe, probe_batch, period, V)
-    prefix_period = T // prefix_repeats
-    prefix_tokens = behaviour.probe_tokens(k_prefix, probe_batch, prefix_period, V, prefix_repeats)
-    jparams = jax.tree.map(jax.numpy.asarray, params)
-
-    scores = behaviour.to_numpy(behaviour.pattern_scores(jparams, tokens, prefix_tokens, period, prefix_period, batch))
-    scores |= behaviour.to_numpy(behaviour.ablations(jparams, tokens, period, batch))
-    scores["direct_logit_attribution"] = np.asarray(
-        behaviour.direct_logit_attribution(jparams, tokens, period, batch))
-    extra = {"patterns": np.asarray(behaviour.mean_patterns(jparams, tokens[:1], batch)),
-             "tokens": np.asarray(tokens[0])}
-    baseline, not_applicable = None, None
-    try:
-        circuits.check_weight_based(params)
-    except circuits.NotApplicable as e:
-        not_applicable = str(e)
-    if not_applicable is None:
-        comp = {k: np.asarray(v) for k, v in circuits.composition_scores(jparams).items()}
-        scores |= comp
-        ov = circuits.ov_copying_scores(jparams)
-        extra["ov_eigenvalues"] = ov.pop("ov_eigenvalues")
-        scores |= ov
-        pos = circuits.positional_qk_pattern(jparams, T)
-        scores["positional_prev_token_score"] = np.asarray(circuits.positional_prev_token_score(pos))
-        extra["positional_qk"] = np.asarray(pos)
-        d_head = params["W_Q"].shape[-1]
-        baseline = circuits.composition_baseline(params["W_Q"].shape[-2], d_head)
-        # Largest K-composition into / out of each head; NaN where it has no partner layer.
-        k = np.where(np.isnan(comp["k_composition"]), -np.inf, comp["k_composition"])
-        for name, axes in (("max_k_composition_in", (1, 2)), ("max_k_composition_out", (3, 4))):
-            m = k.max(axis=axes)
-            scores[name] = np.where(np.isinf(m), np.nan, m)
-    # All heads in layers after layer 0 whose induction score passes the threshold, per member.
-    L = scores["induction_score"].shape[1]
-    later = (np.arange(L) > 0)[None, :, None]
-    induction_heads = (scores["induction_score"] > thresholds.induction_score) & later
-    scores["joint_ablation_induction_heads"] = np.asarray(behaviour.joint_mean_ablation(
-        jparams, tokens, period, jax.numpy.asarray(induction_heads, jax.numpy.float32), batch))
-    scores["n_induction_heads"] = induction_heads.sum((1, 2))
-    scores["induction_heads_mask"] = induction_heads
-    circuit = identify(scores, baseline, thresholds)
-    circuit["induction_floor_loss_second_half"] = induction_floor(np.asarray(tokens), period)
-    circuit["clean_loss_second_half"] = scores["clean_loss_second_half"].tolist()
-    circuit["composition_baseline"] = baseline
-    circuit["weight_based_not_applicable"] = not_applicable
-    return {"scores": scores, "extra": extra, "baseline": baseline, "circuit": circuit,
-            "period": period, "not_applicable": not_applicable}
+def write_figures(result: dict, params: dict, member: int, out: Path) -> dict[str, Path]:
+    s, x, P = result["scores"], result["extra"], result["period"]
+    row = result["circuit"]["members"][member]
+    figs = {
+        "attention_patterns": figures.attention_grid(x["patterns"], member, P, out / "attention_patterns.png", row),
+        "head_scores": figures.score_bars(s, member, out / "head_scores.png"),
+        "ablations": figures.ablation_bars(s, member, out / "ablations.png"),
+        "ensemble_scores": figures.ensemble_distributions(s, out / "ensemble_scores.png"),
+    }
+    if result["not_applicable"] is None:
+        figs |= {
+            "positional_qk_prev_token_head": figures.positional_qk(
+                x["positional_qk"], member, row["prev_token_head"], out / "positional_qk_prev_token_head.png"),
+            "full_ov_induction_head": figures.full_ov(params, member, row["induction_head"],
+                                                      out / "full_ov_induction_head.png"),
+            "ov_eigenvalues": figures.ov_eigenvalues(x["ov_eigenvalues"], s, member, out / "ov_eigenvalues.png"),
+        }
+        if params["W_Q"].shape[1] >= 2:      # composition needs an earlier and a later layer
+            figs["k_composition"] = figures.k_composition(s["k_composition"], result["baseline"], member,
+                                                          out / "k_composition.png")
+    return figs
 
 
-def scores_table(result: dict, members) -> tuple[list[str], list[list]]:
-    """scores.csv rows: one per (member, layer, head), the member's settings (`Members`) and every
-    per-head score (blank = n/a)."""
-    scores = result["scores"]
-    E, L, H = scores["prev_token_score"].shape
-    table = members.table()
-    header = ["member", *table, "layer", "head", *HEAD_SCORES]
-    rows = []
-    for e in range(E):
-        for layer in range(L):
-            for h in range(H):
-                row = [e, *(col[e] for col in table.values()), layer, h]
-                for name in HEAD_SCORES:
-                    v = scores.get(name)
-                    row.append("" if v is None or not np.isfinite(v[e, layer, h]) else f"{v[e, layer, h]:.6g}")
-                rows.append(row)
-    return header, rows
+# Members whose per-head arrays go into analysis/arrays.npz (and so into the report's viewers);
+# beyond this the file would grow by about 100 kB a member for views nobody pages through.
+REPORT_MEMBERS = 64
+
+
+def report_arrays(result: dict, members) -> dict[str, np.ndarray]:
+    """What the report's per-member views draw: every head's attention pattern on the first
+    probe sequence (float16), its tokens, and the Q/K/V composition matrices and full-OV
+    eigenvalues where the weight-based scores apply; the first REPORT_MEMBERS members."""
+    n = min(len(members), REPORT_MEMBERS)
+    x, s = result["extra"], result["scores"]
+    out = {"members": np.arange(n), "tokens": np.asarray(x["tokens"]),
+           "patterns": np.asarray(x["patterns"][:n], np.float16)}
+    for mode in ("q", "k", "v"):
+        if f"{mode}_composition" in s:
+            out[f"{mode}_composition"] = np.asarray(s[f"{mode}_composition"][:n], np.float32)
+    if "ov_eigenvalues" in x:
+        out["ov_eigenvalues_real"] = np.real(x["ov_eigenvalues"][:n]).astype(np.float32)
+        out["ov_eigenvalues_imag"] = np.imag(x["ov_eigenvalues"][:n]).astype(np.float32)
+    return out
+
+
+def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
+    """Analyse every member of a run at its latest good checkpoint; single-model figures show
+    `member` (default 0). Every output records the checkpoint step it describes."""
+    run = RunDir(Path(run_dir))
+    cfg = run.read_config()
+    members = run.members()
+    if member is not None and not 0 <= member < len(members):
+        raise RunDirError(f"--member {member}: out of range; this run has members 0..{len(members) - 1}")
+    member = member or 0
+    with run.lock():
+        params, meta = load_run_checkpoint(run.path)
+        interrupted = (f"during the analysis; the run's training and checkpoints are intact: run again "
+                       f"'induction-jax analyze {run.path}'")
+        signals.check(interrupted)
+        result = analyze_params(params, cfg.task.induction_period(cfg.model))
+        signals.check(interrupted)
+        out = run.output_dir("analysis")
+        header, rows = scores_table(result, members)
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+        write_text_atomic(out / "scores.csv", buf.getvalue())
+        circuit = result["circuit"]
+        for r in circuit["members"]:
+            r["label"] = members.label(r["member"])
+            r |= {k: v[r["member"]] for k, v in members.table().items()}
+        circuit |= {"figure_member": member, "checkpoint_step": int(meta["step"]), "steps": cfg.train.steps}
+        write_figures(result, params, member, out)
+        save_arrays(out / "arrays.npz", report_arrays(result, members))
+        write_json_atomic(out / "circuit.json", json_safe(circuit))
+    return out.path

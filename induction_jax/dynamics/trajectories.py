@@ -1,6 +1,6 @@
 """The whole analysis on every snapshot of every member, as one batch of models.
 
-Snapshots `[S, E, ...]` are flattened to S*E models and scored by `analysis.run.analyze_params`
+Snapshots `[S, E, ...]` are flattened to S*E models and scored by `analysis.score.analyze_params`
 in one pass (`batch` models at a time inside each compiled call: no Python loop over members
 or snapshots), then reshaped back to `[S, E, ...]`. On top of the per-head scores, each
 member's sub-circuits are followed through training on the heads that form its circuit at the
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from induction_jax.analysis import behaviour
-from induction_jax.analysis.run import analyze_params
+from induction_jax.analysis.score import analyze_params
 from induction_jax.functional import apply
 from induction_jax.losses import token_losses
 from induction_jax.tasks.repeated import split_losses

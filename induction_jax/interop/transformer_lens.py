@@ -186,36 +186,36 @@ def load_transformer_lens(out_dir: str | Path, device: str | None = None):
     return model
 
 
-def _cfg_get(cfg, name: str, default=None):
+def tl_config_value(cfg, name: str, default=None):
     return cfg.get(name, default) if isinstance(cfg, Mapping) else getattr(cfg, name, default)
 
 
 def _unsupported(cfg, keys) -> list[str]:
     """What a TransformerLens model has that our forward pass (and circuit layout) cannot express."""
     has = []
-    if not _cfg_get(cfg, "attn_only", False) or any(".mlp." in k for k in keys):
-        has.append(f"MLPs (attn_only=False, d_mlp={_cfg_get(cfg, 'd_mlp')})")
-    norm = _cfg_get(cfg, "normalization_type", "LN")
+    if not tl_config_value(cfg, "attn_only", False) or any(".mlp." in k for k in keys):
+        has.append(f"MLPs (attn_only=False, d_mlp={tl_config_value(cfg, 'd_mlp')})")
+    norm = tl_config_value(cfg, "normalization_type", "LN")
     if norm is not None or any(".ln1." in k or k.startswith("ln_final.") for k in keys):
         has.append(f"LayerNorm (normalization_type={norm!r})")
-    pos = _cfg_get(cfg, "positional_embedding_type", "standard")
+    pos = tl_config_value(cfg, "positional_embedding_type", "standard")
     if pos != "standard":
         has.append(f"positional_embedding_type={pos!r}")
-    if _cfg_get(cfg, "attention_dir", "causal") != "causal":
-        has.append(f"attention_dir={_cfg_get(cfg, 'attention_dir')!r}")
-    d_head = _cfg_get(cfg, "d_head")
-    scale = _cfg_get(cfg, "attn_scale", -1.0)
-    if (not _cfg_get(cfg, "use_attn_scale", True) or _cfg_get(cfg, "scale_attn_by_inverse_layer_idx", False)
+    if tl_config_value(cfg, "attention_dir", "causal") != "causal":
+        has.append(f"attention_dir={tl_config_value(cfg, 'attention_dir')!r}")
+    d_head = tl_config_value(cfg, "d_head")
+    scale = tl_config_value(cfg, "attn_scale", -1.0)
+    if (not tl_config_value(cfg, "use_attn_scale", True) or tl_config_value(cfg, "scale_attn_by_inverse_layer_idx", False)
             or (scale != -1.0 and not math.isclose(scale, math.sqrt(d_head)))):
         has.append("an attention scale other than 1/sqrt(d_head)")
-    if _cfg_get(cfg, "n_key_value_heads") is not None:
+    if tl_config_value(cfg, "n_key_value_heads") is not None:
         has.append("grouped-query attention (n_key_value_heads)")
     for name in ("attn_scores_soft_cap", "output_logits_soft_cap"):
-        if (_cfg_get(cfg, name, -1.0) or -1.0) > 0:
+        if (tl_config_value(cfg, name, -1.0) or -1.0) > 0:
             has.append(name)
-    if _cfg_get(cfg, "use_attention_sinks", False):
+    if tl_config_value(cfg, "use_attention_sinks", False):
         has.append("attention sinks")
-    d_vocab, d_vocab_out = _cfg_get(cfg, "d_vocab"), _cfg_get(cfg, "d_vocab_out", -1)
+    d_vocab, d_vocab_out = tl_config_value(cfg, "d_vocab"), tl_config_value(cfg, "d_vocab_out", -1)
     if d_vocab_out not in (-1, d_vocab):
         has.append(f"d_vocab_out={d_vocab_out} != d_vocab={d_vocab}")
     return has
@@ -248,7 +248,7 @@ def from_transformer_lens(model_or_state_dict, cfg=None) -> dict[str, np.ndarray
             raise WeightsError(f"TransformerLens state dict: missing {key}")
         return state[key].detach().to("cpu", torch.float32).numpy().copy()
 
-    n_layers = _cfg_get(cfg, "n_layers")
+    n_layers = tl_config_value(cfg, "n_layers")
     params = {q.name: (np.stack([get(q.tl.format(layer=layer)) for layer in range(n_layers)]) if q.per_layer
                        else get(q.tl)) for q in EXPORTED}
     biases = [k for k in state if k.rsplit(".", 1)[-1].startswith("b_") and bool(state[k].ne(0).any())]
