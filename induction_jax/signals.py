@@ -121,7 +121,13 @@ def abandoned() -> bool:
 def leave(code: int) -> int:
     """The process's exit code; where a worker was abandoned mid-computation, exit now instead:
     interpreter shutdown would wait for it (or tear JAX down under it). Output is flushed first;
-    what the OS releases anyway (the run directory's flock) is left to it."""
+    what the OS releases anyway (the run directory's flock) is left to it.
+
+    The command's work is over here, so SIGINT and SIGTERM are ignored from now on: interpreter
+    shutdown (seconds with JAX loaded) puts a handled signal back to its default disposition, and
+    a signal then would kill the process (exit -2 / -15) after it had reported its own outcome."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
     if abandoned():
         for stream in (sys.stdout, sys.stderr):
             try:

@@ -74,7 +74,9 @@ def test_a_second_writer_is_refused_while_a_run_trains(capsys, tmp_path):
         proc.kill()
     assert proc.returncode == 0, err
     # The run finished whole: every member has every step exactly once.
-    rows = np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1, usecols=(0, 6))  # member, step
+    header = (out / "metrics.csv").open().readline().strip().split(",")
+    rows = np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1,
+                      usecols=(header.index("member"), header.index("step")))
     for member in (0, 1):
         steps = rows[rows[:, 0] == member, 1]
         np.testing.assert_array_equal(np.sort(steps), np.arange(0, 3001))
@@ -420,7 +422,10 @@ def test_broken_inputs_get_one_line(capsys, reference, tmp_path):
     extra = tmp_path / "extra"
     shutil.copytree(reference, extra)
     with open(extra / "metrics.csv", "a") as f:
-        f.write("7,7,7,0.003,0.01,none,1000,1,1,1,1,1,1,1\n")
+        values = {"member": 7, "init_seed": 7, "data_seed": 7, "lr": 0.003, "weight_decay": 0.01,
+                  "arm": "none", "step": 1000}
+        header = (extra / "metrics.csv").open().readline().strip().split(",")
+        f.write(",".join(str(values.get(name, 1)) for name in header) + "\n")
     assert "a row for member 7, but the run has members 0..1" in _one_line_error(capsys, 2, "phase", str(extra))
 
 

@@ -238,7 +238,7 @@ def test_the_paired_shift_against_control(short):
     class T:
         midpoint = np.array([100.0, 110.0, np.nan, 120.0, 130.0, 135.0, 150.0, 148.0])
 
-    effects = arm_effects(members, {"in_context_score": T})
+    effects = arm_effects(members, {"in_context_score": T}, "in_context_score")
     row = effects["arms"]["ablate:L1H0"]
     assert (row["n_pairs"], row["n_pairs_timed"]) == (4, 3) and row["mean_shift"] == pytest.approx(83 / 3)
     assert row["ci95_low"] <= 25 and row["ci95_high"] >= 30
@@ -247,7 +247,7 @@ def test_the_paired_shift_against_control(short):
     class Two:      # two timed pairs: a shift, but no interval (docs/definitions.md: n >= 3)
         midpoint = np.array([100.0, 110.0, np.nan, np.nan, 130.0, 135.0, 150.0, np.nan])
 
-    row = arm_effects(members, {"in_context_score": Two})["arms"]["ablate:L1H0"]
+    row = arm_effects(members, {"in_context_score": Two}, "in_context_score")["arms"]["ablate:L1H0"]
     assert row["mean_shift"] == 27.5 and row["ci95_low"] is None and "needs at least 3" in row["ci95_note"]
 
 

@@ -43,8 +43,6 @@ def test_an_old_run_opens_as_the_repeated_task(old_run):
 
 
 def test_an_old_run_resumes_bitwise_and_analyses_and_reports(old_run, tmp_path):
-    from induction_jax.analysis.run import analyze_run
-    from induction_jax.phase.run import phase_run
     from induction_jax.runner import resume_run, train_run
 
     resume_run(old_run, {"steps": 60}, progress=False)
@@ -57,7 +55,8 @@ def test_an_old_run_resumes_bitwise_and_analyses_and_reports(old_run, tmp_path):
     meta = json.loads((old_run / "config.json").read_text())
     assert meta["config"]["task"] == {"name": "repeated", "half_length": 6, "min_half_length": 0, "replace": True}
     assert "min_period" not in meta["members"]
-    analyze_run(old_run)
-    phase_run(old_run)
+    run = ij.open_run(old_run)
+    run.analyze()
+    run.phase()                                  # the API writes report.html after each analysis
     html = (old_run / "report.html").read_text()
     assert "in context score" in html.lower() and "Phase change" in html

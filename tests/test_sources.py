@@ -49,11 +49,11 @@ def test_crossed_member_equals_the_single_run_with_its_init_and_data_seeds(short
 def test_the_probe_batch_is_shared_by_default_and_per_member_on_request(short):
     members = Members.grid(short, init_seeds=[0, 1], data_seeds=[0, 1])
     shared = ensemble.init_ensemble(short, members)
-    tokens = [np.asarray(probe_batch(short, k)) for k in shared.probe_key]
+    tokens = [np.asarray(probe_batch(short, k)["tokens"]) for k in shared.probe_key]
     for t in tokens[1:]:
         np.testing.assert_array_equal(t, tokens[0])
     own = ensemble.init_ensemble(short.replace(per_member_probes=True), members)
-    own_tokens = [np.asarray(probe_batch(short, k)) for k in own.probe_key]
+    own_tokens = [np.asarray(probe_batch(short, k)["tokens"]) for k in own.probe_key]
     assert not np.array_equal(own_tokens[0], own_tokens[1])        # data seeds 0 and 1 differ
     np.testing.assert_array_equal(own_tokens[0], own_tokens[2])    # both data seed 0
     # the seed shorthand with per-member probes is the split of each member's own seed
