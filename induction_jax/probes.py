@@ -10,15 +10,16 @@ from induction_jax.analysis import circuits
 from induction_jax.config import RunConfig
 
 
-def probe_batch(cfg: RunConfig, probe_key: jax.Array):
-    """The task's probe batch (a dict with `tokens`)."""
-    return cfg.task.probe(probe_key, cfg.data.probe_batch_size, cfg.model.d_vocab)
+def probe_batch(cfg: RunConfig, probe_key: jax.Array, task_params=None):
+    """The task's probe batch for a member with these task parameters (a dict with `tokens`)."""
+    return cfg.task.probe(probe_key, task_params or {}, cfg.data.probe_batch_size, cfg.model.d_vocab)
 
 
-def probe_metrics(cfg: RunConfig, params: dict, probe_key: jax.Array, edits=None):
+def probe_metrics(cfg: RunConfig, params: dict, probe_key: jax.Array, edits=None, task_params=None):
     """The task's probes of the model as it trains, under its intervention at this step
-    (`edits`), if it has one: `(scalars, per-head [L, H] values)`."""
-    batch = probe_batch(cfg, probe_key)
+    (`edits`), if it has one: `(scalars, per-head [L, H] values)`. `task_params`: the member's
+    (`training.member_task_params`)."""
+    batch = probe_batch(cfg, probe_key, task_params)
     logits_BTV, acts = model_lib.forward(cfg.model, params, batch["tokens"], return_activations=True, edits=edits)
     out = cfg.task.probe_metrics(logits_BTV, acts, batch)
     return ({k: out[k] for k in cfg.task.probe_metric_names()}, {k: out[k] for k in cfg.task.head_probe_metrics})

@@ -58,9 +58,26 @@ def member_keys(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array):
     return seed_key(init_seed, INIT), seed_key(data_seed, DATA), seed_key(probe_seed, PROBE)
 
 
+# `fold_in(data_key, MEMBER_DATA)` draws what the task fixes for a member over its whole training
+# (`Task.member_data`); the batch of step s is `fold_in(data_key, s)`, and no step reaches this.
+MEMBER_DATA = 2**32 - 1
+
+
+def member_task_params(cfg: RunConfig, data_key: jax.Array, task_params=None) -> dict | None:
+    """What the task receives for a member (in `sample` and `probe`): its task parameters
+    (None: the task's defaults) and the arrays the task fixes for it over its whole training
+    (`Task.member_data`, e.g. its finite set of transition matrices), drawn once from its data
+    key. None where there is neither (a run written before tasks were a parameter)."""
+    given = dict(task_params or {})
+    fixed = cfg.task.member_data(jax.random.fold_in(data_key, MEMBER_DATA),
+                                 {**cfg.task.default_member_params(), **given})
+    return {**given, **fixed} if (given or fixed) else None
+
+
 def init_member(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array, lr: jax.Array,
                 weight_decay: jax.Array, intervention=None, task_params=None) -> MemberState:
     init_key, data_key, probe_key = member_keys(cfg, init_seed, data_seed)
+    task_params = member_task_params(cfg, data_key, task_params)
     params = model_lib.init_params(cfg.model, init_key)
     opt_state = optimizer(cfg).init(params)
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
@@ -120,7 +137,7 @@ def member_probes(cfg: RunConfig, state: MemberState):
     """The probes of one member as it is at its step, under its intervention: behaviour on the
     probe batch, and the per-head weight probes."""
     edits, _ = active(state.intervention, state.step)
-    probes, task_heads = probe_metrics(cfg, state.params, state.probe_key, edits)
+    probes, task_heads = probe_metrics(cfg, state.params, state.probe_key, edits, state.task_params)
     return probes, head_probe_metrics(cfg, state.params) | task_heads
 
 

@@ -79,7 +79,7 @@ def test_member_param_range_and_errors():
 
 def test_probe_is_the_reference_sequences_and_probe_metrics_are_named():
     task = Repeated(half_length=6)
-    batch = task.probe(jax.random.PRNGKey(0), 3, 16)
+    batch = task.probe(jax.random.PRNGKey(0), {}, 3, 16)
     x = np.asarray(batch["tokens"])
     np.testing.assert_array_equal(x[:, :6], x[:, 6:])
     assert task.probe_metric_names() == ("in_context_score", "probe_loss_second_half", "prev_token_score",

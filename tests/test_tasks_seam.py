@@ -55,7 +55,7 @@ class CopyBack(tasks.Task):
         return {"loss": loss_BT.mean(), "loss_copied": (loss_BT * copied).sum() / copied.sum(),
                 "loss_fresh": (loss_BT * ~copied).sum() / (~copied).sum()}
 
-    def probe(self, key, batch_size, d_vocab):
+    def probe(self, key, params, batch_size, d_vocab):
         return {"tokens": self._tokens(key, 3, batch_size, d_vocab), "k": jnp.full((batch_size,), 3)}
 
     def probe_metrics(self, logits_BTV, acts, batch):

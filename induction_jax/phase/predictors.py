@@ -61,8 +61,9 @@ def init_quantities(cfg: RunConfig, members, init_primary: np.ndarray | None = N
     from induction_jax.ensemble import task_arrays
 
     def member(init_seed, data_seed, task_params):
-        state = train_lib.init_member(cfg, init_seed, data_seed, jnp.float32(0), jnp.float32(0))
-        return state.params, _first_gradient_norm(cfg, state.params, state.data_key, task_params)
+        state = train_lib.init_member(cfg, init_seed, data_seed, jnp.float32(0), jnp.float32(0),
+                                      task_params=task_params)
+        return state.params, _first_gradient_norm(cfg, state.params, state.data_key, state.task_params)
 
     params, grad_norm = jax.jit(jax.vmap(member))(jnp.asarray(members.init_seed, jnp.uint32),
                                                   jnp.asarray(members.data_seed, jnp.uint32),

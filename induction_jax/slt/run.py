@@ -31,7 +31,7 @@ from induction_jax.slt.diagnostics import CHAIN_FLAGS, chain_diagnostics, eps_se
 from induction_jax.slt.llc import llc_estimate
 from induction_jax.slt.sampler import SGLDConfig, sample
 from induction_jax.slt.stages import stage_boundaries
-from induction_jax.training import DATA, loss_fn, seed_key
+from induction_jax.training import DATA, loss_fn, member_task_params, seed_key
 
 LLC_DATA = 0x11C        # folded into a member's data key: its LLC dataset, apart from every training batch
 DEFAULT_N = 1024        # sequences in a member's LLC dataset
@@ -49,9 +49,10 @@ class TrainingLoss:
 
 def llc_dataset(cfg: RunConfig, data_seed: int, n: int, task_params=None):
     """`n` sequences of the member's training distribution, drawn by the task with the member's
-    parameters (a batch: `{tokens [n, T], ...}`)."""
-    key = jax.random.fold_in(seed_key(data_seed, DATA), LLC_DATA)
-    return cfg.task.sample(key, task_params or {}, n, cfg.model.d_vocab)
+    parameters and the data the task fixed for it (a batch: `{tokens [n, T], ...}`)."""
+    data_key = seed_key(data_seed, DATA)
+    params = member_task_params(cfg, data_key, task_params)
+    return cfg.task.sample(jax.random.fold_in(data_key, LLC_DATA), params or {}, n, cfg.model.d_vocab)
 
 
 def restriction_mask(params: dict, where: str | None, cfg: RunConfig):

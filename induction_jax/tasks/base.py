@@ -14,12 +14,15 @@ subclasses `Task` and fills in:
 - `sample(key, params, batch_size, d_vocab) -> Batch`: one training batch, drawn on the
   device, a dict of arrays with at least `tokens [B, T]`;
 - `losses(logits_BTV, batch) -> dict` of scalar training metrics, `loss` the one trained on;
-- `probe(key, batch_size, d_vocab) -> Batch` and `probe_metrics(logits_BTV, acts, batch)
-  -> dict` of scalars (and per-head `[L, H]` values, named in `head_probe_metrics`);
+- `probe(key, params, batch_size, d_vocab) -> Batch` (`params`: the member's, as in `sample`)
+  and `probe_metrics(logits_BTV, acts, batch) -> dict` of scalars (and per-head `[L, H]` values, named in `head_probe_metrics`);
 - `step_metrics`, `probe_metric_info`: the names of both sets with how each is read;
 - `timing_curves`: the probe curves `phase` times by default (`primary_curve` the one its
   planning and paired effects use) and `step_curve`, a per-step training metric timed too;
   `formation_order`: two of them whose order of formation `phase` reports;
+- optionally `member_data(key, params) -> dict` of arrays fixed for a member over its whole
+  training (e.g. its finite set of tasks), drawn once from `key` (from its data seed); they
+  reach `sample` and `probe` inside `params`, beside its member parameters;
 - optionally `ideal_patterns(T)` (the attention pattern each head role would have, for the
   pattern scores and clamps) and `baselines(batch)` (losses of reference predictors).
 
@@ -121,7 +124,12 @@ class Task:
     def losses(self, logits_BTV, batch: Batch) -> dict:
         raise NotImplementedError
 
-    def probe(self, key, batch_size: int, d_vocab: int) -> Batch:
+    def member_data(self, key, params: Mapping[str, Any]) -> dict:
+        """Arrays fixed for one member over its training, drawn once from `key` (a key of its
+        data seed) and its parameters; `{}` for most tasks. Traceable: `params` may be traced."""
+        return {}
+
+    def probe(self, key, params: Mapping[str, Any], batch_size: int, d_vocab: int) -> Batch:
         raise NotImplementedError
 
     def probe_metrics(self, logits_BTV, acts, batch: Batch) -> dict:

@@ -202,7 +202,7 @@ class Repeated(Task):
 
         return split_losses(token_losses(logits_BTV, batch["tokens"]), self.half_length, batch.get("period"))
 
-    def probe(self, key, batch_size: int, d_vocab: int):
+    def probe(self, key, params, batch_size: int, d_vocab: int):
         """The fixed-period reference sequences on which every score is defined."""
         return {"tokens": repeated_sequences(key, batch_size, self.half_length, d_vocab, self.replace)}
 
