@@ -5,9 +5,10 @@ ensemble size: model-steps/s (members x steps / s), tokens/s, compile time apart
 state, peak memory, model FLOPs per step (XLA's cost analysis of one compiled train step) and
 the achieved FLOP rate as a fraction of a large fp32 matmul measured in the same run on the
 same device. Each size runs in a fresh process (clean compile time and peak memory); a second
-run of the largest size shows the persistent compilation cache.
+run of the largest size shows the persistent compilation cache. Each task family runs at 8
+members beside the repeated task (`--tasks`).
 
-    python benchmarks/throughput.py [--sizes 1,2,4,8,16,32] [--steps 50] [--no-torch]
+    python benchmarks/throughput.py [--sizes 1,2,4,8,16,32] [--steps 50] [--no-torch] [--tasks all]
 """
 
 from __future__ import annotations
@@ -44,8 +45,18 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     if cache_dir:
         ensemble.enable_compilation_cache(cache_dir)
     every = eval_every or steps
-    cfg = RunConfig().replace(seeds=size, min_half_length=25, eval_every=every, chunk_steps=steps,
-                              member_loop=member_loop, **(overrides or {}))
+    overrides = dict(overrides or {})
+    task = overrides.pop("task", None)
+    if task is None:                # the reference configuration: the fixed-period repeated task
+        cfg = RunConfig().replace(seeds=size, min_half_length=25, eval_every=every, chunk_steps=steps,
+                                  member_loop=member_loop, **overrides)
+    else:                           # a task at its own defaults, in a context that fits its sequences
+        from induction_jax import tasks
+
+        seq_len = tasks.task_class(task)().seq_len
+        cfg = RunConfig().replace(task=task, seeds=size, eval_every=every, chunk_steps=steps,
+                                  member_loop=member_loop, n_ctx=max(RunConfig().model.n_ctx, seq_len),
+                                  **overrides)
     members = Members.from_config(cfg)
     if arms:                        # interventions: the arms in turn over the members
         from dataclasses import replace
@@ -75,6 +86,7 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     model_steps = size * steps / best
     return {"members": size, "member_loop": memory.member_loop(cfg), "steps_timed": steps,
             "seconds_per_chunk": best, "compile_s": compile_s,
+            "task": cfg.task.name, "seq_len": cfg.task.seq_len,
             "model_steps_per_s": model_steps, "tokens_per_s": model_steps * cfg.data.batch_size * cfg.task.seq_len,
             "flops_per_model_step": float(step_cost["flops"]),
             "achieved_flops_per_s": float(step_cost["flops"]) * model_steps,
@@ -148,6 +160,26 @@ def plot(results: dict, path: Path) -> None:
     save(fig, path)
 
 
+def task_rows(which: str, size: int, steps: int, cache_dir: str, member_loop: str) -> list[dict]:
+    """Throughput of each task family beside the repeated task's, in this run."""
+    from induction_jax import tasks
+
+    names = tasks.names() if which == "all" else [] if which == "none" else which.split(",")
+    if not names:
+        return []
+    names = ["repeated"] + [n for n in names if n != "repeated"]
+    rows = [run_worker(size, steps, cache_dir, eval_every=10, member_loop=member_loop, overrides={"task": n})
+            for n in names]
+    base = rows[0]
+    for r in rows:
+        r["relative_model_steps"] = r["model_steps_per_s"] / base["model_steps_per_s"]
+        r["relative_tokens"] = r["tokens_per_s"] / base["tokens_per_s"]
+        print(f"task {r['task']:>10} (T={r['seq_len']}), {size} members, probes every 10 steps: "
+              f"{r['model_steps_per_s']:7.1f} model-steps/s ({r['relative_model_steps']:.2f}x repeated), "
+              f"{r['tokens_per_s'] / 1e6:5.2f} Mtok/s ({r['relative_tokens']:.2f}x)", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,2,4,8,16,32")
@@ -166,6 +198,9 @@ def main() -> None:
     parser.add_argument("--probe-cadences", default="10",
                         help="probe every N steps, for each N listed: the extra training time of the probes "
                              "at 8 members, measured side by side")
+    parser.add_argument("--tasks", default="all",
+                        help="the task families whose throughput at 8 members (each at its defaults, probes "
+                             "every 10 steps) is measured beside the repeated task's: names, 'all' or 'none'")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     if args.worker is not None:
@@ -237,6 +272,10 @@ def main() -> None:
     other = run_worker(probe_size, args.steps, cache_dir, member_loop=other_loop)
     print(f"member loop {other_loop}, {probe_size} members: {other['model_steps_per_s']:.1f} model-steps/s; "
           f"{plain['member_loop']} / {other_loop} = {plain['model_steps_per_s'] / other['model_steps_per_s']:.2f}x")
+    # Each task family at its own defaults, side by side with the repeated task at its defaults
+    # (variable periods), probes every 10 steps: model-steps/s and tokens/s (their sequence
+    # lengths differ).
+    families = task_rows(args.tasks, probe_size, args.steps, cache_dir, args.member_loop)
     torch_row = None if args.no_torch else torch_reference(args.torch_steps)
     if torch_row:
         print(f"PyTorch {torch_row['torch_version']} loop ({torch_row['threads']} threads): "
@@ -249,7 +288,7 @@ def main() -> None:
     results = {"device_name": name, "machine": platform.processor() or platform.machine(),
                "matmul_peak": peak, "jax": rows, "second_run": again, "torch": torch_row,
                "probe_cadences": cadences, "inside_training": features,
-               "other_member_loop": other,
+               "other_member_loop": other, "tasks": families,
                "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
