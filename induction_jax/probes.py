@@ -21,7 +21,7 @@ def probe_metrics(cfg: RunConfig, params: dict, probe_key: jax.Array, edits=None
     (`training.member_task_params`)."""
     batch = probe_batch(cfg, probe_key, task_params)
     logits_BTV, acts = model_lib.forward(cfg.model, params, batch["tokens"], return_activations=True, edits=edits)
-    out = cfg.task.probe_metrics(logits_BTV, acts, batch)
+    out = cfg.task.probe_metrics(logits_BTV, acts, batch) | cfg.task.weight_probe_metrics(params, batch)
     return ({k: out[k] for k in cfg.task.probe_metric_names()}, {k: out[k] for k in cfg.task.head_probe_metrics})
 
 

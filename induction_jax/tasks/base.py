@@ -16,6 +16,9 @@ subclasses `Task` and fills in:
 - `losses(logits_BTV, batch) -> dict` of scalar training metrics, `loss` the one trained on;
 - `probe(key, params, batch_size, d_vocab) -> Batch` (`params`: the member's, as in `sample`)
   and `probe_metrics(logits_BTV, acts, batch) -> dict` of scalars (and per-head `[L, H]` values, named in `head_probe_metrics`);
+- optionally `weight_probe_metrics(weights, batch) -> dict` of scalars read off one member's
+  weights (circuit layout, no ensemble axis) at each probe step, beside `probe_metrics`
+  (`batch`: its probe batch, which carries what the task draws for the member);
 - `step_metrics`, `probe_metric_info`: the names of both sets with how each is read;
 - `timing_curves`: the probe curves `phase` times by default (`primary_curve` the one its
   planning and paired effects use) and `step_curve`, a per-step training metric timed too;
@@ -133,6 +136,11 @@ class Task:
         raise NotImplementedError
 
     def probe_metrics(self, logits_BTV, acts, batch: Batch) -> dict:
+        return {}
+
+    def weight_probe_metrics(self, weights, batch: Batch) -> dict:
+        """Scalars of `probe_metric_info` read off one member's weights (circuit layout, no
+        ensemble axis) at a probe step; `batch`: its probe batch. `{}` for most tasks."""
         return {}
 
     def ideal_patterns(self, T: int) -> dict:
