@@ -1,0 +1,292 @@
+"""In-context Markov chains (Edelman et al. 2024; Park et al. 2025): stages, heads, prior, diversity.
+
+Two compiled ensembles of Edelman et al.'s model (2 layers x 1 head, attention-only, d_model 16;
+k = 3 states, T = 100, batch 64), each a sweep crossing a setting with 8 seeds:
+
+- `prior`: doubly_stochastic = 0 (Dirichlet(1) rows) and 1 (Sinkhorn-projected), a fresh
+  matrix every sequence. Measures: the stages uniform -> unigram -> bigram (phase timings of
+  `unigram_lead` and `bigram_lead`), the heads that carry the bigram stage (per-head
+  statistical-induction and previous-token attention, `analyze`'s composition scores), and the
+  bigram midpoint of each seed under the two priors (paired difference with a 95% CI).
+- `diversity`: n_chains = 4 (Park et al.'s finite task diversity; the same 8 seeds), whose
+  fitted mixture weights show whether retrieval takes over from inference.
+
+Writes runs/markov/{prior,diversity}/ (each a run directory), runs/markov/results.json and
+docs/figures/markov-*.png. About 20 minutes on a shared 2-core CPU.
+
+    python experiments/markov.py [--seeds 8] [--steps 600] [--out runs/markov]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+MODEL = ["--task", "markov", "--chain-length", "100", "--n-ctx", "100", "--d-vocab", "3", "--n-states", "3",
+         "--n-layers", "2", "--n-heads", "1", "--d-model", "16", "--batch-size", "64", "--eval-every", "10"]
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def t_interval(x: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% t interval."""
+    from scipy import stats
+
+    x = np.asarray(x, float)
+    m, se = x.mean(), x.std(ddof=1) / math.sqrt(len(x))
+    h = stats.t.ppf(0.975, len(x) - 1) * se
+    return m, m - h, m + h
+
+
+def run_sweeps(out: Path, seeds: int, steps: int) -> None:
+    from induction_jax.cli import main as cli
+
+    common = [*MODEL, "--seeds", str(seeds), "--steps", str(steps), "--no-progress"]
+    for name, param in (("prior", "doubly_stochastic=0,1"), ("diversity", "n_chains=4")):
+        if not (out / name / "phase" / "stats.json").is_file():
+            code = cli(["sweep", *common, "--task-param", param, "--out", str(out / name)])
+            if code not in (0, 3):
+                raise SystemExit(code)
+
+
+def timings(run: Path):
+    import pandas as pd
+
+    return pd.read_csv(run / "phase" / "timings.csv")
+
+
+def crossing(steps: np.ndarray, y: np.ndarray, level: float) -> float:
+    """First step where `y` reaches `level` from below, linearly interpolated between probes (NaN: never)."""
+    i = np.nonzero(y >= level)[0]
+    if len(i) == 0:
+        return float("nan")
+    i = i[0]
+    if i == 0:
+        return float(steps[0])
+    return float(steps[i - 1] + (level - y[i - 1]) * (steps[i] - steps[i - 1]) / (y[i] - y[i - 1]))
+
+
+STAGES = ("kl_uniform", "kl_unigram", "kl_bigram")
+
+
+def member_stages(run: Path):
+    """Per member: the sequence of closest strategies over training (argmin of the three KLs at
+    each probe, repeats merged), the step the model becomes closer to unigram than to uniform
+    (`unigram_lead` crosses 0), closer to bigram than to unigram (`bigram_lead` crosses 0), and
+    the step its best statistical induction score reaches 0.6."""
+    import pandas as pd
+
+    m = pd.read_csv(run / "metrics.csv").dropna(subset=["kl_bigram"])
+    rows = []
+    for member, g in m.groupby("member"):
+        g = g.sort_values("step")
+        steps = g.step.to_numpy()
+        closest = g[list(STAGES)].to_numpy().argmin(1)
+        seq = [int(c) for i, c in enumerate(closest) if i == 0 or c != closest[i - 1]]
+        rows.append({"member": int(member), "init_seed": int(g.init_seed.iloc[0]),
+                     "doubly_stochastic": int(g.doubly_stochastic.iloc[0]), "n_chains": int(g.n_chains.iloc[0]),
+                     "stages": [STAGES[c][3:] for c in seq],
+                     "unigram_entry": crossing(steps, g.unigram_lead.to_numpy(), 0.0),
+                     "bigram_entry": crossing(steps, g.bigram_lead.to_numpy(), 0.0),
+                     "sis_0.6": crossing(steps, g.stat_induction_score.to_numpy(), 0.6),
+                     "final_kl_bigram": float(g.kl_bigram.iloc[-1]), "final_kl_unigram": float(g.kl_unigram.iloc[-1]),
+                     "final_kl_uniform": float(g.kl_uniform.iloc[-1])})
+    return rows
+
+
+def stage_order(run: Path) -> dict:
+    """Per prior: members whose closest strategy was first uniform, then unigram, then bigram (each
+    the closest for the first time in that order) and bigram at the end; and phase's plateau-rule
+    timings (how many it could time)."""
+    rows = member_stages(run)
+    t = timings(run)
+    out = {}
+    for ds in (0, 1):
+        g = [r for r in rows if r["doubly_stochastic"] == ds]
+        n = len(g)
+        # the order in which each strategy is first the closest (brief returns near a crossover are noise)
+        k = sum(list(dict.fromkeys(r["stages"])) == ["uniform", "unigram", "bigram"] and r["stages"][-1] == "bigram"
+                for r in g)
+        kb = sum(r["stages"][-1] == "bigram" for r in g)
+        ph = t[t.doubly_stochastic == ds]
+        out[ds] = {"n": n, "uniform_unigram_bigram": k, "wilson": wilson(k, n), "ends_bigram": kb,
+                   "ends_bigram_wilson": wilson(kb, n), "sequences": [r["stages"] for r in g],
+                   "unigram_entry": [r["unigram_entry"] for r in g], "bigram_entry": [r["bigram_entry"] for r in g],
+                   "sis_0.6": [r["sis_0.6"] for r in g],
+                   "phase_timed": {c: int((~ph[ph.metric == c].censored).sum()) for c in ph.metric.unique()},
+                   "phase_midpoints": {c: ph[(ph.metric == c) & ~ph.censored].midpoint.round(1).tolist()
+                                       for c in ph.metric.unique()}}
+    return out
+
+
+def prior_effect(run: Path) -> dict:
+    """Doubly stochastic minus Dirichlet, paired by seed: the step the model becomes closer to
+    bigram than to unigram statistics, and the step its statistical induction head reaches 0.6."""
+    rows = member_stages(run)
+    out = {}
+    for key in ("bigram_entry", "sis_0.6"):
+        a = {r["init_seed"]: r[key] for r in rows if r["doubly_stochastic"] == 0}
+        b = {r["init_seed"]: r[key] for r in rows if r["doubly_stochastic"] == 1}
+        seeds = [s for s in a if s in b and np.isfinite(a[s]) and np.isfinite(b[s])]
+        d = np.array([b[s] - a[s] for s in seeds])
+        res = {"pairs": len(seeds), "dirichlet": [a[s] for s in seeds], "doubly": [b[s] for s in seeds],
+               "diff_per_seed": d.tolist()}
+        if len(d) >= 2:
+            res["mean_diff"], res["ci_low"], res["ci_high"] = t_interval(d)
+            res["doubly_earlier"] = int((d < 0).sum())
+        out[key] = res
+    return out
+
+
+def heads(run: Path) -> dict:
+    """Final per-head statistical induction / previous-token attention, and the composition
+    scores and roles `analyze` found."""
+    import pandas as pd
+
+    h = pd.read_csv(run / "head_metrics.csv")
+    last = h[h.step == h.step.max()]
+    out = {}
+    for metric in ("statistical_induction_score", "prev_token_attention", "k_composition_from_L0H0",
+                   "positional_prev_token_score"):
+        g = last[last.metric == metric]
+        if len(g):
+            out[metric] = {f"L{l}H{hh}": float(v) for (l, hh), v in g.groupby(["layer", "head"]).value.mean().items()}
+    circuit = json.loads((run / "analysis" / "circuit.json").read_text())
+    out["circuit_members"] = circuit.get("members", [])[:1]
+    return out
+
+
+def per_member_heads(run: Path) -> list[dict]:
+    import pandas as pd
+
+    h = pd.read_csv(run / "head_metrics.csv")
+    last = h[h.step == h.step.max()].pivot_table(index="member", columns=["metric", "layer", "head"], values="value")
+    rows = []
+    for m in last.index:
+        r = last.loc[m]
+        rows.append({"member": int(m), "sis_L1": float(r[("statistical_induction_score", 1, 0)]),
+                     "sis_L0": float(r[("statistical_induction_score", 0, 0)]),
+                     "prev_L0": float(r[("prev_token_attention", 0, 0)]),
+                     "prev_L1": float(r[("prev_token_attention", 1, 0)])})
+    return rows
+
+
+def transience(run: Path) -> dict:
+    import pandas as pd
+
+    m = pd.read_csv(run / "metrics.csv").dropna(subset=["w_bigram_retrieval"])
+    out = {"per_member": []}
+    for member, g in m.groupby("member"):
+        g = g.sort_values("step")
+        inf, ret = g.w_bigram_inference.to_numpy(), g.w_bigram_retrieval.to_numpy()
+        steps = g.step.to_numpy()
+        peak = int(np.argmax(inf))
+        over = np.nonzero(ret > inf)[0]
+        out["per_member"].append({"member": int(member), "peak_inference_weight": float(inf[peak]),
+                                  "peak_inference_step": int(steps[peak]),
+                                  "final_inference_weight": float(inf[-1]), "final_retrieval_weight": float(ret[-1]),
+                                  "retrieval_leads_from": int(steps[over[0]]) if len(over) else None,
+                                  "final_kl_bigram": float(g.kl_bigram.iloc[-1]),
+                                  "final_kl_bigram_retrieval": float(g.kl_bigram_retrieval.iloc[-1])})
+    rows = out["per_member"]
+    k = sum(r["final_retrieval_weight"] > r["final_inference_weight"] for r in rows)
+    out["retrieval_wins_final"] = k
+    out["retrieval_wins_wilson"] = wilson(k, len(rows))
+    trans = sum(r["peak_inference_weight"] > r["final_inference_weight"] + 0.1 for r in rows)
+    out["inference_transient"] = trans
+    out["inference_transient_wilson"] = wilson(trans, len(rows))
+    return out
+
+
+def figures(out: Path, figdir: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    m = pd.read_csv(out / "prior" / "metrics.csv").dropna(subset=["kl_bigram"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, ds in zip(axes, (0, 1)):
+        g = m[m.doubly_stochastic == ds]
+        for name, colour in (("kl_uniform", "C0"), ("kl_unigram", "C1"), ("kl_bigram", "C2")):
+            for _, gm in g.groupby("member"):
+                ax.plot(gm.step, gm[name], color=colour, alpha=0.35, lw=0.8)
+            mean = g.groupby("step")[name].mean()
+            ax.plot(mean.index, mean.values, color=colour, lw=2, label=f"KL({name[3:]} || model)")
+        ax.set_title(["Dirichlet(1) rows", "doubly stochastic (Sinkhorn)"][ds] + f", {g.member.nunique()} seeds")
+        ax.set_xlabel("step")
+    axes[0].set_ylabel("nats (mean over positions)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(figdir / "markov-stages.png", dpi=120)
+    plt.close(fig)
+
+    h = pd.read_csv(out / "prior" / "head_metrics.csv")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+    for ax, ds in zip(axes, (0, 1)):
+        members = m[m.doubly_stochastic == ds].member.unique()
+        for metric, (layer, colour) in (("statistical_induction_score", (1, "C3")), ("prev_token_attention", (0, "C4"))):
+            g = h[(h.metric == metric) & (h.layer == layer) & h.member.isin(members)]
+            for _, gm in g.groupby("member"):
+                ax.plot(gm.step, gm.value, color=colour, alpha=0.4, lw=0.8)
+            mean = g.groupby("step").value.mean()
+            ax.plot(mean.index, mean.values, color=colour, lw=2, label=f"{metric} L{layer}H0")
+        ax.set_title(["Dirichlet(1) rows", "doubly stochastic"][ds])
+        ax.set_xlabel("step")
+    axes[0].set_ylabel("attention mass")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(figdir / "markov-heads.png", dpi=120)
+    plt.close(fig)
+
+    d = pd.read_csv(out / "diversity" / "metrics.csv").dropna(subset=["w_bigram_retrieval"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name, colour in (("w_unigram_inference", "C1"), ("w_bigram_inference", "C2"), ("w_unigram_retrieval", "C5"),
+                         ("w_bigram_retrieval", "C3")):
+        for _, gm in d.groupby("member"):
+            ax.plot(gm.step, gm[name], color=colour, alpha=0.3, lw=0.8)
+        mean = d.groupby("step")[name].mean()
+        ax.plot(mean.index, mean.values, color=colour, lw=2, label=name[2:].replace("_", " "))
+    ax.set_xlabel("step")
+    ax.set_ylabel("fitted mixture weight")
+    ax.set_title(f"n_chains = 4 ({d.member.nunique()} seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(figdir / "markov-diversity.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--out", default="runs/markov")
+    parser.add_argument("--figures", default="docs/figures")
+    args = parser.parse_args()
+    from induction_jax import use_cpu_cores
+
+    use_cpu_cores()
+    out = Path(args.out)
+    run_sweeps(out, args.seeds, args.steps)
+    results = {"stages": stage_order(out / "prior"), "prior_effect": prior_effect(out / "prior"),
+               "heads": heads(out / "prior"), "heads_per_member": per_member_heads(out / "prior"),
+               "transience": transience(out / "diversity")}
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    figures(out, Path(args.figures))
+    print(json.dumps({k: v for k, v in results.items() if k != "heads"}, indent=1, default=float)[:6000])
+
+
+if __name__ == "__main__":
+    main()
