@@ -175,21 +175,21 @@ def figures(out: Path, figdir: Path) -> None:
     fig.savefig(figdir / "trigger-curves.png", dpi=110)
     plt.close(fig)
 
-    import pandas as pd
-    t = pd.read_csv(out / "phase" / "timings.csv")
-    names = ["bigram_loss", "wo2_recall", "wk2_recall", "wk1_recall", "icl_accuracy"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    h = halfway_table(m)
+    names = ["bigram_loss", "wk2_recall", "wo2_recall", "icl_accuracy", "induction_attention",
+             "prev_token_attention", "wk1_recall"]
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), sharey=True, sharex=True)
     for ax, (fixed, label) in zip(axes, SETTINGS.items()):
-        sub = t[(t.fixed_triggers == fixed) & ~t.censored.astype(bool)]
+        sub = h[h.fixed_triggers == fixed]
+        for member, row in sub.iterrows():
+            ax.plot([row[c] for c in names], range(len(names)), lw=0.5, color="grey", alpha=0.5)
         for i, c in enumerate(names):
-            x = sub[sub.metric == c].midpoint
-            ax.scatter(x, np.full(len(x), i) + np.random.default_rng(i).uniform(-0.15, 0.15, len(x)), s=14)
-        for member, g in sub[sub.metric.isin(names)].groupby("member"):
-            g = g.set_index("metric").reindex(names)
-            ax.plot(g.midpoint, range(len(names)), lw=0.5, color="grey", alpha=0.5)
+            risen = sub[sub[c + "_rise"].abs() >= 0.2]
+            ax.scatter(risen[c], np.full(len(risen), i) + np.random.default_rng(i).uniform(-0.15, 0.15, len(risen)),
+                       s=14, zorder=3)
         ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.set_xlabel("midpoint step (phase)", fontsize=8)
-        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("half-way step (init to final level)", fontsize=8)
+        ax.set_title(f"{label} (dots: members whose curve rose >= 0.2)", fontsize=8)
     fig.tight_layout()
     fig.savefig(figdir / "trigger-order.png", dpi=110)
     plt.close(fig)
