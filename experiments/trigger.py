@@ -10,9 +10,10 @@ global-bigram loss and of the in-context accuracy (which comes first, per member
 probes and their order per member, and the final losses against their floors (pi's own loss on the
 bigram targets; 0 for the ideal copier), measured on 4096 fresh sequences per setting. Figures:
 docs/figures/trigger-curves.png and docs/figures/trigger-order.png. About 20 minutes on a shared
-2-core CPU.
+2-core CPU. `--frozen`: the paper's training regime instead (fixed triggers; W_E, W_U, W_pos frozen
+at their random init; loss on the 2nd+ outputs only; 400 steps), into runs/trigger-frozen.
 
-    python experiments/trigger.py [--seeds 8] [--steps 500] [--out runs/trigger]
+    python experiments/trigger.py [--seeds 8] [--steps 500] [--out runs/trigger] [--frozen]
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def summarise(out: Path) -> dict:
     probes = metrics.dropna(subset=["icl_accuracy"])
     last = probes[probes.step == probes.step.max()].set_index("member")
     result = {"n_members": int(len(last)), "steps": int(probes.step.max()), "settings": {}}
-    for fixed, label in SETTINGS.items():
+    for fixed in sorted(timings.fixed_triggers.unique(), reverse=True):
+        label = SETTINGS[fixed]
         t = timings[timings.fixed_triggers == fixed]
         members = sorted(t.member.unique())
         mid = t.pivot(index="member", columns="metric", values="midpoint")
@@ -152,7 +154,7 @@ def summarise(out: Path) -> dict:
     return result
 
 
-def figures(out: Path, figdir: Path) -> None:
+def figures(out: Path, figdir: Path, prefix: str = "trigger") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -162,8 +164,10 @@ def figures(out: Path, figdir: Path) -> None:
     m = ij.open_run(out).metrics().dropna(subset=["icl_accuracy"])
     curves = [("bigram_loss", "bigram loss (nats)"), ("icl_accuracy", "in-context accuracy"),
               ("wo2_recall", "W_O^2 recall"), ("wk2_recall", "W_K^2 recall"), ("wk1_recall", "W_K^1 recall")]
-    fig, axes = plt.subplots(2, len(curves), figsize=(3.2 * len(curves), 5.6), sharex=True)
-    for row, (fixed, label) in enumerate(SETTINGS.items()):
+    settings = [(f, SETTINGS[f]) for f in sorted(m.fixed_triggers.unique(), reverse=True)]
+    fig, axes = plt.subplots(len(settings), len(curves), figsize=(3.2 * len(curves), 2.8 * len(settings)),
+                             sharex=True, squeeze=False)
+    for row, (fixed, label) in enumerate(settings):
         sub = m[m.fixed_triggers == fixed]
         for ax, (c, title) in zip(axes[row], curves):
             for _, g in sub.groupby("member"):
@@ -172,14 +176,15 @@ def figures(out: Path, figdir: Path) -> None:
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
     fig.tight_layout()
-    fig.savefig(figdir / "trigger-curves.png", dpi=110)
+    fig.savefig(figdir / f"{prefix}-curves.png", dpi=110)
     plt.close(fig)
 
     h = halfway_table(m)
     names = ["bigram_loss", "wk2_recall", "wo2_recall", "icl_accuracy", "induction_attention",
              "prev_token_attention", "wk1_recall"]
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), sharey=True, sharex=True)
-    for ax, (fixed, label) in zip(axes, SETTINGS.items()):
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.75 * len(settings), 3.6), sharey=True, sharex=True,
+                             squeeze=False)
+    for ax, (fixed, label) in zip(axes[0], settings):
         sub = h[h.fixed_triggers == fixed]
         for member, row in sub.iterrows():
             ax.plot([row[c] for c in names], range(len(names)), lw=0.5, color="grey", alpha=0.5)
@@ -191,7 +196,7 @@ def figures(out: Path, figdir: Path) -> None:
         ax.set_xlabel("half-way step (init to final level)", fontsize=8)
         ax.set_title(f"{label} (dots: members whose curve rose >= 0.2)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(figdir / "trigger-order.png", dpi=110)
+    fig.savefig(figdir / f"{prefix}-order.png", dpi=110)
     plt.close(fig)
 
 
@@ -201,20 +206,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--out", default="runs/trigger")
     parser.add_argument("--figures", default="docs/figures")
+    parser.add_argument("--frozen", action="store_true",
+                        help="instead: the paper's training regime, fixed triggers only: W_E, W_U and W_pos frozen at "
+                             "their random init, loss on the 2nd+ outputs only, 400 steps (about 15 minutes); "
+                             "out runs/trigger-frozen, figures trigger-frozen-*.png")
     args = parser.parse_args()
+    if args.frozen and args.out == "runs/trigger":
+        args.out = "runs/trigger-frozen"
     use_cpu_cores()
     from induction_jax.cli import main as cli
 
     out = Path(args.out)
     if not (out / "phase" / "stats.json").is_file():
+        setting = (["--trigger-loss-only", "true", "--intervention", "freeze:W_E+freeze:W_U+freeze:W_pos",
+                    "--steps", "400"] if args.frozen else
+                   ["--task-param", "fixed_triggers=1,0", "--steps", str(args.steps)])
         code = cli(["sweep", "--task", "trigger", "--trigger-length", "64", "--n-ctx", "64", "--trigger-count", "3",
-                    "--seeds", str(args.seeds), "--steps", str(args.steps), "--batch-size", "32",
-                    "--probe-batch-size", "64", "--eval-every", "10", "--lr", "1e-2",
-                    "--task-param", "fixed_triggers=1,0", "--out", str(out), "--no-progress"])
+                    "--seeds", str(args.seeds), "--batch-size", "32", "--probe-batch-size", "64", "--eval-every", "10",
+                    "--lr", "1e-2", *setting, "--out", str(out), "--no-progress"])
         if code not in (0, 3):
             raise SystemExit(code)
     result = summarise(out)
-    figures(out, Path(args.figures))
+    figures(out, Path(args.figures), "trigger-frozen" if args.frozen else "trigger")
     (out / "trigger_summary.json").write_text(json.dumps(result, indent=1))
     for label, s in result["settings"].items():
         lo, hi = s["bigram_before_icl_wilson95"]
