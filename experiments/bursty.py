@@ -65,7 +65,7 @@ def summarise(out: Path) -> dict:
     rows = []
     for B in B_VALUES:
         for K in K_VALUES:
-            idx = [i for i in range(len(members["member"])) if members["burstiness"][i] == B and members["n_classes"][i] == K]
+            idx = [i for i in range(len(members["init_seed"])) if members["burstiness"][i] == B and members["n_classes"][i] == K]
             row = {"burstiness": B, "n_classes": K, "n": len(idx)}
             for name in FINAL:
                 row[name] = t_interval(last.loc[idx, name])
@@ -101,8 +101,10 @@ def figure(out: Path, path: Path) -> None:
         ax.set_title(name)
         ax.set_xlabel("step")
     axes[0].axhline(1 / 16, color="k", ls=":", lw=1)
+    axes[0].axhline(1 / 4, color="k", ls="--", lw=1)          # a random label of the 4 in the probe's context
     axes[0].legend(fontsize=8)
-    fig.suptitle("bursty task: 8 seeds per setting (thin: members, thick: mean); dotted: chance 1/L")
+    fig.suptitle("bursty task: 8 seeds per setting (thin: members, thick: mean); dotted: chance 1/L, "
+                 "dashed: a random label of the context's 4")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
