@@ -150,6 +150,17 @@ def prior_effect(run: Path) -> dict:
     return out
 
 
+def strategy_losses(n: int = 1024) -> dict:
+    """Each strategy's next-state loss on n fresh sequences of each prior (k = 3, T = 100)."""
+    import jax
+
+    from induction_jax.tasks.markov import Markov
+
+    task = Markov(chain_length=100)
+    return {ds: task.baselines(task.probe(jax.random.PRNGKey(1), {"doubly_stochastic": ds, "n_chains": 0}, n, 3))
+            for ds in (0, 1)}
+
+
 def heads(run: Path) -> dict:
     """Final per-head statistical induction / previous-token attention, and the composition
     scores and roles `analyze` found."""
@@ -280,7 +291,7 @@ def main() -> None:
     use_cpu_cores()
     out = Path(args.out)
     run_sweeps(out, args.seeds, args.steps)
-    results = {"stages": stage_order(out / "prior"), "prior_effect": prior_effect(out / "prior"),
+    results = {"strategy_losses": strategy_losses(), "stages": stage_order(out / "prior"), "prior_effect": prior_effect(out / "prior"),
                "heads": heads(out / "prior"), "heads_per_member": per_member_heads(out / "prior"),
                "transience": transience(out / "diversity")}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))

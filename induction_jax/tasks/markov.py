@@ -398,8 +398,10 @@ class Markov(Task):
             else (None, None)
         out = {"uniform": jnp.full(x.shape + (k,), 1.0 / k), "unigram_inference": unigram_predictor(x, k, alpha),
                "bigram_inference": ngram_predictor(x, k, 1, alpha), "ngram_inference": ngram_predictor(x, k, m, alpha)}
-        if uni_r is not None:
-            out |= {"unigram_retrieval": uni_r, "bigram_retrieval": bi_r}
+        if uni_r is not None:     # no known set (n_chains = 0): uniform placeholders, never weighed
+            finite = jnp.asarray(batch["n_chains"]) > 0
+            out |= {"unigram_retrieval": jnp.where(finite, uni_r, 1.0 / k),
+                    "bigram_retrieval": jnp.where(finite, bi_r, 1.0 / k)}
         return out
 
     def position_mask(self):
@@ -422,8 +424,6 @@ class Markov(Task):
         kl = {name: kl_to_model(p[name], logq, mask) for name in p}
         nan = jnp.float32(jnp.nan)
         q = jax.nn.softmax(logq[..., :self.n_states], -1)
-        for s in ("unigram_retrieval", "bigram_retrieval"):     # no known set: a placeholder of weight 0
-            p[s] = jnp.where(finite, p[s], 1.0 / self.n_states)
         w0 = jnp.where(finite, jnp.full(4, 0.25), jnp.array([0.5, 0.5, 0.0, 0.0]))
         w = mixture_weights(q, jnp.stack([p[s] for s in STRATEGIES]), w0, mask)
         heads = {"statistical_induction_score": statistical_induction_score(acts.pattern_BLHTS, x),
@@ -460,6 +460,8 @@ class Markov(Task):
         b = dict(batch, tokens=x)
         b.setdefault("n_chains", jnp.int32(0))
         p = self.strategies(b)
+        if int(b["n_chains"]) == 0:         # no known set: the retrieval entries are placeholders
+            p = {k: v for k, v in p.items() if not k.endswith("retrieval")}
         mask = np.asarray(self.position_mask())[:-1] > 0
         out = {}
         for name, p_BTK in p.items():
