@@ -144,8 +144,11 @@ def test_statistical_induction_score_on_a_hand_built_pattern():
     prev[0, 0, 0, np.arange(1, T), np.arange(T - 1)] = 1
     prev[0, 0, 0, 0, 0] = 1
     assert float(mk.prev_token_attention(jnp.asarray(prev))[0, 0]) == pytest.approx(1.0)
-    # queries 2 and 4 (x = 0) have targets {1, 3} and {1, 3}: the prev-token head puts 0 and 1/2 there
-    assert float(mk.statistical_induction_score(jnp.asarray(prev), tokens)[0, 0]) == pytest.approx(0.5)
+    # on 0 0 1 0 the queries with targets are t = 1 (targets {1}; the previous-token head attends 0:
+    # mass 0) and t = 3 (targets {1, 2}; it attends 2: mass 1): score 1/2
+    prev4 = prev[..., :4, :4]
+    assert float(mk.statistical_induction_score(jnp.asarray(prev4), jnp.asarray([[0, 0, 1, 0]]))[0, 0]) == \
+        pytest.approx(0.5)
 
 
 def _cfg(**kw):
