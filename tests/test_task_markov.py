@@ -195,3 +195,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv,
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match=r"^markov_order=3: must be < chain_length=3"):
         Markov(chain_length=3, markov_order=3)
+
+
+def test_a_second_order_chain_follows_its_matrix_and_its_projection_has_a_uniform_stationary_law():
+    task = Markov(chain_length=30, n_states=2, markov_order=2, max_chains=2)
+    P = np.zeros((1, 4, 2), np.float32)          # context (a, b) -> a XOR b, deterministically
+    for a in range(2):
+        for b in range(2):
+            P[0, 2 * a + b, a ^ b] = 1.0
+    x = np.asarray(task.sample(jax.random.PRNGKey(0), {"n_chains": 1, "known_P": jnp.asarray(np.repeat(P, 2, 0))},
+                               16, 2)["tokens"])
+    np.testing.assert_array_equal(x[:, 2:], x[:, :-2] ^ x[:, 1:-1])
+    D = task.draw_matrices(jax.random.PRNGKey(1), 1.0, 1, 4)
+    np.testing.assert_allclose(np.asarray(mk.context_stationary(D, 2)), 0.25, atol=1e-4)
