@@ -8,7 +8,7 @@ writes per setting: final ICL / swapped-label ICL / IWL accuracy (mean over seed
 interval), members whose ICL curve rose (phase not censored; Wilson 95% interval), and per member
 the ICL midpoint minus the induction-score midpoint. About 20 minutes on a loaded 2-core CPU.
 
-    python experiments/bursty.py [--seeds 8] [--steps 500] [--out runs/bursty]
+    python experiments/bursty.py [--seeds 8] [--steps 500] [--out runs/bursty] [--b-values 1,4] [--k-values 32,512]
 
 Writes the run directory `--out` (with `bursty_study.json`) and docs/figures/bursty-curves.png.
 """
@@ -48,7 +48,7 @@ def config(args):
     from induction_jax.config import RunConfig
     from induction_jax.tasks.bursty import Bursty
 
-    task = Bursty(bursty_pairs=8, bursty_labels=16, bursty_max_classes=max(K_VALUES), bursty_classes=max(K_VALUES),
+    task = Bursty(bursty_pairs=8, bursty_labels=16, bursty_max_classes=512, bursty_classes=512,
                   bursty_exemplars=1, bursty_novel=32, bursty_probe_copies=2, bursty_fraction=1.0)
     return RunConfig().replace(task=task, d_vocab=task.vocab_needed, n_ctx=task.seq_len, n_layers=2, n_heads=1,
                                d_model=32, batch_size=32, probe_batch_size=96, lr=1e-2, eval_every=20,
@@ -90,7 +90,8 @@ def figure(out: Path, path: Path) -> None:
 
     m = pd.read_csv(out / "metrics.csv").dropna(subset=["icl_accuracy"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharex=True)
-    colours = {(1, 32): "tab:blue", (1, 512): "tab:cyan", (4, 32): "tab:red", (4, 512): "tab:orange"}
+    palette = iter(["tab:blue", "tab:cyan", "tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink"])
+    colours = {(B, K): next(palette) for B in B_VALUES for K in K_VALUES}
     for ax, name in zip(axes, ("icl_accuracy", "iwl_accuracy", "induction_score")):
         for (B, K), colour in colours.items():
             g = m[(m.burstiness == B) & (m.n_classes == K)]
@@ -116,7 +117,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--out", type=Path, default=Path("runs/bursty"))
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/bursty-curves.png"))
+    parser.add_argument("--b-values", default="1,4", help="burstiness values B")
+    parser.add_argument("--k-values", default="32,512", help="numbers of classes K (at most 512)")
     args = parser.parse_args()
+    global B_VALUES, K_VALUES
+    B_VALUES = tuple(int(v) for v in args.b_values.split(","))
+    K_VALUES = tuple(int(v) for v in args.k_values.split(","))
     use_cpu_cores()
     import induction_jax as ij
 
@@ -127,8 +133,9 @@ def main() -> None:
         run = ij.sweep(config(args), args.out, task_params={"burstiness": list(B_VALUES), "n_classes": list(K_VALUES)},
                        progress=False, overwrite=True)
         run.phase()
-    summary = summarise(args.out) | {"command": "python experiments/bursty.py --seeds %d --steps %d --out %s"
-                                     % (args.seeds, args.steps, args.out), "wall_s": round(time.time() - start, 1)}
+    summary = summarise(args.out) | {"command": "python experiments/bursty.py --seeds %d --steps %d --out %s --b-values %s "
+                                     "--k-values %s" % (args.seeds, args.steps, args.out, args.b_values, args.k_values),
+                                     "wall_s": round(time.time() - start, 1)}
     (args.out / "bursty_study.json").write_text(json.dumps(summary, indent=1))
     figure(args.out, args.figure)
     print(json.dumps(summary, indent=1))
