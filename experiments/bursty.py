@@ -82,6 +82,38 @@ def summarise(out: Path) -> dict:
     return {"settings": rows}
 
 
+def trained_class_attention(out: Path, n: int = 200) -> dict:
+    """Per setting, from each member's final weights: the last layer's attention from the query to
+    the labels of its class's context items on sequences of the member's own training
+    distribution (trained classes, own labels), and the accuracy there; beside the same on the
+    probe's novel-class part. The in-training `induction_score` sees the novel part only."""
+    import jax
+    import jax.numpy as jnp
+
+    import induction_jax as ij
+    from induction_jax import model as model_lib, training
+    from induction_jax.tasks import bursty as bt
+
+    run = ij.open_run(out)
+    cfg, table = run.config, run.members.table()
+    task, rows = cfg.task, {}
+    for i in range(len(table["init_seed"])):
+        given = {"burstiness": jnp.int32(table["burstiness"][i]), "n_classes": jnp.int32(table["n_classes"][i])}
+        _, data_key, _ = training.member_keys(cfg, jnp.uint32(table["init_seed"][i]), jnp.uint32(table["data_seed"][i]))
+        tp = training.member_task_params(cfg, data_key, given)
+        params = {k: jnp.asarray(v) for k, v in run.params(member=i).items()}
+        row = []
+        for batch in (task.sample(jax.random.PRNGKey(7), tp, n, cfg.model.d_vocab),
+                      task.probe(jax.random.PRNGKey(8), tp, 3 * n, cfg.model.d_vocab)):
+            logits, acts = model_lib.forward(cfg.model, params, batch["tokens"], return_activations=True)
+            att_BH = (acts.pattern_BLHTS[:, -1, :, -1, :] * bt.query_label_mask(batch["tokens"])[:, None, :]).sum(-1)
+            keep = batch["kind"] == bt.NOVEL if "kind" in batch else jnp.ones(len(att_BH), bool)
+            row += [float(att_BH[keep].mean(0).max()), float(bt.label_accuracy(logits, batch["answer"], task.bursty_labels)[keep].mean())]
+        rows.setdefault(f"B={table['burstiness'][i]} K={table['n_classes'][i]}", []).append(row)
+    names = ("training_attention", "training_accuracy", "novel_attention", "novel_accuracy")
+    return {k: {name: [round(x, 3) for x in col] for name, col in zip(names, np.asarray(v).T)} for k, v in rows.items()}
+
+
 def figure(out: Path, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -136,6 +168,7 @@ def main() -> None:
     summary = summarise(args.out) | {"command": "python experiments/bursty.py --seeds %d --steps %d --out %s --b-values %s "
                                      "--k-values %s" % (args.seeds, args.steps, args.out, args.b_values, args.k_values),
                                      "wall_s": round(time.time() - start, 1)}
+    summary["trained_class_attention"] = trained_class_attention(args.out)
     (args.out / "bursty_study.json").write_text(json.dumps(summary, indent=1))
     figure(args.out, args.figure)
     print(json.dumps(summary, indent=1))
