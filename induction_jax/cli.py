@@ -98,9 +98,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         base = RunConfig.from_dict(obj)
         if getattr(args, "preset", None):
             raise CliError("--preset and --config: give one of them (a config file is a whole config)")
-    if getattr(args, "task", None):
-        base = base.replace(task=args.task)
     overrides = _flag_overrides(args)
+    if getattr(args, "task", None):
+        # switched and set in one step: the new task's defaults need not fit the old model
+        # (a task with longer sequences comes with its --n-ctx)
+        from induction_jax import tasks
+
+        _check_task_flags(tasks.task_class(args.task), overrides)
+        return base.replace(task=args.task, **overrides)
     _check_task_flags(base.task, overrides)
     return base.replace(**overrides)
 
@@ -345,7 +350,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if repeated:
             raise CliError(f"--intervention {repeated[0]}: listed twice; each arm must appear once")
     base = config_from_args(args)
-    task_params = _task_params(args.task_param or [], base.task)
+    _task_params(args.task_param or [], base.task, check=False)        # malformed or unknown: before the lists
     init_seeds = parse_seed_range("--init-seeds", args.init_seeds) if args.init_seeds is not None else None
     data_seeds = parse_seed_range("--data-seeds", args.data_seeds) if args.data_seeds is not None else None
     shape_lists = {}
@@ -365,6 +370,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     plans = []
     for combo in combos:
         cfg = base.replace(**combo)
+        task_params = _task_params(args.task_param or [], cfg.task)   # ranges can depend on the task's fields
         varied = {k: v for k, v in combo.items() if len(shape_lists[k]) > 1}
         run_dir = out if len(combos) == 1 else out / "_".join(f"{k}-{v}" for k, v in varied.items())
         members = Members.grid(cfg, lrs, wds, init_seeds, data_seeds, arms, task_params)
@@ -373,9 +379,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if RunDir(run_dir).is_run() and not args.overwrite:
             raise RunDirError(f"{run_dir}: already holds a run; pass --overwrite to replace it, or choose "
                               f"another --out")
-        plans.append((combo, cfg, run_dir, members))
+        plans.append((combo, cfg, run_dir, members, task_params))
     diverged = False
-    for combo, cfg, run_dir, members in plans:
+    for combo, cfg, run_dir, members, task_params in plans:
         design = ("".join(f"{len(v)} {k} x " for k, v in task_params.items())
                   + f"{len(arms or [1])} arms x {len(lrs or [1])} lr x {len(wds or [1])} weight decay x "
                   + (f"{len(set(members.init_seed))} init seeds x {len(set(members.data_seed))} data seeds"
@@ -391,8 +397,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_DIVERGED if diverged else 0
 
 
-def _task_params(specs: list[str], task) -> dict[str, list]:
-    """`--task-param NAME=v1,v2,...` flags as {name: values}, each checked against the task."""
+def _task_params(specs: list[str], task, check: bool = True) -> dict[str, list]:
+    """`--task-param NAME=v1,v2,...` flags as {name: values}, each checked against the task
+    (`check=False`: the form, the names and repeats only, not the values' ranges)."""
     out: dict[str, list] = {}
     for spec in specs:
         name, sep, text = spec.partition("=")
@@ -404,7 +411,8 @@ def _task_params(specs: list[str], task) -> dict[str, list]:
         if name in out:
             raise CliError(f"--task-param {name}: given twice; list all its values in one flag, e.g. "
                            f"--task-param {name}={','.join(map(str, out[name]))},...")
-        out[name] = param.check(_parse_list(f"--task-param {name}", text, str), f"--task-param {name}")
+        values = _parse_list(f"--task-param {name}", text, str)
+        out[name] = param.check(values, f"--task-param {name}") if check else values
     return out
 
 

@@ -123,6 +123,14 @@ def test_members_differ_only_in_their_task_parameter(toy_run):
      r"--task-param min_period: given twice; list all its values in one flag, e.g. --task-param min_period=5,\.\.\.$"),
     (["--task-param", "min_period"], r"--task-param 'min_period': must be NAME=v1,v2,\.\.\. \(parameters of task "
                                      r"repeated: min_period\)$"),
+    # the range of a task parameter follows the task's own flags (here the half length)
+    (["--task-param", "min_period=41", "--half-length", "40", "--n-ctx", "80"],
+     r"--task-param min_period: min_period='41' out of range; allowed: integers 2\.\.40$"),
+    # a task switched with --task is checked against the model its flags set, not the default one
+    (["--task", "markov", "--chain-length", "100", "--n-ctx", "100", "--markov-alpha", "0"],
+     r"markov_alpha=0\.0: must be > 0\.0"),
+    (["--task", "markov", "--chain-length", "100", "--n-ctx", "99"],
+     r"markov: sequences of 100 tokens must fit the context n_ctx=99$"),
     (["--task", "nope"], r"argument --task: invalid choice: 'nope' \(choose from .*repeated.*\)$"),
     (["--task", "copy_back_test", "--half-length", "6"], r"--half-length: not a setting of task copy_back_test; "
                                                           r"its settings: --length$"),
