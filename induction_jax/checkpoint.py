@@ -243,4 +243,5 @@ def restore_latest_good(ckpt: Checkpoints, run_path: Path, restore: Callable[[in
             (ckpt.directory / str(step)).rename(target)
             ckpt.manager.reload()
             log(f"induction-jax: moved it to {target}")
-    raise RunDirError(f"{run_path}: no usable checkpoint (tried steps {steps or 'none'})")
+    raise RunDirError(f"{run_path}: no usable checkpoint (tried steps {steps or 'none'}); start again with "
+                      f"--overwrite" + (" (the damaged ones are kept in checkpoints_broken/)" if steps else ""))

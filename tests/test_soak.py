@@ -467,7 +467,7 @@ class Sequence:
                 self.fail(f"exit {code} without an 'interrupted by' line", cmd, result)
             if sig and code != 128 + getattr(signal, sig):
                 self.fail(f"exit {code} after {sig}", cmd, result)
-        if "Resume with" in err or "holds only its config" in err:
+        if "Resume with" in err or "holds only its config" in err or "no usable checkpoint" in err:
             self.restart = "start again with --overwrite" in err
         if code == 0 and cmd and cmd[0] == "train":
             self.restart = False
@@ -791,6 +791,11 @@ class Sequence:
         args = self.writer_args()
         result = self.call(args)
         code, _, err = result
+        if code == 2 and "start again with --overwrite" in err:     # every checkpoint damaged: as the tool says
+            self.check(args, result)
+            args = self.writer_args()
+            result = self.call(args)
+            code, _, err = result
         if code not in (0,) and not (code == 2 and f"already trained to step {STEPS}" in err):
             self.fail("the run could not be completed", args, result)
         if code == 0:
