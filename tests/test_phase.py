@@ -95,7 +95,7 @@ def test_summary_statistics_on_known_samples():
 def test_formation_order():
     o = formation_order(np.array([100, 500, 300, np.nan]), np.array([300, 500, 100, 200]), 50)
     assert o["per_member"] == ["before", "with", "after", "censored"]
-    assert o["median_lag_induction_minus_prev"] == 0.0
+    assert o["median_lag_later_minus_earlier"] == 0.0
 
 
 def test_collapse_is_censored_not_timed():

@@ -141,10 +141,11 @@ def resolution(stats: dict, probe_interval: float, smooth_steps: float | None = 
             f"per-step loss timing")
 
 
-def formation_order(prev_mid: np.ndarray, ind_mid: np.ndarray, tolerance: float) -> dict:
-    """Whether the previous-token head forms before, with or after the induction head."""
+def formation_order(earlier_mid: np.ndarray, later_mid: np.ndarray, tolerance: float) -> dict:
+    """Whether the curve the task expects first (e.g. the previous-token score) forms before,
+    with or after the one it expects later (e.g. the induction score), member by member."""
     order = []
-    for p, i in zip(prev_mid, ind_mid):
+    for p, i in zip(earlier_mid, later_mid):
         if not (np.isfinite(p) and np.isfinite(i)):
             order.append("censored")
         elif p < i - tolerance:
@@ -154,7 +155,7 @@ def formation_order(prev_mid: np.ndarray, ind_mid: np.ndarray, tolerance: float)
         else:
             order.append("with")
     counts = {k: order.count(k) for k in ("before", "with", "after", "censored")}
-    lags = np.asarray(ind_mid, float) - np.asarray(prev_mid, float)
+    lags = np.asarray(later_mid, float) - np.asarray(earlier_mid, float)
     lags = lags[np.isfinite(lags)]
     return {"per_member": order, "counts": counts, "tolerance_steps": tolerance,
-            "median_lag_induction_minus_prev": float(np.median(lags)) if len(lags) else None}
+            "median_lag_later_minus_earlier": float(np.median(lags)) if len(lags) else None}

@@ -540,7 +540,9 @@ def render_phase(data: dict) -> str | None:
                        + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul></div>")
         order = stats.get("formation_order") or {}
         if order:
-            orows = [{"by": by, **o.get("counts", {}), "lag": o.get("median_lag_induction_minus_prev"),
+            # (a stats.json written before 0.3 names the lag for the repeated task's two curves)
+            orows = [{"by": by, **o.get("counts", {}),
+                      "lag": o.get("median_lag_later_minus_earlier", o.get("median_lag_induction_minus_prev")),
                       "tol": o.get("tolerance_steps")} for by, o in order.items()]
             first = next(iter(order.values()))
             earlier = first.get("earlier", "prev_token_score").replace("_", " ")
