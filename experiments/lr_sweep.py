@@ -29,9 +29,12 @@ def main() -> None:
     run = train_run(cfg, args.out, overwrite=args.overwrite, members=Members.grid(cfg, lrs, [cfg.train.weight_decay]))
     analyze_run(run.path)
     stats = json.loads((phase_run(run.path) / "stats.json").read_text())
-    for lr, s in stats.get("by_lr", {}).items():
-        timed = f"mean {s['mean']:.0f}, std {s['std']:.0f}" if s["mean"] is not None else "no member timed"
-        print(f"lr {lr}: in-context midpoint {timed} ({s['n']} timed, {s['n_censored']} censored)")
+    # phase groups members into arms by every setting that varies but the seeds: here the lr
+    for arm, a in stats["arms"].items():
+        s = a["primary_midpoint"]
+        timed = (f"mean {s['mean']:.0f}" + (f", std {s['std']:.0f}" if s["std"] is not None else "")
+                 if s["n"] else "no member timed")
+        print(f"{arm}: {a['primary_curve']} midpoint {timed} ({s['n']} timed, {s['n_censored']} censored)")
     print(f"report: {run.path / 'report.html'}")
 
 
