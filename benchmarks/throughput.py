@@ -1,4 +1,4 @@
-"""Training throughput of induction-jax ensembles against the PyTorch reference loop, in one run.
+"""Training throughput of induction-jax ensembles against PyTorch's three ways, in one run.
 
 For the reference configuration (fp32, batch 64, fixed-period reference task) and each
 ensemble size: model-steps/s (members x steps / s), tokens/s, compile time apart from steady
@@ -6,7 +6,10 @@ state, peak memory, model FLOPs per step (XLA's cost analysis of one compiled tr
 the achieved FLOP rate as a fraction of a large fp32 matmul measured in the same run on the
 same device. Each size runs in a fresh process (clean compile time and peak memory); a second
 run of the largest size shows the persistent compilation cache. Each task family runs at 8
-members beside the repeated task (`--tasks`).
+members beside the repeated task (`--tasks`). PyTorch trains the same model, batch, optimiser
+and data three ways (benchmarks/torch_reference.py: eager, torch.compile, a torch.func vmapped
+ensemble of 8), each in a fresh process, warm-up and compile apart from steady state, against
+induction-jax at 8 members.
 
     python benchmarks/throughput.py [--sizes 1,2,4,8,16,32] [--steps 50] [--no-torch] [--tasks all]
 """
@@ -93,7 +96,16 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
             "xla_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0)),
             "xla_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0)),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "device": device_description()}
+            "peak_device_bytes": peak_device_bytes(), "device": device_description()}
+
+
+def peak_device_bytes() -> int | None:
+    """The largest peak memory in use on a local device since the process started, from the
+    backend's memory stats; None where the backend keeps none (XLA:CPU)."""
+    import jax
+
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+    return max(peaks) if peaks and None not in peaks else None
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
@@ -115,19 +127,46 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
     return {"n": n, "seconds": t, "flops_per_s": 2.0 * n ** 3 / t}
 
 
-def torch_reference(steps: int) -> dict | None:
-    try:
-        sys.path.insert(0, str(HERE))
-        import torch
-        from torch_reference import flops_per_step, train_one
-    except ImportError:
+def torch_worker(way: str, steps: int, members: int) -> dict:
+    """Runs in its own process: one PyTorch way (torch_reference.WAYS) on torch's default
+    device, warm-up and compile timed apart from steady state."""
+    sys.path.insert(0, str(HERE))
+    import torch
+    import torch_reference
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    row = torch_reference.time_way(way, steps, members, device)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    return row | {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
+                  "flops_per_model_step_hand_count": torch_reference.flops_per_step(),
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "peak_device_bytes": peak}
+
+
+def torch_ways(steps: int, members: int = 8) -> list[dict] | None:
+    """Each PyTorch way in a fresh process, one after another; None without torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
         return None
-    seconds = train_one(steps)
-    rate = steps / seconds          # one model after another: members x steps / s is the same rate
-    return {"torch_version": torch.__version__, "threads": torch.get_num_threads(), "steps_timed": steps,
-            "model_steps_per_s": rate, "tokens_per_s": rate * 64 * 50,
-            "flops_per_model_step_hand_count": flops_per_step(),
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return [run_json([__file__, "--torch-worker", way, "--steps", str(steps), "--worker", str(members)],
+                     f"PyTorch way {way}") for way in ("eager", "compile", "vmap")]
+
+
+def versus_torch(jax_row: dict, ways: list[dict]) -> dict:
+    """induction-jax's model-steps/s over each PyTorch way's, and over the fastest way's."""
+    fastest = max(ways, key=lambda w: w["model_steps_per_s"])
+    return {"members": jax_row["members"], "fastest_way": fastest["way"],
+            "vs_fastest": jax_row["model_steps_per_s"] / fastest["model_steps_per_s"],
+            "vs_way": {w["way"]: jax_row["model_steps_per_s"] / w["model_steps_per_s"] for w in ways}}
+
+
+def run_json(args: list[str], what: str, env: dict | None = None) -> dict:
+    """A worker in a fresh Python process; its result is the JSON on its last line of output."""
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"{what}: worker failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_worker(size: int, steps: int, cache_dir: str, eval_every: int | None = None,
@@ -136,11 +175,8 @@ def run_worker(size: int, steps: int, cache_dir: str, eval_every: int | None = N
     extra = (["--eval-every", str(eval_every)] if eval_every else []) + (["--compile-only"] if compile_only else [])
     extra += ["--member-loop", member_loop, "--overrides", json.dumps(overrides or {})]
     extra += ["--arms", ";".join(arms)] if arms else []
-    out = subprocess.run([sys.executable, __file__, "--worker", str(size), "--steps", str(steps),
-                          "--cache-dir", cache_dir, *extra], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"ensemble size {size}: worker failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json([__file__, "--worker", str(size), "--steps", str(steps), "--cache-dir", cache_dir, *extra],
+                    f"ensemble size {size}")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -151,9 +187,10 @@ def plot(results: dict, path: Path) -> None:
     loop = results["jax"][0]["member_loop"]
     ax.plot(sizes, [r["model_steps_per_s"] for r in results["jax"]], "o-",
             label=f"induction-jax ({loop} over members, sharded over devices)")
-    if results.get("torch"):
-        ax.axhline(results["torch"]["model_steps_per_s"], color="tab:red", ls="--",
-                   label="PyTorch loop (one model after another)")
+    labels = {"eager": "PyTorch eager loop (one model after another)", "compile": "PyTorch, torch.compile",
+              "vmap": "PyTorch, torch.func vmap over {members} members"}
+    for way, color in zip((results.get("torch") or {}).get("ways", []), ("tab:red", "tab:orange", "tab:purple")):
+        ax.axhline(way["model_steps_per_s"], color=color, ls="--", label=labels[way["way"]].format(**way))
     ax.set_xscale("log", base=2), ax.set_xlabel("ensemble size (members)")
     ax.set_ylabel("model-steps / s"), ax.grid(alpha=0.3), ax.legend()
     ax.set_title(f"Training throughput, reference config, fp32 ({results['device_name']})", fontsize=10)
@@ -184,7 +221,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,2,4,8,16,32")
     parser.add_argument("--steps", type=int, default=50, help="steps per timed chunk (median of 5 chunks)")
-    parser.add_argument("--torch-steps", type=int, default=300)
+    parser.add_argument("--torch-steps", type=int, default=60,
+                        help="steps per timed chunk of each PyTorch way (median of 5 chunks, after 5 warm-up steps)")
+    parser.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
@@ -203,6 +242,9 @@ def main() -> None:
                              "every 10 steps) is measured beside the repeated task's: names, 'all' or 'none'")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
+    if args.torch_worker is not None:
+        print(json.dumps(torch_worker(args.torch_worker, args.steps, args.worker)))
+        return
     if args.worker is not None:
         print(json.dumps(worker(args.worker, args.steps, args.cache_dir, args.eval_every, args.compile_only,
                                 args.member_loop, json.loads(args.overrides),
@@ -276,13 +318,21 @@ def main() -> None:
     # (variable periods), probes every 10 steps: model-steps/s and tokens/s (their sequence
     # lengths differ).
     families = task_rows(args.tasks, probe_size, args.steps, cache_dir, args.member_loop)
-    torch_row = None if args.no_torch else torch_reference(args.torch_steps)
-    if torch_row:
-        print(f"PyTorch {torch_row['torch_version']} loop ({torch_row['threads']} threads): "
-              f"{torch_row['model_steps_per_s']:.1f} model-steps/s")
+    # PyTorch's three ways, each in a fresh process, against induction-jax at 8 members (`plain`).
+    ways = None if args.no_torch else torch_ways(args.torch_steps, probe_size)
+    torch_row = None
+    if ways:
+        for w in ways:
+            print(f"PyTorch {w['torch_version']} {w['way']} ({w['members']} members, {w['threads']} threads, "
+                  f"{w['device']}): {w['model_steps_per_s']:.1f} model-steps/s, warm-up {w['warmup_s']:.1f} s "
+                  f"for {w['warmup_steps']} steps", flush=True)
+        torch_row = {"ways": ways, "versus": versus_torch(plain, ways)}
         for r in rows:
-            r["ratio_to_torch"] = r["model_steps_per_s"] / torch_row["model_steps_per_s"]
-        print("ratio ours / PyTorch: " + ", ".join(f"{r['members']}: {r['ratio_to_torch']:.2f}x" for r in rows))
+            r["ratio_to_fastest_torch"] = r["model_steps_per_s"] / max(w["model_steps_per_s"] for w in ways)
+        v = torch_row["versus"]
+        print(f"induction-jax at {v['members']} members / PyTorch: "
+              + ", ".join(f"{k} {x:.2f}x" for k, x in v["vs_way"].items())
+              + f"; vs fastest PyTorch way ({v['fastest_way']}) {v['vs_fastest']:.2f}x")
     device = rows[0]["device"]
     name = f"{device['platform']}-{device['device_kind']}-{os.cpu_count()}cores".replace(" ", "_").lower()
     results = {"device_name": name, "machine": platform.processor() or platform.machine(),

@@ -1,0 +1,46 @@
+"""The bench's three PyTorch ways (benchmarks/torch_reference.py) train the same model: from the
+same init on the same batches, eager, torch.compile and the torch.func vmapped ensemble give
+the same losses step after step."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import torch_reference as tr  # noqa: E402
+
+from induction_jax import RunConfig  # noqa: E402
+
+
+def test_optimiser_is_the_jax_reference_configs():
+    t = RunConfig().train
+    assert (tr.LR, tr.WEIGHT_DECAY) == (t.lr, t.weight_decay)
+    defaults = torch.optim.AdamW([torch.zeros(1)]).defaults
+    assert defaults["betas"] == (t.b1, t.b2) and defaults["eps"] == t.eps
+
+
+def test_three_ways_train_the_same_model():
+    torch.manual_seed(1234)
+    batches = [tr.make_batch(8) for _ in range(3)]
+    others = [tr.make_batch(8) for _ in range(3)]
+    eager, compiled = tr.make_way("eager", [0]), tr.make_way("compile", [0])
+    ensemble = tr.make_way("vmap", [0, 1])          # member 0 is seed 0, member 1 another model
+    alone = tr.make_way("eager", [1])
+    for tokens, other in zip(batches, others):
+        l_eager, l_compiled = eager(tokens), compiled(tokens)
+        l_members = ensemble(torch.stack([tokens, other]))
+        l_alone = alone(other)
+        torch.testing.assert_close(l_compiled, l_eager, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(l_members[0], l_eager, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(l_members[1], l_alone, rtol=1e-5, atol=1e-5)
+    # Three AdamW steps at lr 1e-2 moved the loss: the comparison above is of trained models.
+    assert abs(float(eager(batches[0])) - float(tr.make_way("eager", [0])(batches[0]))) > 1e-3
+
+
+def test_time_way_reports_steady_state_apart_from_warm_up():
+    row = tr.time_way("vmap", steps=2, members=2, warmup=1, chunks=3, batch_size=4)
+    assert row["members"] == 2 and row["warmup_steps"] == 1
+    assert row["model_steps_per_s"] == pytest.approx(2 * 2 / row["seconds_per_chunk"])
+    assert row["warmup_s"] > 0 and row["tokens_per_s"] == pytest.approx(row["model_steps_per_s"] * 4 * 50)
