@@ -222,3 +222,80 @@ def test_a_64_member_report_stays_small(run_dir, tmp_path):
     data = embedded(path.read_text())
     assert data["circuit"]["attention"]["causal"] and len(data["circuit"]["attention"]["members"]) == E
     assert path.stat().st_size < 5_000_000
+
+
+def test_the_page_leads_with_the_findings_and_folds_the_config(report):
+    _, html = report
+    sections = re.findall(r'<section id="([\w-]+)">', html)
+    assert sections[:2] == ["top", "findings"] and sections[-1] == "config"
+    findings = html.split('<section id="findings">', 1)[1].split("</section>", 1)[0]
+    assert "What this run found" in findings and "Induction circuit" in findings
+    assert re.search(r"<b>\d of 2</b> <span class=\"ci\">\(95% CI \d+%-\d+%\)</span> members show the transition", findings)
+    config = html.split('<section id="config">', 1)[1]
+    assert '<details id="config-details"><summary>' in config and "<caption>model</caption>" in config
+    # the loss and primary-curve figures lead, and are not shown again below
+    assert findings.count('src="data:image/png;base64,') == 2
+    assert 'id="fig-phase-in_context_score"' in findings and 'id="fig-plots-loss"' in findings
+    assert html.count('id="fig-phase-in_context_score"') == html.count('id="fig-plots-loss"') == 1
+
+
+def test_findings_read_phase_censoring_its_interval_and_the_arms(run_dir, tmp_path):
+    """A stats.json edited to known values: 3 of 4 formed (one below the rise threshold), the
+    midpoint's interval and the paired shift of an intervention arm, as phase wrote them."""
+    run = copy_run(run_dir, tmp_path / "run")
+    path = run.path / "phase" / "stats.json"
+    stats = json.loads(path.read_text())
+    mid = {"n": 3, "n_censored": 1, "mean": 150.0, "std": 10.0, "median": 148.0, "ci95_low": 125.2,
+           "ci95_high": 174.8, "ci95_method": "student t", "ci95_note": None}
+    stats["in_context_score"]["midpoint"] = mid
+    stats["censored"]["in_context_score"] = [{"member": 3, "reason": "no transition: rise +0.01 below 0.2"}]
+    stats["arms"] = {"none": {"members": [0, 1], "n": 2, "primary_midpoint": mid},
+                     "cut": {"members": [2, 3], "n": 2, "primary_midpoint": {"n": 1, "median": 190.0}}}
+    stats["interventions"] = {"control": "none", "timing": "in_context_score midpoint",
+                              "arms": {"none": {"n": 2}, "cut": {"n": 2, "mean_shift": 42.5, "ci95_low": 30.25,
+                                                                 "ci95_high": 54.75}}}
+    path.write_text(json.dumps(stats))
+    html = render(gather(run))
+    findings = html.split('<section id="findings">', 1)[1].split("</section>", 1)[0]
+    assert "<b>3 of 4</b> <span class=\"ci\">(95% CI 19%-99%)</span>" in findings       # Clopper-Pearson
+    assert "(1 no transition)" in findings
+    assert "at step <b>148</b>" in findings and "125.2 to 174.8, student t" in findings
+    arms = findings.split('id="findings-arms"', 1)[1].split("</table>", 1)[0]
+    assert "cut" in arms and '<td data-v="42.5">42.5</td>' in arms and '<td data-v="30.25">30.25</td>' in arms
+
+
+def test_single_model_figures_of_every_member_are_data(report, run_dir):
+    """The positional QK of each member's previous-token head, the full OV of its best induction
+    head and every head's OV eigenvalues go to the page (which draws the selected member's)."""
+    _, html = report
+    data = embedded(html)
+    figs, rows = data["circuit"]["figures"], data["circuit"]["members"]
+    arrays = load_arrays(run_dir / "analysis" / "arrays.npz")
+    assert figs["members"] == [0, 1] and figs["pos_qk"]["T"] == 12 and figs["full_ov"]["V"] == 16
+    pos = arrays["positional_qk_prev_token_head"]
+    assert pos.shape == (2, 12, 12) and not np.allclose(pos[0], pos[1])
+    q = np.frombuffer(base64.b64decode(figs["full_ov"]["b64"]), np.int8).reshape(2, 16, 16)
+    ov = arrays["full_ov_induction_head"].astype(np.float32)
+    for e in range(2):
+        scale = figs["full_ov"]["scale"][e]
+        assert scale == pytest.approx(np.abs(ov[e]).max(), rel=1e-3)
+        np.testing.assert_allclose(q[e] / 127 * scale, ov[e], atol=scale / 127)
+    assert len(base64.b64decode(figs["ov_eig"]["re"])) == 2 * arrays["ov_eigenvalues_real"].size
+    # the PNGs (one member) stay, folded, as static copies of what is drawn
+    section = html.split('<section id="analysis-figures">', 1)[1].split("</section>", 1)[0]
+    assert 'id="ens-roles"' in section and 'id="fig-pos_qk"' in section and 'id="fig-full_ov"' in section
+    assert section.index("<details>") < section.index('id="fig-analysis-full_ov_induction_head"')
+    assert rows[0]["prev_token_head"][0] == 0 and rows[0]["induction_head"][0] == 1
+
+
+def test_ensemble_scores_are_grouped_by_each_members_roles():
+    from induction_jax.analysis.figures import role_groups
+    rows = [{"prev_token_head": [0, 1], "induction_head": [1, 0]}, {"prev_token_head": [0, 0], "induction_head": [1, 1]}]
+    labels, groups = role_groups(rows, 2, 2, 2)
+    assert labels == ["previous-token head", "best induction head", "other heads"]
+    assert groups[0] == [(0, 0, 1), (1, 0, 0)] and groups[1] == [(0, 1, 0), (1, 1, 1)]
+    assert sorted(groups[2]) == [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)]
+    # one layer: both roles name the same head, so the groups fall back to the head indices
+    labels, groups = role_groups([{"prev_token_head": [0, 1], "induction_head": [0, 1]}], 1, 1, 2)
+    assert labels == ["L0H0", "L0H1"] and groups == [[(0, 0, 0)], [(0, 0, 1)]]
+    assert role_groups(None, 1, 1, 2)[0] == ["L0H0", "L0H1"]

@@ -172,3 +172,67 @@ def test_screenshot(page, tmp_path):
     assert page.save_screenshot(str(path))
     assert path.is_file() and path.stat().st_size > 10_000
     assert script_errors(page) == []
+
+
+def overflowing(d) -> list[str]:
+    """Elements reaching past the window's sides, other than inside a container that scrolls (or
+    clips) them, or a closed <details>."""
+    return d.execute_script("""
+      const W = document.documentElement.clientWidth;
+      const contained = (e) => { for (let p = e.parentElement; p; p = p.parentElement) {
+        const o = getComputedStyle(p).overflowX;
+        if (o === 'auto' || o === 'scroll' || o === 'hidden' || (p.tagName === 'DETAILS' && !p.open)) return true; }
+        return false; };
+      return Array.from(document.body.querySelectorAll('*')).filter((e) => {
+        const r = e.getBoundingClientRect();
+        return r.width > 0 && (r.right > W + 1 || r.left < -1) && !contained(e);
+      }).map((e) => e.tagName + '#' + e.id + '.' + e.className);""")
+
+
+@pytest.mark.parametrize("width, height", [(1400, 1000), (390, 844)])
+def test_the_page_leads_with_the_findings_and_fits_the_screen(driver, report, width, height):
+    """A desktop and a phone: the findings are the first thing below the title, within the
+    first screen, and nothing is wider than the window (tables scroll inside their own box)."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 700})
+    try:
+        driver.get_log("browser")
+        driver.get(report.as_uri())
+        assert driver.execute_script("return window.innerWidth") == width
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= width
+        assert overflowing(driver) == []
+        ids = driver.execute_script("return Array.from(document.querySelectorAll('main > section')).map(s => s.id)")
+        assert ids[:2] == ["top", "findings"] and ids[-1] == "config"
+        top = driver.execute_script("return document.getElementById('findings').getBoundingClientRect().top")
+        assert top < height / 2
+        assert not driver.find_element(By.ID, "config-details").get_attribute("open")      # folded
+        path = Path(f"/tmp/induction-jax-report-{width}x{height}.png")
+        assert driver.save_screenshot(str(path)) and path.stat().st_size > 10_000
+        assert script_errors(driver) == []
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_analysis_figures_follow_the_member_selector(page):
+    """The ensemble box plots group each member's heads by role and mark the selected member's;
+    the positional QK, full OV and eigenvalue figures are redrawn for the selected member."""
+    ids = ("fig-pos_qk", "fig-full_ov", "fig-ov_eig")
+    drawn = """return arguments[0].map((id) => { const b = document.getElementById(id), c = b.querySelector('canvas');
+                 return [b.getAttribute('data-member'), c ? c.toDataURL() : b.innerHTML]; })"""
+    roles = page.find_element(By.ID, "ens-roles")
+    assert roles.get_attribute("data-grouping") == "role"
+    text = roles.text.replace("\n", " ")
+    assert "previous-token head" in text and "best induction head" in text and "other heads" in text
+    n_panels = len(page.find_elements(By.CSS_SELECTOR, "#ens-roles svg"))
+    assert n_panels == 3 and len(page.find_elements(By.CSS_SELECTOR, "#ens-roles circle.sel")) == 2 * n_panels * 2
+    marked = page.execute_script("return Array.from(document.querySelectorAll('#ens-roles circle.sel'))"
+                                 ".map(c => c.getAttribute('data-tip'))")
+    before = page.execute_script(drawn, list(ids))
+    assert [m for m, _ in before] == ["0", "0", "0"]
+    Select(page.find_element(By.ID, "member-select")).select_by_value("1")
+    after = page.execute_script(drawn, list(ids))
+    assert [m for m, _ in after] == ["1", "1", "1"]
+    assert all(a[1] != b[1] for a, b in zip(after, before))               # every figure redrawn, differently
+    assert page.execute_script("return Array.from(document.querySelectorAll('#ens-roles circle.sel'))"
+                               ".map(c => c.getAttribute('data-tip'))") != marked
+    assert script_errors(page) == []

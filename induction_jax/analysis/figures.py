@@ -100,10 +100,16 @@ def k_composition(kcomp_ELHLH, baseline: dict, member: int, path: Path) -> Path:
     return save(fig, path)
 
 
+def full_ov_matrix(params: dict, member: int, head) -> np.ndarray:
+    """W_E OV W_U of one head of one member: [V, V], row = source token, column = logit."""
+    layer, h = head
+    return np.asarray(params["W_E"][member] @ params["W_V"][member, layer, h] @ params["W_O"][member, layer, h]
+                      @ params["W_U"][member])
+
+
 def full_ov(params: dict, member: int, head, path: Path) -> Path:
     layer, h = head
-    M = params["W_E"][member] @ params["W_V"][member, layer, h] @ params["W_O"][member, layer, h] \
-        @ params["W_U"][member]
+    M = full_ov_matrix(params, member, head)
     fig, ax = plt.subplots(figsize=(4.8, 4.3))
     lim = float(np.abs(M).max())
     im = ax.imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim)
@@ -137,18 +143,34 @@ def ablation_bars(scores: dict, member: int, path: Path) -> Path:
                         "increase of loss_second_half (nats)", f"Ablating one head at a time, member {member}", path)
 
 
-def ensemble_distributions(scores: dict, path: Path) -> Path:
-    """Across seeds: each head's previous-token, induction score and mean-ablation effect."""
+def role_groups(circuit_rows, E: int, L: int, H: int) -> tuple[list[str], list[list[tuple[int, int, int]]]]:
+    """The (member, layer, head) triples of each role: every member's previous-token head, its
+    best induction head, the other heads (a head's role changes from seed to seed). Without the
+    two roles (no circuit rows, or one layer, where both name the same head): one group per head
+    index."""
+    roles = [(tuple(r["prev_token_head"]), tuple(r["induction_head"])) for r in circuit_rows or []]
+    if len(roles) != E or any(pt == ih for pt, ih in roles):
+        return _head_labels(L, H), [[(e, layer, h) for e in range(E)] for layer in range(L) for h in range(H)]
+    heads = [(layer, h) for layer in range(L) for h in range(H)]
+    return (["previous-token head", "best induction head", "other heads"],
+            [[(e, *pt) for e, (pt, _) in enumerate(roles)], [(e, *ih) for e, (_, ih) in enumerate(roles)],
+             [(e, *k) for e, (pt, ih) in enumerate(roles) for k in heads if k not in (pt, ih)]])
+
+
+def ensemble_distributions(scores: dict, path: Path, circuit_rows=None) -> Path:
+    """Across seeds: the previous-token score, induction score and mean-ablation effect of each
+    role's heads (`role_groups`)."""
     names = [n for n in ("prev_token_score", "induction_score", "mean_ablation_delta") if n in scores]
     E, L, H = scores["prev_token_score"].shape
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8))
+    labels, groups = role_groups(circuit_rows, E, L, H)
+    fig, axes = plt.subplots(1, len(names), figsize=(max(5, 0.55 * len(labels) + 2) * len(names), 3.8))
     for ax, name in zip(np.atleast_1d(axes), names):
-        data = scores[name].reshape(E, L * H)
-        ax.boxplot([data[:, i] for i in range(L * H)], showfliers=False)
-        for i in range(L * H):
-            ax.scatter(np.full(E, i + 1) + np.random.default_rng(i).uniform(-0.15, 0.15, E), data[:, i],
+        data = [np.array([scores[name][t] for t in g]) for g in groups]
+        ax.boxplot(data, showfliers=False)
+        for i, d in enumerate(data):
+            ax.scatter(np.full(len(d), i + 1) + np.random.default_rng(i).uniform(-0.15, 0.15, len(d)), d,
                        s=8, color="tab:blue", alpha=0.6)
-        ax.set_xticks(range(1, L * H + 1), _head_labels(L, H), rotation=60, fontsize=8)
+        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20 if len(labels) <= 3 else 60, fontsize=8)
         ax.set_title(f"{name} across {E} seeds", fontsize=10)
     fig.tight_layout()
     return save(fig, path)

@@ -24,7 +24,8 @@ def write_figures(result: dict, params: dict, member: int, out: Path) -> dict[st
         "attention_patterns": figures.attention_grid(x["patterns"], member, P, out / "attention_patterns.png", row),
         "head_scores": figures.score_bars(s, member, out / "head_scores.png"),
         "ablations": figures.ablation_bars(s, member, out / "ablations.png"),
-        "ensemble_scores": figures.ensemble_distributions(s, out / "ensemble_scores.png"),
+        "ensemble_scores": figures.ensemble_distributions(s, out / "ensemble_scores.png",
+                                                            result["circuit"]["members"]),
     }
     if result["not_applicable"] is None:
         figs |= {
@@ -45,14 +46,29 @@ def write_figures(result: dict, params: dict, member: int, out: Path) -> dict[st
 REPORT_MEMBERS = 64
 
 
-def report_arrays(result: dict, members) -> dict[str, np.ndarray]:
+# The full OV circuit (V x V per member) goes to the report up to this vocabulary: 128 tokens are
+# 16 kB a member in the report (int8); beyond it the report shows the static figure.
+REPORT_FULL_OV_VOCAB = 128
+
+
+def report_arrays(result: dict, members, params: dict | None = None) -> dict[str, np.ndarray]:
     """What the report's per-member views draw: every head's attention pattern on the first
     probe sequence (float16), its tokens, and the Q/K/V composition matrices and full-OV
-    eigenvalues where the weight-based scores apply; the first REPORT_MEMBERS members."""
+    eigenvalues where the weight-based scores apply; with them, each member's single-model
+    figures as data (the positional QK pattern of its previous-token head, the full OV circuit
+    of its best induction head, from `params`); the first REPORT_MEMBERS members."""
     n = min(len(members), REPORT_MEMBERS)
     x, s = result["extra"], result["scores"]
+    rows = result["circuit"]["members"][:n]
     out = {"members": np.arange(n), "tokens": np.asarray(x["tokens"]),
            "patterns": np.asarray(x["patterns"][:n], np.float16)}
+    if "positional_qk" in x:
+        out["positional_qk_prev_token_head"] = np.stack(
+            [x["positional_qk"][r["member"], r["prev_token_head"][0], r["prev_token_head"][1]] for r in rows]
+        ).astype(np.float16)
+    if params is not None and result["not_applicable"] is None and params["W_E"].shape[1] <= REPORT_FULL_OV_VOCAB:
+        out["full_ov_induction_head"] = np.stack(
+            [figures.full_ov_matrix(params, r["member"], r["induction_head"]) for r in rows]).astype(np.float16)
     for mode in ("q", "k", "v"):
         if f"{mode}_composition" in s:
             out[f"{mode}_composition"] = np.asarray(s[f"{mode}_composition"][:n], np.float32)
@@ -89,6 +105,6 @@ def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
             r |= {k: v[r["member"]] for k, v in members.table().items()}
         circuit |= {"figure_member": member, "checkpoint_step": int(meta["step"]), "steps": cfg.train.steps}
         write_figures(result, params, member, out)
-        save_arrays(out / "arrays.npz", report_arrays(result, members))
+        save_arrays(out / "arrays.npz", report_arrays(result, members, params))
         write_json_atomic(out / "circuit.json", json_safe(circuit))
     return out.path

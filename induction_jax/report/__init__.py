@@ -41,6 +41,11 @@ def client_data(data: dict) -> dict:
     return {key: {k: v for k, v in part.items() if not k.startswith("_")} for key, part in data.items()}
 
 
+# The page's scripts, in order: report.js (the selector, the per-member views and the helpers the
+# others use), figures.js (the analysis figures for the selected member).
+SCRIPTS = ("report.js", "figures.js")
+
+
 def _asset(name: str) -> str:
     return resources.files("induction_jax.report").joinpath("assets", name).read_text(encoding="utf-8")
 
@@ -67,7 +72,8 @@ def render(data: dict) -> str:
               f"<select id=\"member-select\">{options}</select><button type=\"button\" id=\"member-next\" "
               f"title=\"next member (→)\">▶</button></div>")
     fills = {"title": esc(f"induction-jax report: {data['run']['name']}"), "css": _asset("report.css"),
-             "js": _asset("report.js"), "data": _script_json(client_data(data)), "topbar": topbar,
+             "js": "\n".join(_asset(name) for name in SCRIPTS), "data": _script_json(client_data(data)),
+             "topbar": topbar,
              "body": "".join(body)}
     # One pass, so that nothing substituted is scanned for placeholders again.
     return re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], _asset("report.html"))

@@ -15,7 +15,6 @@ import base64
 import csv
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,13 +23,12 @@ import numpy as np
 
 from induction_jax.arrays import load_arrays
 from induction_jax.config import SECTIONS as CONFIG_SECTIONS
+from induction_jax.report.findings import lead_figures, render_findings
 from induction_jax.report.markup import Col, esc, figures, find_figures, fmt, read_json, table
+from induction_jax.report.member_figures import (ANALYSIS_FIGURES, REDRAWN_FIGURES, figure_data,
+                                                 render_analysis_figures)
 from induction_jax.rundir import RunDir, RunDirError
 
-# Figures the page redraws from the data (per member, interactive); their PNGs (one member)
-# are kept in a collapsed block. The other analysis figures are shown as they are.
-REDRAWN_FIGURES = ("attention_patterns", "head_scores", "ablations", "k_composition")
-ANALYSIS_FIGURES = ("ensemble_scores", "positional_qk_prev_token_head", "full_ov_induction_head", "ov_eigenvalues")
 PHASE_TIMINGS = ("onset", "midpoint", "end", "peak_slope", "logistic_midpoint", "logistic_width")
 SIG = 5          # significant digits of the per-head numbers sent to the page
 
@@ -166,6 +164,9 @@ def read_circuit(run: RunDir) -> dict | None:
                 if f"{mode}_composition" in arrays}
         if comp:
             out["composition"] = {"members": [int(m) for m in arrays["members"]], **comp}
+        single = figure_data(arrays, pack_patterns) if "members" in arrays else None
+        if single:
+            out["figures"] = single
     out["_figures"] = find_figures(folder, ANALYSIS_FIGURES + REDRAWN_FIGURES)
     return out if len(out) > 2 or out["_figures"] or notes else None
 
@@ -279,8 +280,10 @@ def render_config(data: dict) -> str:
                      f"{dev.get('process_count', 1)} process(es)"}
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v))}</td></tr>" for k, v in env.items())
     tables.append(f"<table class=\"kv\"><caption>environment</caption>{rows}</table>")
-    return ("<h2>Config</h2><p class=\"note\">Hover a name for its meaning; values that differ from the default are "
-            f"in bold.</p><div class=\"config-grid\">{''.join(tables)}</div>")
+    changed = sum(html.count('class="nondefault"') for html in tables)
+    return (f"<h2>Config</h2><details id=\"config-details\"><summary>The configuration ({changed} setting"
+            f"{'s' if changed != 1 else ''} differ from the defaults, in bold)</summary><p class=\"note\">Hover a "
+            f"name for its meaning.</p><div class=\"config-grid\">{''.join(tables)}</div></details>")
 
 
 MEMBER_COLS = [Col("member", "#", "member index"), Col("label", "member", "the member's label", cls="txt"),
@@ -311,8 +314,9 @@ def render_members(data: dict) -> str:
 
 
 def render_training(data: dict) -> str | None:
-    part = data.get("training")
-    return None if not part else "<h2>Training loss</h2>" + figures(part["_figures"])
+    lead = lead_figures(data)          # shown first, in the findings
+    figs = [f for f in (data.get("training") or {}).get("_figures", []) if f not in lead]
+    return "<h2>Training</h2>" + figures(figs) if figs else None
 
 
 CIRCUIT_COLS = [
@@ -407,20 +411,6 @@ def render_member_view(data: dict) -> str | None:
     if phase.get("timings"):
         parts.append("<h3>Phase-change timings of this member</h3><div id=\"mv-phase\"></div>")
     return "".join(parts)
-
-
-def render_analysis_figures(data: dict) -> str | None:
-    part = data.get("circuit")
-    if not part or not part.get("_figures"):
-        return None
-    fm = (part.get("summary") or {}).get("figure_member", 0)
-    redrawn = [f for f in part["_figures"]
-               if any(re.fullmatch(rf"analysis-{r}(_[0-9]+)?", f["name"]) for r in REDRAWN_FIGURES)]
-    shown = [f for f in part["_figures"] if f not in redrawn]
-    return (f"<h2>Analysis figures</h2><p class=\"note\">The ensemble-level figures; the single-model figures show "
-            f"member {fmt(fm)}.</p>" + figures(shown)
-            + (f"<details><summary>Static copies of the views drawn above (member {fmt(fm)})</summary>"
-               f"{figures(redrawn)}</details>" if redrawn else ""))
 
 
 STAT_COLS = [Col("curve", "curve", cls="txt"), Col("timing", "timing", cls="txt"),
@@ -568,20 +558,23 @@ def render_phase(data: dict) -> str | None:
             out.append("<h3>Censored</h3><ul class=\"censored\">" + "".join(
                 f"<li>{esc(curve)}: member {fmt(c.get('member'))}: {esc(c.get('reason'))}</li>" for curve, c in cens)
                 + "</ul>")
-    out.append(figures(part.get("_figures", [])))
+    lead = lead_figures(data)          # shown first, in the findings
+    out.append(figures([f for f in part.get("_figures", []) if f not in lead]))
     return "".join(out)
 
 
+# Page order: what the run found first, then the evidence, the configuration last (folded).
 SECTIONS: list[Section] = [
     Section("top", None, render_header),
+    Section("findings", "Findings", render_findings),
     Section("divergence", "Divergence", render_divergence),
-    Section("config", "Config", render_config),
-    Section("members", "Members", render_members),
-    Section("training", "Training", render_training),
     Section("circuit", "Circuit", render_circuit),
     Section("member", "Per member", render_member_view),
     Section("analysis-figures", "Figures", render_analysis_figures),
     Section("phase", "Phase change", render_phase),
+    Section("training", "Training", render_training),
     Section("dynamics", "Formation", render_dynamics),
     Section("llc", "LLC", render_llc),
+    Section("members", "Members", render_members),
+    Section("config", "Config", render_config),
 ]

@@ -197,12 +197,14 @@
       onLeave();
     });
   }
-  Heatmap.prototype.draw = function (mat) {
+  // `colour` (optional): value -> [r, g, b] for a finite, unmasked value (default: attention, white -> blue)
+  Heatmap.prototype.draw = function (mat, colour) {
     const ctx = this.canvas.getContext("2d");
     const T = this.T, img = ctx.createImageData(T, T);
+    const tint = colour || ((v) => LUT[Math.round(Math.max(0, Math.min(1, v)) * 255)]);
     for (let i = 0; i < T * T; i++) {
       const v = mat[i];
-      const c = v === MASKED ? [226, 226, 226] : isNaN(v) ? [255, 190, 200] : LUT[Math.round(Math.max(0, Math.min(1, v)) * 255)];
+      const c = v === MASKED ? [226, 226, 226] : isNaN(v) ? [255, 190, 200] : tint(v);
       img.data[4 * i] = c[0]; img.data[4 * i + 1] = c[1]; img.data[4 * i + 2] = c[2]; img.data[4 * i + 3] = 255;
     }
     ctx.putImageData(img, 0, 0);
@@ -294,7 +296,8 @@
     }
 
     // the zoomed head, with the tokens along both axes and as a strip below
-    const cellPx = Math.max(8, Math.min(22, Math.floor(520 / T)));
+    // cells of at least 14 px: token labels of 11 px at T = 50 (wider than its column: it scrolls); - / + zoom
+    let cellPx = Math.max(14, Math.min(22, Math.floor(720 / T)));
     function drawZoom(m) {
       zoom.textContent = "";
       if (!(m in slot) || !zoomHead) return;
@@ -303,6 +306,11 @@
       const title = el("div", { class: "zoom-title", id: "zoom-title", text: label(m) + " · " + headName(l, h) + " " });
       if (sameHead(r.prev_token_head, l, h)) title.append(el("span", { class: "badge pt", text: "PT" }));
       if (sameHead(r.induction_head, l, h)) title.append(el("span", { class: "badge ih", text: "IH" }));
+      [["−", -2, "smaller cells"], ["+", 2, "larger cells (readable token labels)"]].forEach(([t, d, tipText]) => {
+        const b = el("button", { type: "button", class: "zoom-btn", title: tipText, text: t });
+        b.addEventListener("click", () => { cellPx = Math.max(6, Math.min(30, cellPx + d)); drawZoom(current); });
+        title.append(b);
+      });
       const xs = [], ys = [], strip = [];
       const xAxis = el("div", { class: "zoom-axis x" }), yAxis = el("div", { class: "zoom-axis y" });
       const stripEl = el("div", { class: "strip", title: "the probe sequence" });
@@ -594,12 +602,15 @@
     });
   }
 
+  // what the other views (figures.js) draw with; they register before the first selection
+  window.__reportLib = { DATA, CIRCUIT, CIRCUIT_ROWS, MEMBERS, el, svg, fmt, isNum, headName, sameHead, label, onMember,
+    Heatmap, MASKED, decodeHalves, showTip, hideTip, niceTicks, current: () => current };
   memberSummary();
   attentionViewer();
   headCharts();
   compositionView();
   headTable();
   phaseTimings();
-  selectMember(0);
   window.__report = { selectMember: selectMember, current: () => current };
+  document.addEventListener("DOMContentLoaded", () => selectMember(0));
 })();
