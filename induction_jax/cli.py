@@ -7,6 +7,7 @@ if __name__ == "__main__":    # `python -m induction_jax.cli`: signals caught be
     _signals.install()
 
 import argparse  # noqa: E402
+import contextlib
 import dataclasses
 import json
 import sys
@@ -105,9 +106,24 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         from induction_jax import tasks
 
         _check_task_flags(tasks.task_class(args.task), overrides)
-        return base.replace(task=args.task, **overrides)
+        with naming_flags(overrides):
+            return base.replace(task=args.task, **overrides)
     _check_task_flags(base.task, overrides)
-    return base.replace(**overrides)
+    with naming_flags(overrides):
+        return base.replace(**overrides)
+
+
+@contextlib.contextmanager
+def naming_flags(given):
+    """A ConfigError about a field the user gave as a flag names that flag first:
+    `--log: log='x': must be one of none, tensorboard, ...`."""
+    try:
+        yield
+    except ConfigError as e:
+        field = str(e).split("=", 1)[0]
+        if field in given:
+            raise ConfigError(f"--{field.replace('_', '-')}: {e}") from None
+        raise
 
 
 def _check_task_flags(task, overrides: dict) -> None:
@@ -369,7 +385,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         base.replace(weight_decay=wd)
     plans = []
     for combo in combos:
-        cfg = base.replace(**combo)
+        with naming_flags(combo):
+            cfg = base.replace(**combo)
         task_params = _task_params(args.task_param or [], cfg.task)   # ranges can depend on the task's fields
         varied = {k: v for k, v in combo.items() if len(shape_lists[k]) > 1}
         run_dir = out if len(combos) == 1 else out / "_".join(f"{k}-{v}" for k, v in varied.items())

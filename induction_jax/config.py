@@ -187,6 +187,23 @@ class TrainConfig:
         return snapshot_schedule(self.snapshots, self.steps, self.eval_every)
 
 
+@dataclass(frozen=True)
+class TrackConfig:
+    """Where the run's metrics also go, besides metrics.csv (induction_jax/tracking.py); a resumed
+    run may change these."""
+
+    log: str = config_field("none", "also send every value of metrics.csv to TensorBoard (event files in "
+                            "RUN_DIR/tensorboard/) or Weights & Biases (RUN_DIR/wandb/, offline unless "
+                            "WANDB_MODE is set), or both; needs pip install 'induction-jax[track]'",
+                            choices=("none", "tensorboard", "wandb", "tensorboard+wandb"))
+    log_group: str = config_field("ensemble", "with --log: one tracker run for the ensemble (scalars "
+                                  "member<i>/<metric>, the members table as hyperparameters) or one per member "
+                                  "(its row as hyperparameters)", choices=("ensemble", "member"))
+
+    def __post_init__(self):
+        check_fields(self)
+
+
 def default_task():
     from induction_jax.tasks import Repeated
     return Repeated()
@@ -201,6 +218,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     task: Any = field(default_factory=default_task)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def __post_init__(self):
         from induction_jax.tasks import Task
@@ -291,7 +309,7 @@ def upgrade_config_dict(d: dict) -> dict:
     return {**d, "data": data, "task": task}
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "track": TrackConfig}
 ALL_SECTIONS = (*SECTIONS, "task")
 
 # Named configurations: flat field overrides on the defaults, and what they are.

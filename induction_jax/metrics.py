@@ -150,19 +150,22 @@ def head_rows(probe_steps: np.ndarray, heads: dict[str, np.ndarray], diverged_st
 
 class RunTables:
     """A run's append-only tables, written together chunk by chunk and cut back together on
-    resume: metrics.csv, and head_metrics.csv when the weight probes run."""
+    resume: metrics.csv, and head_metrics.csv when the weight probes run. Sinks (`attach`: the
+    trackers of `tracking.py`) get metrics.csv's rows too, `sink.write(columns, rows)`."""
 
     def __init__(self, run, task, members, heads: bool, append: bool = False):
-        self.members = members
+        self.members, self.sinks, self.path = members, (), run.metrics_csv
         self.columns = metric_columns(task, members)
         self.writers = {"metrics": TableWriter(run.output("metrics.csv"), self.columns, append)}
         if heads:
             self.writers["head_metrics"] = TableWriter(run.output("head_metrics.csv"), HEAD_COLUMNS, append)
 
     def write(self, result) -> None:
-        self.writers["metrics"].write(format_rows(self.columns, chunk_rows(
-            self.columns, self.members, result.steps, result.metrics, result.probe_steps, result.probes,
-            result.diverged_step), self.members))
+        rows = chunk_rows(self.columns, self.members, result.steps, result.metrics, result.probe_steps,
+                          result.probes, result.diverged_step)
+        self.writers["metrics"].write(format_rows(self.columns, rows, self.members))
+        for sink in self.sinks:
+            sink.write(self.columns, rows)
         if "head_metrics" in self.writers:
             self.writers["head_metrics"].write(head_rows(result.probe_steps, result.head_probes, result.diverged_step))
 
@@ -172,6 +175,24 @@ class RunTables:
     def truncate(self, sizes: dict[str, int]) -> None:
         for name, w in self.writers.items():
             w.truncate(sizes[name])
+
+    def attach(self, sinks) -> None:
+        """From now on `sinks` get every chunk; first, every row metrics.csv holds (each sink
+        skips what it logged before: a resumed run's trackers catch up with the table)."""
+        self.sinks = tuple(sinks)
+        with open(self.path, "rb") as f:
+            has_rows = bool(f.readline()) and bool(f.read(1))
+        if self.sinks and has_rows:
+            table = read_metrics(self.path)
+            columns = tuple(table)       # the file's own (an older run's may lack a task column)
+            rows = np.column_stack([np.full(len(table["step"]), np.nan) if c in TEXT_COLUMNS
+                                    else table[c].astype(float) for c in columns])
+            for sink in self.sinks:
+                sink.write(columns, rows)
+
+    def close(self, failed: bool = False) -> None:
+        for sink in self.sinks:
+            sink.close(failed)
 
 
 class NullTables:
@@ -184,6 +205,12 @@ class NullTables:
         return {}
 
     def truncate(self, sizes: dict[str, int]) -> None:
+        pass
+
+    def attach(self, sinks) -> None:
+        pass
+
+    def close(self, failed: bool = False) -> None:
         pass
 
 

@@ -34,7 +34,7 @@ from induction_jax.files import (MANIFEST, RunDirError, StorageError, json_safe,
 
 RUN_KIND = "induction-jax run"
 # Config fields a resumed run may change (and that may differ between config.json and a checkpoint).
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints")
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "log", "log_group")
 # Top-level names a run may write: a directory that is not a run but holds one of these is refused.
 RUN_ENTRIES = ("config.json", "metrics.csv", "summary.json", "checkpoints", "checkpoints_broken", "plots",
                "analysis", "phase", "report.html", MANIFEST)

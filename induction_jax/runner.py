@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from induction_jax import __version__, distributed, ensemble, interventions, memory, plots, signals, snapshots
+from induction_jax import __version__, distributed, ensemble, interventions, memory, plots, signals, snapshots, tracking
 from induction_jax.checkpoint import CheckpointError, Checkpoints, restore_latest_good
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
@@ -65,6 +65,7 @@ def _plan(cfg: RunConfig, members: Members) -> tuple[list, int]:
     devices = ensemble.select_devices(cfg.train.devices)
     ensemble.ensemble_sharding(len(members), devices)
     interventions.build(members.arm, cfg)          # every arm parses for this model and run length
+    tracking.check_available(cfg.track.log)
     group = memory.plan_groups(cfg, len(members), devices, log=_log, measured=ensemble.measured_member_bytes)
     return devices, group
 
@@ -119,11 +120,16 @@ def _train_loop(cfg: RunConfig, run: RunDir, ckpt: Checkpoints, members: Members
     return state
 
 
-def _tables(cfg: RunConfig, run: RunDir, members: Members, append: bool = False):
+def _tables(cfg: RunConfig, run: RunDir, members: Members, truncate_to: dict | None = None):
+    """The tables (a resumed run's cut back to its checkpoint `truncate_to`), with the trackers attached."""
     if not distributed.is_writer():
         return NullTables()
-    return RunTables(run, cfg.task, members, heads=weight_probes_apply(cfg) or bool(cfg.task.head_probe_metrics),
-                     append=append)
+    tables = RunTables(run, cfg.task, members, heads=weight_probes_apply(cfg) or bool(cfg.task.head_probe_metrics),
+                       append=truncate_to is not None)
+    if truncate_to is not None:
+        tables.truncate(truncate_to)
+    tables.attach(tracking.open_trackers(cfg, run, members))
+    return tables
 
 
 def _finish(cfg: RunConfig, run: RunDir, members: Members, state) -> RunDir:
@@ -173,16 +179,21 @@ def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, membe
         ensemble.enable_compilation_cache()
         state = ensemble.init_ensemble(cfg, members, devices, group)
         tables = _tables(cfg, run, members)
-        tables.write(ensemble.initial_probe(cfg, state, group))
-        if 0 in cfg.train.snapshot_steps:
-            _snapshot(run, state, 0)
-        with Checkpoints(run.owned_dir("checkpoints"), max_to_keep=cfg.train.keep_checkpoints) as ckpt:
-            ckpt.save(0, state, _checkpoint_meta(cfg, members, 0, tables))
-            if signals.caught() is not None:
-                ckpt.wait()
-                signals.check(f"at step 0 of {cfg.train.steps}; checkpoint saved. Resume with: induction-jax "
-                              f"train --resume {run.path}")
-            state = _train_loop(cfg, run, ckpt, members, state, 0, tables, progress, group)
+        failed = True
+        try:                                # the trackers' files and runs are closed whatever happens
+            tables.write(ensemble.initial_probe(cfg, state, group))
+            if 0 in cfg.train.snapshot_steps:
+                _snapshot(run, state, 0)
+            with Checkpoints(run.owned_dir("checkpoints"), max_to_keep=cfg.train.keep_checkpoints) as ckpt:
+                ckpt.save(0, state, _checkpoint_meta(cfg, members, 0, tables))
+                if signals.caught() is not None:
+                    ckpt.wait()
+                    signals.check(f"at step 0 of {cfg.train.steps}; checkpoint saved. Resume with: induction-jax "
+                                  f"train --resume {run.path}")
+                state = _train_loop(cfg, run, ckpt, members, state, 0, tables, progress, group)
+            failed = False
+        finally:
+            tables.close(failed)
         return _finish(cfg, run, members, state)
 
 
@@ -312,14 +323,18 @@ def resume_run(out: str | Path, overrides: dict | None = None, progress: bool = 
                 lost = _remake_snapshots(cfg, run, ckpt, restore, todo, start, group, place)
                 state, _ = restore(start)
             state = place(state)
-            tables = _tables(cfg, run, members, append=True)
-            tables.truncate(ckpt_meta["table_bytes"])
-            if distributed.is_writer():
-                snapshots.drop_after(run, start)
-                run.write_config(cfg, members, {"jax_version": jax.__version__, "device": device_description(),
-                                                "resumed_from_step": start, "snapshot_steps": schedule,
-                                                **({"snapshots_missing": lost} if lost else {})})
-            state = _train_loop(cfg, run, ckpt, members, state, start, tables, progress, group)
+            tables = _tables(cfg, run, members, truncate_to=ckpt_meta["table_bytes"])
+            failed = True
+            try:
+                if distributed.is_writer():
+                    snapshots.drop_after(run, start)
+                    run.write_config(cfg, members, {"jax_version": jax.__version__, "device": device_description(),
+                                                    "resumed_from_step": start, "snapshot_steps": schedule,
+                                                    **({"snapshots_missing": lost} if lost else {})})
+                state = _train_loop(cfg, run, ckpt, members, state, start, tables, progress, group)
+                failed = False
+            finally:
+                tables.close(failed)
         return _finish(cfg, run, members, state)
 
 
