@@ -20,6 +20,8 @@ model gradients per second (chains x steps / wall time; ours with and without it
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 import tempfile
@@ -81,7 +83,7 @@ def ours(cfg, sgld: SGLDConfig, w_star, data, key):
             "secs": second, "secs_with_compile": first, "init_loss": float(result.init_loss)}
 
 
-def devinterp_llc(model, tokens: np.ndarray, sgld: SGLDConfig, n_beta: float, seed: int):
+def devinterp_llc(model, tokens: np.ndarray, sgld: SGLDConfig, n_beta: float, seed: int, device: str = "cpu"):
     from datasets import Dataset
     from devinterp.slt.llc import llc
 
@@ -92,7 +94,7 @@ def devinterp_llc(model, tokens: np.ndarray, sgld: SGLDConfig, n_beta: float, se
         out = llc(model, ds, {}, lr=sgld.eps, n_beta=n_beta, num_chains=sgld.chains,
                   num_draws=sgld.draws - sgld.burn_in, num_burnin_steps=sgld.burn_in, batch_size=sgld.batch_size,
                   localization=sgld.gamma, num_init_loss_batches=len(tokens) // sgld.batch_size, init_seed=seed,
-                  device="cpu", output_path=os.path.join(tmp, "samples.zarr"),
+                  device=device, output_path=os.path.join(tmp, "samples.zarr"),
                   sampling_method="rmsprop_sgld" if sgld.sampler == "rmsprop-sgld" else "sgmcmc_sgld")
         out = out.load()
         secs = time.perf_counter() - tic
@@ -112,8 +114,16 @@ def main(argv=None):
     ap.add_argument("--gamma", type=float, default=SGLDConfig.gamma)
     ap.add_argument("--eps", type=float, default=SGLDConfig.eps)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chains", type=int, default=SGLDConfig.chains)
+    ap.add_argument("--draws", type=int, default=SGLDConfig.draws)
+    ap.add_argument("--burn-in", type=int, default=SGLDConfig.burn_in)
+    ap.add_argument("--batch-size", type=int, default=SGLDConfig.batch_size)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="devinterp's torch device (default: cuda where torch has it; ours runs on JAX's default)")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
-    sgld = SGLDConfig(eps=args.eps, gamma=args.gamma, sampler=args.sampler)
+    sgld = SGLDConfig(eps=args.eps, gamma=args.gamma, sampler=args.sampler, chains=args.chains, draws=args.draws,
+                      burn_in=args.burn_in, batch_size=args.batch_size)
     run = RunDir(Path(args.run_dir))
     cfg = run.read_config()
     steps = snapshots.select(run, "all" if args.step is None else str(args.step))
@@ -121,21 +131,21 @@ def main(argv=None):
     _, params = snapshots.load(run, [step])
     w = {k: np.asarray(v[0, args.member], np.float32) for k, v in params.items()}
     data = llc_dataset(cfg, int(run.members().data_seed[args.member]), args.n)
-    tokens = np.asarray(data[0])
+    tokens = np.asarray(data["tokens"])
     n_beta = sgld.n_beta_for(args.n)
 
-    twin = TorchTwin(w)
+    twin = TorchTwin(w).to(args.device)
     with torch.no_grad():
-        diff = float(np.max(np.abs(twin(torch.tensor(tokens[:64], dtype=torch.long)).numpy()
+        diff = float(np.max(np.abs(twin(torch.tensor(tokens[:64], dtype=torch.long, device=args.device)).cpu().numpy()
                                    - np.asarray(forward(cfg.model, jax.tree.map(jnp.asarray, w), tokens[:64])))))
     print(f"run {args.run_dir}, member {args.member}, step {step}: torch twin max |logit difference| {diff:.2e}")
     print(f"settings: {sgld.sampler}, eps {sgld.eps:g}, gamma {sgld.gamma:g}, n_beta {n_beta:.2f} (n {args.n}), "
           f"batch {sgld.batch_size}, {sgld.chains} chains x {sgld.draws} SGLD steps ({sgld.burn_in} burn-in); "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)")
+          f"({torch.get_num_threads()} threads, {args.device})")
 
     a = ours(cfg, sgld, jax.tree.map(jnp.asarray, w), data, jax.random.PRNGKey(args.seed))
-    b = devinterp_llc(twin, tokens, sgld, n_beta, 100 + args.seed)
+    b = devinterp_llc(twin, tokens, sgld, n_beta, 100 + args.seed, args.device)
     grads = sgld.chains * sgld.draws
     rows = [("induction-jax", a, grads / a["secs"], f" ({grads / a['secs_with_compile']:.0f} with compile)"),
             ("devinterp 2.0.1", b, grads / b["secs"], "")]
@@ -147,6 +157,17 @@ def main(argv=None):
     print(f"devinterp headline llc_mean {b['headline']:.3f} (every step, burn-in included); "
           f"speed ratio induction-jax / devinterp: {a['secs'] and (grads / a['secs']) / (grads / b['secs']):.2f}x "
           f"(with our compile {(grads / a['secs_with_compile']) / (grads / b['secs']):.2f}x)")
+    result = {"step": int(step), "member": args.member, "n": args.n, "sgld": dataclasses.asdict(sgld),
+              "n_beta": n_beta, "max_logit_difference": diff, "jax_platform": jax.devices()[0].platform,
+              "torch_device": args.device, "gradients": grads,
+              **{f"{name}_{k}": v for name, r in (("ours", a), ("devinterp", b)) for k, v in
+                 (("llc", float(r["post"].mean())), ("llc_chain_std", float(r["post"].std(ddof=1))),
+                  ("init_loss", r["init_loss"]), ("seconds", r["secs"]))},
+              "ours_seconds_with_compile": a["secs_with_compile"], "devinterp_headline_llc": b["headline"],
+              "speed_ratio": b["secs"] / a["secs"], "speed_ratio_with_compile": b["secs"] / a["secs_with_compile"]}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 if __name__ == "__main__":

@@ -143,14 +143,14 @@ def torch_worker(way: str, steps: int, members: int) -> dict:
                   "peak_device_bytes": peak}
 
 
-def torch_ways(steps: int, members: int = 8) -> list[dict] | None:
+def torch_ways(steps: int, members: int = 8, timeout: float | None = None) -> list[dict] | None:
     """Each PyTorch way in a fresh process, one after another; None without torch."""
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
         return None
     return [run_json([__file__, "--torch-worker", way, "--steps", str(steps), "--worker", str(members)],
-                     f"PyTorch way {way}") for way in ("eager", "compile", "vmap")]
+                     f"PyTorch way {way}", timeout=timeout) for way in ("eager", "compile", "vmap")]
 
 
 def versus_torch(jax_row: dict, ways: list[dict]) -> dict:
@@ -161,9 +161,11 @@ def versus_torch(jax_row: dict, ways: list[dict]) -> dict:
             "vs_way": {w["way"]: jax_row["model_steps_per_s"] / w["model_steps_per_s"] for w in ways}}
 
 
-def run_json(args: list[str], what: str, env: dict | None = None) -> dict:
-    """A worker in a fresh Python process; its result is the JSON on its last line of output."""
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False, env=env)
+def run_json(args: list[str], what: str, env: dict | None = None, timeout: float | None = None) -> dict:
+    """A worker in a fresh Python process; its result is the JSON on its last line of output.
+    Past `timeout` seconds the worker is killed and subprocess.TimeoutExpired raised."""
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False, env=env,
+                         timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"{what}: worker failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -171,12 +173,12 @@ def run_json(args: list[str], what: str, env: dict | None = None) -> dict:
 
 def run_worker(size: int, steps: int, cache_dir: str, eval_every: int | None = None,
                compile_only: bool = False, member_loop: str = "auto", overrides: dict | None = None,
-               arms: list[str] | None = None) -> dict:
+               arms: list[str] | None = None, timeout: float | None = None) -> dict:
     extra = (["--eval-every", str(eval_every)] if eval_every else []) + (["--compile-only"] if compile_only else [])
     extra += ["--member-loop", member_loop, "--overrides", json.dumps(overrides or {})]
     extra += ["--arms", ";".join(arms)] if arms else []
     return run_json([__file__, "--worker", str(size), "--steps", str(steps), "--cache-dir", cache_dir, *extra],
-                    f"ensemble size {size}")
+                    f"ensemble size {size}", timeout=timeout)
 
 
 def plot(results: dict, path: Path) -> None:
