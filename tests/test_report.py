@@ -211,7 +211,11 @@ def test_a_64_member_report_stays_small(run_dir, tmp_path):
     (run.path / "analysis").mkdir()
     save_arrays(run.path / "analysis" / "arrays.npz", {
         "members": np.arange(E), "tokens": rng.integers(0, 64, T), "patterns": patterns.astype(np.float16),
-        "q_composition": comp, "k_composition": comp, "v_composition": comp})
+        "q_composition": comp, "k_composition": comp, "v_composition": comp,
+        "positional_qk_prev_token_head": patterns[:, 0, 0].astype(np.float16),
+        "full_ov_induction_head": rng.normal(0, 1, (E, 64, 64)).astype(np.float16),
+        "ov_eigenvalues_real": rng.normal(0, 1, (E, L, H, 16)).astype(np.float32),
+        "ov_eigenvalues_imag": rng.normal(0, 1, (E, L, H, 16)).astype(np.float32)})
     header = "member,init_seed,data_seed,lr,weight_decay,layer,head," + ",".join(f"s{i}" for i in range(19))
     rows = [f"{e},{e},{e},0.01,0.01,{layer},{h}," + ",".join(f"{v:.6g}" for v in rng.uniform(0, 1, 19))
             for e in range(E) for layer in range(L) for h in range(H)]
@@ -221,6 +225,8 @@ def test_a_64_member_report_stays_small(run_dir, tmp_path):
     path = write_report(run)
     data = embedded(path.read_text())
     assert data["circuit"]["attention"]["causal"] and len(data["circuit"]["attention"]["members"]) == E
+    assert set(data["circuit"]["figures"]) == {"members", "pos_qk", "full_ov", "ov_eig"}
+    assert len(json.dumps(data["circuit"]["figures"])) < 800_000       # the per-member single-model figures
     assert path.stat().st_size < 5_000_000
 
 

@@ -236,3 +236,14 @@ def test_the_analysis_figures_follow_the_member_selector(page):
     assert page.execute_script("return Array.from(document.querySelectorAll('#ens-roles circle.sel'))"
                                ".map(c => c.getAttribute('data-tip'))") != marked
     assert script_errors(page) == []
+
+
+def test_the_enlarged_pattern_has_readable_token_labels_and_zooms(page):
+    canvas = page.find_element(By.ID, "zoom-canvas")
+    width = canvas.size["width"]
+    px = page.execute_script("return parseFloat(getComputedStyle(document.querySelector('.zoom-axis.y span')).fontSize)")
+    assert px >= 10
+    buttons = {b.text: b for b in page.find_elements(By.CSS_SELECTOR, "#zoom-title .zoom-btn")}
+    center(page, buttons["+"]).click()
+    assert page.find_element(By.ID, "zoom-canvas").size["width"] > width
+    assert script_errors(page) == []

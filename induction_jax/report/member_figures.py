@@ -5,8 +5,8 @@ best induction head, every head's OV eigenvalues) for the member the selector pi
 The page's script draws them from per-member arrays of analysis/arrays.npz (`figure_data`); an
 analysis written before it stored them shows its PNGs (one member, named) instead. Size for 64
 members of the default shape (T 50, V 64, 8 heads, d_head 16): about 0.2 MB of positional QK
-(float16, lower triangle), 0.35 MB of full OV (int8 with a per-member scale) and 0.1 MB of
-eigenvalues (float16), as base64.
+(float16, lower triangle), 0.35 MB of full OV (int8 with a per-member scale) and 0.05 MB of
+eigenvalues (float16), as base64 (tests/test_report.py bounds the three at 0.8 MB).
 """
 
 from __future__ import annotations
