@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from induction_jax.config import ConfigError
-from induction_jax.files import write_text_atomic
+from induction_jax.files import RunDirError, write_text_atomic
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
@@ -200,7 +200,7 @@ def wandb_records(path) -> Iterator[dict]:
     out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)],
                          capture_output=True, text=True, check=False)
     if out.returncode:
-        raise ConfigError(f"{path}: wandb cannot read it ({(out.stderr.strip().splitlines() or ['?'])[-1]})")
+        raise RunDirError(f"{path}: wandb cannot read it ({(out.stderr.strip().splitlines() or ['?'])[-1]})")
     for line in out.stdout.splitlines():
         if line.strip():
             yield json.loads(line)
