@@ -305,3 +305,14 @@ def test_ensemble_scores_are_grouped_by_each_members_roles():
     labels, groups = role_groups([{"prev_token_head": [0, 1], "induction_head": [0, 1]}], 1, 1, 2)
     assert labels == ["L0H0", "L0H1"] and groups == [[(0, 0, 0)], [(0, 0, 1)]]
     assert role_groups(None, 1, 1, 2)[0] == ["L0H0", "L0H1"]
+
+
+def test_findings_name_the_llc_stages(run_dir, tmp_path):
+    from induction_jax.report.findings import render_findings
+    data = gather(copy_run(run_dir, tmp_path / "run"))
+    peak = lambda s: [{"step": s, "kind": "trough", "llc": 1.0}, {"step": s + 50, "kind": "peak", "llc": 9.0}]  # noqa: E731
+    data["llc"] = {"_notes": [], "_figures": [], "_stats": {"members": [
+        {"member": 0, "boundaries": peak(100.0)}, {"member": 1, "boundaries": peak(140.0)},
+        {"member": 2, "boundaries": []}]}}
+    html = render_findings(data)
+    assert "<b>LLC stages</b>: trough in 2 of 3 (first at median step 120); peak in 2 of 3 (first at median step 170)" in html

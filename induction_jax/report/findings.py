@@ -11,6 +11,7 @@ member (the loss figure and the primary curve's figure, shown here and not again
 from __future__ import annotations
 
 import re
+import statistics
 from collections import Counter
 
 from scipy import stats as _st
@@ -115,7 +116,7 @@ def _llc_item(data: dict) -> list[str]:
         return [f"<li><b>LLC stages</b>: no stage boundary in the {n} member(s) estimated. "
                 f"<a href=\"#llc\">The curves</a></li>"]
     parts = [f"{esc(kind.replace('_', ' '))} in {len(v)} of {n} (first at median step "
-             f"{fmt(sorted(v)[len(v) // 2], 4)})" for kind, v in firsts.items()]
+             f"{fmt(statistics.median(v), 4)})" for kind, v in firsts.items()]
     return [f"<li><b>LLC stages</b>: {'; '.join(parts)}. <a href=\"#llc\">The curves</a></li>"]
 
 
