@@ -209,7 +209,8 @@ def test_a_signal_during_a_long_compiled_call_stops_it_within_seconds(tail_run, 
     err, took = _stop(proc, sig)
     assert proc.returncode == 128 + sig, err
     assert _one_line(err) == (f"induction-jax {command}: interrupted by {signal.Signals(sig).name} {what}; the run "
-                              f"is intact: run again 'induction-jax {command} {run}'")
+                              f"is intact and finished chunks are kept: run again 'induction-jax {command} {run}' "
+                              f"to continue")
     assert took < QUICK, took
     assert not (run / command).exists()
     assert not [p for p in run.rglob("*.tmp")]

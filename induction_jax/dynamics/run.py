@@ -1,6 +1,10 @@
 """`dynamics_run(RUN_DIR)`: the circuit's formation in the weights of every member; writes
 RUN_DIR/dynamics/ (trajectories.npz, formation.csv, stats.json, figures, an animation) and
-adds a section to the report."""
+adds a section to the report.
+
+The per-model analysis runs `--batch` models (of the S x E snapshots x members, flattened) a
+chunk, each kept under dynamics/chunks/ as it finishes (`chunks`), so an interrupted run
+continues where it stopped; the members' events, which need every snapshot, come last."""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ import sys
 from pathlib import Path
 
 
-from induction_jax import signals, snapshots
+import numpy as np
+
+from induction_jax import chunks, signals, snapshots
 from induction_jax.arrays import save_arrays
 from induction_jax.dynamics import figures
 from induction_jax.dynamics.formation import summarize
-from induction_jax.dynamics.trajectories import snapshot_analysis
+from induction_jax.dynamics.trajectories import assemble, model_scores
 from induction_jax.phase.run import phase_window
 from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
 
@@ -32,9 +38,27 @@ def _phase_window(run: RunDir) -> tuple[float, float] | None:
     return medians["onset"], medians["end"]
 
 
+PROBE_BATCH = 64     # reference sequences per model (`snapshot_analysis`'s default)
+
+
+def _chunked(run: RunDir, params: dict, steps, period: int, batch: int, what: str) -> dict:
+    """`snapshot_analysis`, its per-model part `batch` models a chunk (the slices `analyze_params`
+    would take inside one call), each kept as it finishes."""
+    S, E = params["W_E"].shape[:2]
+    flat = {k: v.reshape(S * E, *v.shape[2:]) for k, v in params.items()}
+    n_chunks = -(-S * E // batch)
+    models = lambda i: {k: v[i * batch:(i + 1) * batch] for k, v in flat.items()}     # noqa: E731
+    settings = {"steps": np.asarray(steps).tolist(), "members": E, "batch": batch, "period": period,
+                "probe_batch": PROBE_BATCH}
+    store = chunks.ChunkStore(run.path, "dynamics", settings)
+    parts = chunks.run_chunks(store, n_chunks, lambda i: model_scores(models(i), period, batch, PROBE_BATCH), models,
+                              plan=f"{E} members x {S} snapshots = {S * E} models, {batch} a chunk", what=what)
+    return signals.run(assemble, params, parts, period, batch, PROBE_BATCH, what=what)
+
+
 def dynamics_run(run_dir: str | Path, member: int = 0, batch: int = 32) -> Path:
-    """Analyse every snapshot of every member (one batched pass), time each sub-circuit's
-    formation per member, and summarise orders and lags across members."""
+    """Analyse every snapshot of every member (`batch` models a chunk, kept), time each
+    sub-circuit's formation per member, and summarise orders and lags across members."""
     run = RunDir(Path(run_dir))
     cfg = run.read_config()
     members = run.members()
@@ -43,7 +67,8 @@ def dynamics_run(run_dir: str | Path, member: int = 0, batch: int = 32) -> Path:
     if batch < 1:
         raise RunDirError(f"--batch {batch}: must be >= 1")
     with run.lock():
-        interrupted = f"during the dynamics analysis; the run is intact: run again 'induction-jax dynamics {run.path}'"
+        interrupted = (f"during the dynamics analysis; the run is intact and finished chunks are kept: run again "
+                       f"'induction-jax dynamics {run.path}' to continue")
         signals.run(run.check_config, what=interrupted)        # Orbax: a second on a busy machine
         steps, params = snapshots.load(run)
         if params["W_E"].shape[1] != len(members):
@@ -56,7 +81,7 @@ def dynamics_run(run_dir: str | Path, member: int = 0, batch: int = 32) -> Path:
         if gap:
             print(snapshots.missing_message(run, gap, steps.tolist()), file=sys.stderr)
         signals.check(interrupted)
-        result = signals.run(snapshot_analysis, params, cfg.task.induction_period(cfg.model), batch=batch, what=interrupted)
+        result = _chunked(run, params, steps, cfg.task.induction_period(cfg.model), batch, interrupted)
         signals.check(interrupted)
         labels = [members.label(e) for e in range(len(members))]
         stats, formed = summarize(steps, result["events"], labels)

@@ -1,8 +1,9 @@
 """The whole analysis on every snapshot of every member, as one batch of models.
 
 Snapshots `[S, E, ...]` are flattened to S*E models and scored by `analysis.score.analyze_params`
-in one pass (`batch` models at a time inside each compiled call: no Python loop over members
-or snapshots), then reshaped back to `[S, E, ...]`. On top of the per-head scores, each
+(`batch` models at a time inside each compiled call), then reshaped back to `[S, E, ...]`. The
+per-model part (`model_scores`) runs on any slice of the models, so `dynamics` computes it one
+chunk of `batch` models at a time and keeps each (`chunks`); `assemble` joins the slices. On top of the per-head scores, each
 member's sub-circuits are followed through training on the heads that form its circuit at the
 end (its previous-token head and best induction head at the last snapshot):
 
@@ -20,6 +21,7 @@ end (its previous-token head and best induction head at the last snapshot):
 from __future__ import annotations
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +29,7 @@ import numpy as np
 
 from induction_jax.analysis import behaviour
 from induction_jax.analysis.score import analyze_params
+from induction_jax.files import json_safe
 from induction_jax.functional import apply
 from induction_jax.losses import token_losses
 from induction_jax.tasks.repeated import split_losses
@@ -58,18 +61,41 @@ def snapshot_analysis(params_SE: dict, period: int, batch: int = 32, probe_batch
     """`analyze_params` of every (snapshot, member) model, its arrays reshaped to `[S, E, ...]`,
     plus the in-context score and each member's events."""
     flat, (S, E) = _flatten(params_SE)
+    return assemble(params_SE, [model_scores(flat, period, batch, probe_batch)], period, batch, probe_batch)
+
+
+def model_scores(flat: dict, period: int, batch: int | None, probe_batch: int) -> dict[str, np.ndarray]:
+    """The per-model part for models `[N, ...]` (any slice of the flattened snapshots): every
+    score (`score_<name>`), the in-context score, the mean patterns, and as JSON each model's
+    circuit and what all share (the composition baseline; why weight-based scores do not apply)."""
+    N = flat["W_E"].shape[0]
     result = analyze_params(flat, period, probe_batch=probe_batch, batch=batch)
-    scores = {k: np.asarray(v).reshape(S, E, *np.shape(v)[1:]) for k, v in result["scores"].items()
-              if np.ndim(v) >= 1 and np.shape(v)[0] == S * E}
+    out = {f"score_{k}": np.asarray(v) for k, v in result["scores"].items() if np.ndim(v) >= 1 and np.shape(v)[0] == N}
+    tokens = behaviour.probe_tokens(jax.random.PRNGKey(12345), probe_batch, period, flat["W_E"].shape[1])
+    out["in_context_score"] = np.asarray(in_context_scores(jax.tree.map(jnp.asarray, flat), tokens, period, batch))
+    out["patterns"] = np.asarray(result["extra"]["patterns"])
+    out["circuits"] = np.array(json.dumps(json_safe(result["circuit"]["members"])))
+    out["shared"] = np.array(json.dumps({"baseline": result["baseline"], "not_applicable": result["not_applicable"]}))
+    return out
+
+
+def assemble(params_SE: dict, parts: list[dict], period: int, batch: int | None, probe_batch: int) -> dict:
+    """`snapshot_analysis`'s result from the `model_scores` of consecutive slices of the flattened
+    models; the members' events (which need every snapshot) are computed here."""
+    flat, (S, E) = _flatten(params_SE)
+    joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k not in ("circuits", "shared")}
+    scores = {k[len("score_"):]: v.reshape(S, E, *v.shape[1:]) for k, v in joined.items() if k.startswith("score_")}
+    scores["in_context_score"] = joined["in_context_score"].reshape(S, E)
+    models = [c for p in parts for c in json.loads(str(p["circuits"]))]
+    shared = json.loads(str(parts[0]["shared"]))
+    # At the last snapshot, each named by its member (the analysis numbered the flattened models).
+    circuits = [{**models[(S - 1) * E + e], "member": e} for e in range(E)]
     tokens = behaviour.probe_tokens(jax.random.PRNGKey(12345), probe_batch, period, flat["W_E"].shape[1])
     jflat = jax.tree.map(jnp.asarray, flat)
-    scores["in_context_score"] = np.asarray(in_context_scores(jflat, tokens, period, batch)).reshape(S, E)
-    # At the last snapshot, each named by its member (the analysis numbered the flattened models).
-    circuits = [{**result["circuit"]["members"][(S - 1) * E + e], "member": e} for e in range(E)]
-    events = member_events(scores, circuits, result["baseline"], jflat, tokens, period, batch)
-    patterns = np.asarray(result["extra"]["patterns"]).reshape(S, E, *np.shape(result["extra"]["patterns"])[1:])
-    return {"scores": scores, "events": events, "final_circuits": circuits, "baseline": result["baseline"],
-            "not_applicable": result["not_applicable"], "patterns": patterns}
+    events = member_events(scores, circuits, shared["baseline"], jflat, tokens, period, batch)
+    patterns = joined["patterns"].reshape(S, E, *joined["patterns"].shape[1:])
+    return {"scores": scores, "events": events, "final_circuits": circuits, "baseline": shared["baseline"],
+            "not_applicable": shared["not_applicable"], "patterns": patterns}
 
 
 def member_events(scores: dict, circuits: list[dict], baseline: dict | None, jflat: dict, tokens, period: int,

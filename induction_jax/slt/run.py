@@ -3,8 +3,11 @@ diagnostics; writes RUN_DIR/llc/ (llc.csv, traces.npz, stats.json, figures) and 
 
 Each (snapshot, member) pair is one model: w* its snapshot, its dataset `n` sequences drawn
 from the member's training distribution with a fixed key (the same for all its snapshots),
-its loss the training loss. All models run in one compiled call, sharded over the devices as
-training is (`vmap`, or `lax.map` per device on a CPU), each with its chains vmapped.
+its loss the training loss. The models of one snapshot are one chunk (`chunks.run_chunks`): one
+compiled call, sharded over the devices as training is (`vmap`, or `lax.map` per device on a
+CPU), each model with its chains vmapped, kept under llc/chunks/ the moment it finishes, so an
+interrupted run continues where it stopped. Model (s, j)'s key is the (s * E + j)-th of
+`split(PRNGKey(seed), S * E)`, as when all S * E models were one call.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from induction_jax import ensemble, signals, snapshots
-from induction_jax.arrays import save_arrays
+from induction_jax import chunks, ensemble, signals, snapshots
+from induction_jax.arrays import save_arrays, tree_digest
 from induction_jax.config import ConfigError, RunConfig
 from induction_jax.phase.run import phase_window
 from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
@@ -31,7 +34,7 @@ from induction_jax.slt.diagnostics import CHAIN_FLAGS, chain_diagnostics, eps_se
 from induction_jax.slt.llc import llc_estimate
 from induction_jax.slt.sampler import SGLDConfig, sample
 from induction_jax.slt.stages import stage_boundaries
-from induction_jax.training import DATA, loss_fn, member_task_params, seed_key
+from induction_jax.training import DATA, loss_fn, member_task_params, seed_key, task_inputs
 
 LLC_DATA = 0x11C        # folded into a member's data key: its LLC dataset, apart from every training batch
 DEFAULT_N = 1024        # sequences in a member's LLC dataset
@@ -52,7 +55,7 @@ def llc_dataset(cfg: RunConfig, data_seed: int, n: int, task_params=None):
     parameters and the data the task fixed for it (a batch: `{tokens [n, T], ...}`)."""
     data_key = seed_key(data_seed, DATA)
     params = member_task_params(cfg, data_key, task_params)
-    return cfg.task.sample(jax.random.fold_in(data_key, LLC_DATA), params or {}, n, cfg.model.d_vocab)
+    return cfg.task.sample(jax.random.fold_in(data_key, LLC_DATA), task_inputs(cfg, params), n, cfg.model.d_vocab)
 
 
 def restriction_mask(params: dict, where: str | None, cfg: RunConfig):
@@ -108,7 +111,8 @@ def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_ste
     if any(not 0 <= e < len(members) for e in members_idx):
         raise RunDirError(f"--members: out of range; this run has members 0..{len(members) - 1}")
     with run.lock():
-        interrupted = f"during the LLC estimation; the run is intact: run again 'induction-jax llc {run.path}'"
+        interrupted = (f"during the LLC estimation; the run is intact and finished chunks are kept: run again "
+                       f"'induction-jax llc {run.path}' to continue")
         signals.run(run.check_config, what=interrupted)        # Orbax: a second on a busy machine
         steps, params = snapshots.load(run, snapshots.select(run, which_steps))
         mask = restriction_mask({k: v[0, 0] for k, v in params.items()}, head, cfg)   # a bad head fails here
@@ -120,7 +124,6 @@ def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_ste
         data = signals.run(jax.vmap(lambda s, tp: llc_dataset(cfg, s, n, tp)),      # signals.run: interruptible
                            jnp.asarray(members.data_seed[members_idx], jnp.uint32),
                            ensemble.task_arrays(cfg, members.select(members_idx)), what=interrupted)
-        data_N = signals.run(jax.tree.map, lambda x: jnp.tile(x, (S,) + (1,) * (x.ndim - 1)), data, what=interrupted)
         keys = jax.random.split(jax.random.PRNGKey(seed), S * E)
         curves = signals.run(_behaviour, run, cfg.task.primary_curve, members_idx, steps, what=interrupted)
         gamma_sweep = None
@@ -131,10 +134,9 @@ def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_ste
                                       {k: jnp.asarray(v[(S - 1) * E]) for k, v in params.items()},
                                       jax.tree.map(lambda x: x[0], data), sgld, mask=mask, what=interrupted)
             sgld = dataclasses.replace(sgld, gamma=gamma_sweep.chosen_gamma)
-        signals.check(f"during the LLC estimation; the run is intact: run again 'induction-jax llc {run.path}'")
-        out = signals.run(estimate, cfg, sgld, jax.tree.map(jnp.asarray, params), data_N, keys, mask, what=interrupted)
-        signals.check(f"during the LLC estimation; the run is intact: run again 'induction-jax llc {run.path}'")
-        llc = {k: v.reshape(S, E, *v.shape[1:]) for k, v in out.items()}
+        signals.check(interrupted)
+        llc = _chunked(run, cfg, sgld, n, head, seed, gamma_auto, members_idx, steps, params, data, keys, mask,
+                       interrupted)
         # Sensitivity to eps, at the last snapshot of the first member asked for.
         w_last = {k: jnp.asarray(v[(S - 1) * E]) for k, v in params.items()}
         d_first = jax.tree.map(lambda x: x[0], data)
@@ -158,6 +160,25 @@ def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_ste
         eps_figure(sweep, folder / "eps.png", f"eps sensitivity at step {steps[-1]}, {members.label(members_idx[0])}: "
                                               f"{'stable' if sweep.stable else 'NOT stable'}")
     return folder.path
+
+
+def _chunked(run, cfg, sgld, n, head, seed, gamma_auto, members_idx, steps, params, data, keys, mask,
+             what) -> dict:
+    """`estimate` one snapshot (all E members asked for) at a time, each kept as it finishes;
+    the results stacked `[S, E, ...]`."""
+    S, E = len(steps), len(members_idx)
+    settings = {"sgld": dataclasses.asdict(sgld), "n": n, "head": head, "seed": seed, "gamma_auto": gamma_auto,
+                "members": members_idx, "steps": np.asarray(steps).tolist(),
+                "config": tree_digest({"config.json": np.frombuffer(run.config_json.read_bytes(), np.uint8)}),
+                "data": tree_digest(jax.tree.map(np.asarray, data))}
+    store = chunks.ChunkStore(run.path, "llc", settings)
+    models = lambda s: {k: v[s * E:(s + 1) * E] for k, v in params.items()}     # noqa: E731
+    chain = lambda s: estimate(cfg, sgld, jax.tree.map(jnp.asarray, models(s)), data,      # noqa: E731
+                               keys[s * E:(s + 1) * E], mask)
+    plan = (f"{E} members x {S} snapshots x {sgld.chains} chains x {sgld.draws} draws, one snapshot a chunk, "
+            f"at gamma {sgld.gamma:g}")
+    out = chunks.run_chunks(store, S, chain, models, plan=plan, what=what)
+    return {k: np.stack([o[k] for o in out]) for k in out[0]}
 
 
 def _stats(run, cfg, members, members_idx, steps, llc, sgld, n, head, sweep, curves) -> dict:
