@@ -68,7 +68,8 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     chunk = ensemble.compiled_chunk(cfg, steps // every, every, state)
     tic = time.perf_counter()
     n_active = jax.numpy.int32(steps // every)
-    compiled = chunk.lower(state, n_active).compile()
+    shared = train_lib.shared_arrays(cfg)          # the task's arrays every member reads ({} for most)
+    compiled = chunk.lower(state, n_active, shared).compile()
     compile_s = time.perf_counter() - tic
     if compile_only:
         return {"members": size, "compile_s": compile_s}
@@ -77,12 +78,12 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     single = jax.tree.map(lambda x: x[0], state)
     step_cost = jax.jit(functools.partial(train_lib.train_step, cfg)).lower(single).compile().cost_analysis()
     step_cost = step_cost[0] if isinstance(step_cost, list) else step_cost
-    state, _, _, _ = compiled(state, n_active)         # warm-up
+    state, _, _, _ = compiled(state, n_active, shared)         # warm-up
     jax.block_until_ready(state)
     times = []
     for _ in range(5):
         tic = time.perf_counter()
-        state, metrics, _, _ = compiled(state, n_active)
+        state, metrics, _, _ = compiled(state, n_active, shared)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - tic)
     best = float(np.median(times))

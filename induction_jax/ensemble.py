@@ -128,10 +128,10 @@ def over_members(cfg: RunConfig, fn, mesh: Mesh | None, donate: bool, n_shared: 
 
 @functools.lru_cache(maxsize=None)
 def _compiled_chunk(cfg: RunConfig, n_evals: int, eval_every: int, mesh: Mesh | None = None):
-    def chunk(state, n_active):
-        return train_lib.run_chunk(cfg, state, n_active, n_evals=n_evals, eval_every=eval_every)
+    def chunk(state, n_active, shared):
+        return train_lib.run_chunk(cfg, state, n_active, n_evals=n_evals, eval_every=eval_every, shared=shared)
 
-    return over_members(cfg, chunk, mesh, donate=True, n_shared=1)
+    return over_members(cfg, chunk, mesh, donate=True, n_shared=2)
 
 
 def _mesh_for(cfg: RunConfig, state) -> Mesh | None:
@@ -140,23 +140,24 @@ def _mesh_for(cfg: RunConfig, state) -> Mesh | None:
 
 def compiled_chunk(cfg: RunConfig, n_evals: int, eval_every: int, state):
     """The compiled chunk for this state's layout (the mesh matters only to `map`):
-    `fn(state, n_active) -> (state, step metrics, probes)`."""
+    `fn(state, n_active, shared) -> (state, step metrics, probes)`, `shared` the task's arrays
+    shared by every member (`training.shared_arrays`), un-batched."""
     return _compiled_chunk(cfg, n_evals, eval_every, _mesh_for(cfg, state))
 
 
 def run_compiled_chunk(cfg: RunConfig, chunk: train_lib.Chunk, state):
     """One `Chunk` of the whole ensemble through its compiled program (`training.run_chunk` per member)."""
     fn = compiled_chunk(cfg, chunk.n_evals, chunk.eval_every, state)
-    return fn(state, jnp.int32(chunk.n_active))
+    return fn(state, jnp.int32(chunk.n_active), train_lib.shared_arrays(cfg))
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled_probe(cfg: RunConfig, mesh: Mesh | None):
-    return over_members(cfg, functools.partial(train_lib.member_probes, cfg), mesh, donate=False)
+    return over_members(cfg, functools.partial(train_lib.member_probes, cfg), mesh, donate=False, n_shared=1)
 
 
 def run_probe(cfg: RunConfig, state):
-    return _compiled_probe(cfg, _mesh_for(cfg, state))(state)
+    return _compiled_probe(cfg, _mesh_for(cfg, state))(state, train_lib.shared_arrays(cfg))
 
 
 @dataclass
@@ -268,7 +269,8 @@ def measured_member_bytes(cfg: RunConfig) -> tuple[int, int]:
     abstract = abstract_state(cfg, Members.from_config(cfg.replace(seeds=1)))
     n_evals = max(1, cfg.train.chunk_steps // cfg.train.eval_every)
     mesh = Mesh(np.asarray(jax.devices()[:1]), ("ensemble",))
-    compiled = _compiled_chunk(cfg, n_evals, cfg.train.eval_every, mesh).lower(abstract, jnp.int32(1)).compile()
+    shared = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), train_lib.shared_arrays(cfg))
+    compiled = _compiled_chunk(cfg, n_evals, cfg.train.eval_every, mesh).lower(abstract, jnp.int32(1), shared).compile()
     mem = compiled.memory_analysis()
     if mem is None:
         return 0, 0

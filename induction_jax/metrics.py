@@ -3,7 +3,8 @@
 metrics.csv: one row per (member, step): the member's settings (every column of its
 `Members` table, task parameters included), the step, then the task's training metrics of
 that step and its probes measured after it (NaN where not measured); the task names them. head_metrics.csv: one row per (member, step, layer, head, metric) of the per-head
-weight probes. Each chunk is appended with one `write` and an `fsync`; a write that fails (a
+weight probes. curve_metrics.csv: one row per (member, step, curve) of the task's curve probes
+(e.g. the loss at every token index), the values across. Each chunk is appended with one `write` and an `fsync`; a write that fails (a
 full disk) is rolled back to the size before the chunk, so a table only ever holds whole chunks.
 """
 
@@ -148,9 +149,31 @@ def head_rows(probe_steps: np.ndarray, heads: dict[str, np.ndarray], diverged_st
     return "".join(lines)
 
 
+CURVE_COLUMNS = ("member", "step", "metric")
+
+
+def curve_header(task) -> tuple[str, ...]:
+    """curve_metrics.csv's header: member, step, metric, then where each value is (the task's
+    `curve_positions`, e.g. the token positions)."""
+    return CURVE_COLUMNS + tuple(str(i) for i in task.curve_positions)
+
+
+def curve_rows(probe_steps: np.ndarray, curves: dict[str, np.ndarray], diverged_step: np.ndarray) -> str:
+    """curve_metrics.csv lines for one chunk, step-major: one row per (member, step, curve), the
+    curve's values `[E, k, n]` across. Diverged members stop as in metrics.csv."""
+    keep = (diverged_step[:, None] < 0) | (np.asarray(probe_steps)[None, :] <= diverged_step[:, None] + 1)
+    lines = []
+    for j, step in enumerate(np.asarray(probe_steps).tolist()):
+        for e in np.flatnonzero(keep[:, j]).tolist():
+            for name, values in curves.items():
+                lines.append(f"{e},{step},{name}," + ",".join(f"{v:.6g}" for v in values[e, j].tolist()) + "\n")
+    return "".join(lines)
+
+
 class RunTables:
     """A run's append-only tables, written together chunk by chunk and cut back together on
-    resume: metrics.csv, and head_metrics.csv when the weight probes run. Sinks (`attach`: the
+    resume: metrics.csv, head_metrics.csv when the weight probes run, and curve_metrics.csv when
+    the task has curve probes (`Task.curve_probe_metrics`). Sinks (`attach`: the
     trackers of `tracking.py`) get metrics.csv's rows too, `sink.write(columns, rows)`."""
 
     def __init__(self, run, task, members, heads: bool, append: bool = False):
@@ -159,6 +182,9 @@ class RunTables:
         self.writers = {"metrics": TableWriter(run.output("metrics.csv"), self.columns, append)}
         if heads:
             self.writers["head_metrics"] = TableWriter(run.output("head_metrics.csv"), HEAD_COLUMNS, append)
+        self.curves = task.curve_probe_metrics
+        if self.curves:
+            self.writers["curve_metrics"] = TableWriter(run.output("curve_metrics.csv"), curve_header(task), append)
 
     def write(self, result) -> None:
         rows = chunk_rows(self.columns, self.members, result.steps, result.metrics, result.probe_steps,
@@ -166,8 +192,12 @@ class RunTables:
         self.writers["metrics"].write(format_rows(self.columns, rows, self.members))
         for sink in self.sinks:
             sink.write(self.columns, rows)
+        heads = {k: v for k, v in result.head_probes.items() if k not in self.curves}
         if "head_metrics" in self.writers:
-            self.writers["head_metrics"].write(head_rows(result.probe_steps, result.head_probes, result.diverged_step))
+            self.writers["head_metrics"].write(head_rows(result.probe_steps, heads, result.diverged_step))
+        if "curve_metrics" in self.writers:
+            curves = {k: result.head_probes[k] for k in self.curves}
+            self.writers["curve_metrics"].write(curve_rows(result.probe_steps, curves, result.diverged_step))
 
     def sizes(self) -> dict[str, int]:
         return {name: w.size() for name, w in self.writers.items()}

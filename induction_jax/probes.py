@@ -17,12 +17,13 @@ def probe_batch(cfg: RunConfig, probe_key: jax.Array, task_params=None):
 
 def probe_metrics(cfg: RunConfig, params: dict, probe_key: jax.Array, edits=None, task_params=None):
     """The task's probes of the model as it trains, under its intervention at this step
-    (`edits`), if it has one: `(scalars, per-head [L, H] values)`. `task_params`: the member's
-    (`training.member_task_params`)."""
+    (`edits`), if it has one: `(scalars, per-head [L, H] values and curves)`. `task_params`: the
+    member's (`training.task_inputs`)."""
     batch = probe_batch(cfg, probe_key, task_params)
     logits_BTV, acts = model_lib.forward(cfg.model, params, batch["tokens"], return_activations=True, edits=edits)
     out = cfg.task.probe_metrics(logits_BTV, acts, batch) | cfg.task.weight_probe_metrics(params, batch)
-    return ({k: out[k] for k in cfg.task.probe_metric_names()}, {k: out[k] for k in cfg.task.head_probe_metrics})
+    arrays = cfg.task.head_probe_metrics + cfg.task.curve_probe_metrics
+    return ({k: out[k] for k in cfg.task.probe_metric_names()}, {k: out[k] for k in arrays})
 
 
 # Per-head weight-based probes: one value per head, or per (earlier head, later head) pair.

@@ -260,8 +260,13 @@ class RunDir:
         return []
 
     def write_config(self, cfg: RunConfig, members, extra: dict) -> None:
+        """config.json, with what the task records about its inputs (`task_inputs`, e.g. a corpus'
+        digest), and the files the task copies into the run (`Task.run_files`, e.g. a tokenizer)."""
+        recorded = cfg.task.record(cfg.model)
+        for relpath, data in cfg.task.run_files(cfg.model).items():
+            files.write_text_atomic(self.output(relpath), data)
         meta = {"kind": RUN_KIND, "version": __version__, "config": cfg.to_dict(),
-                "members": members.table(), **extra}
+                "members": members.table(), **({"task_inputs": recorded} if recorded else {}), **extra}
         write_json_atomic(self.output("config.json"), meta)
 
     def check_config(self) -> None:

@@ -74,6 +74,20 @@ def member_task_params(cfg: RunConfig, data_key: jax.Array, task_params=None) ->
     return {**given, **fixed} if (given or fixed) else None
 
 
+@functools.lru_cache(maxsize=8)
+def shared_arrays(cfg: RunConfig) -> dict:
+    """The task's arrays shared by every member (`Task.shared_data`), as device arrays (uncommitted,
+    so each compiled program places them replicated). The compiled programs take them as an
+    argument; a caller that passes none gets these (then constants of its program)."""
+    return {k: jnp.asarray(v) for k, v in cfg.task.shared_data(cfg.model).items()}
+
+
+def task_inputs(cfg: RunConfig, task_params, shared=None) -> dict:
+    """What `sample` and `probe` receive as `params`: the member's task parameters and fixed
+    data, and the arrays shared by every member (`shared`; None: `shared_arrays(cfg)`)."""
+    return {**(task_params or {}), **(shared_arrays(cfg) if shared is None else shared)}
+
+
 def init_member(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array, lr: jax.Array,
                 weight_decay: jax.Array, intervention=None, task_params=None) -> MemberState:
     init_key, data_key, probe_key = member_keys(cfg, init_seed, data_seed)
@@ -104,12 +118,12 @@ def divergence_limit(cfg: RunConfig) -> float:
     return cfg.train.divergence_loss * math.log(cfg.model.d_vocab)
 
 
-def train_step(cfg: RunConfig, state: MemberState) -> tuple[MemberState, dict]:
+def train_step(cfg: RunConfig, state: MemberState, shared=None) -> tuple[MemberState, dict]:
     """One AdamW step on a fresh batch, under the member's intervention at this step. A loss or
     gradient that is not finite, or a loss above `divergence_limit` (a finite blow-up),
     freezes the member at that step."""
     edits, freeze = active(state.intervention, state.step)
-    batch = cfg.task.sample(jax.random.fold_in(state.data_key, state.step), state.task_params or {},
+    batch = cfg.task.sample(jax.random.fold_in(state.data_key, state.step), task_inputs(cfg, state.task_params, shared),
                             cfg.data.batch_size, cfg.model.d_vocab)
     grads, metrics = jax.grad(functools.partial(loss_fn, cfg), has_aux=True)(state.params, batch, edits)
     updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
@@ -133,20 +147,22 @@ def _expand(mask, like):
     return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
 
 
-def member_probes(cfg: RunConfig, state: MemberState):
+def member_probes(cfg: RunConfig, state: MemberState, shared=None):
     """The probes of one member as it is at its step, under its intervention: behaviour on the
     probe batch, and the per-head weight probes."""
     edits, _ = active(state.intervention, state.step)
-    probes, task_heads = probe_metrics(cfg, state.params, state.probe_key, edits, state.task_params)
+    probes, task_heads = probe_metrics(cfg, state.params, state.probe_key, edits,
+                                       task_inputs(cfg, state.task_params, shared))
     return probes, head_probe_metrics(cfg, state.params) | task_heads
 
 
-def run_steps(cfg: RunConfig, state: MemberState, n_steps: int) -> tuple[MemberState, dict]:
+def run_steps(cfg: RunConfig, state: MemberState, n_steps: int, shared=None) -> tuple[MemberState, dict]:
     """`n_steps` train steps inside one `lax.scan`; metrics come back stacked `[n_steps]`."""
-    return jax.lax.scan(lambda s, _: train_step(cfg, s), state, None, length=n_steps)
+    return jax.lax.scan(lambda s, _: train_step(cfg, s, shared), state, None, length=n_steps)
 
 
-def run_chunk(cfg: RunConfig, state: MemberState, n_active: jax.Array | int, n_evals: int, eval_every: int):
+def run_chunk(cfg: RunConfig, state: MemberState, n_active: jax.Array | int, n_evals: int, eval_every: int,
+              shared=None):
     """Up to `n_evals` x (`eval_every` steps, then a probe) in one compiled scan; only the first
     `n_active` intervals run, the rest pass the state through.
 
@@ -159,8 +175,8 @@ def run_chunk(cfg: RunConfig, state: MemberState, n_active: jax.Array | int, n_e
     """
     def interval(s, i):
         def run_interval(s):
-            s, step_metrics = run_steps(cfg, s, eval_every)
-            return s, (step_metrics, *member_probes(cfg, s))
+            s, step_metrics = run_steps(cfg, s, eval_every, shared)
+            return s, (step_metrics, *member_probes(cfg, s, shared))
 
         def skip_interval(s):
             return s, jax.tree.map(jnp.zeros_like, jax.eval_shape(run_interval, s)[1])
@@ -201,7 +217,7 @@ def next_chunk(step: int, total: int, chunk_steps: int, eval_every: int, stop: i
 
 
 def train_member(cfg: RunConfig, init_seed, data_seed=None, lr=None, weight_decay=None, intervention=None,
-                 task_params=None):
+                 task_params=None, shared=None):
     """A whole run as one pure function of its seeds: `jax.jit(jax.vmap(...))(seeds)` trains
     many. `data_seed` defaults to `init_seed` (the single-seed shorthand).
 
@@ -212,8 +228,8 @@ def train_member(cfg: RunConfig, init_seed, data_seed=None, lr=None, weight_deca
                         t.lr if lr is None else lr, t.weight_decay if weight_decay is None else weight_decay,
                         intervention, task_params)
     n_evals, rem = divmod(t.steps, t.eval_every)
-    state, metrics, probes, _ = run_chunk(cfg, state, n_evals, n_evals, t.eval_every)
+    state, metrics, probes, _ = run_chunk(cfg, state, n_evals, n_evals, t.eval_every, shared)
     if rem:
-        state, tail = run_steps(cfg, state, rem)
+        state, tail = run_steps(cfg, state, rem, shared)
         metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), metrics, tail)
     return state, metrics, probes

@@ -47,9 +47,9 @@ def describe(name: str) -> tuple[str, bool]:
     raise KeyError(name)
 
 
-def _first_gradient_norm(cfg: RunConfig, params: dict, data_key: jax.Array, task_params) -> jax.Array:
-    batch = cfg.task.sample(jax.random.fold_in(data_key, 0), task_params or {}, cfg.data.batch_size,
-                            cfg.model.d_vocab)
+def _first_gradient_norm(cfg: RunConfig, params: dict, data_key: jax.Array, task_params, shared=None) -> jax.Array:
+    batch = cfg.task.sample(jax.random.fold_in(data_key, 0), train_lib.task_inputs(cfg, task_params, shared),
+                            cfg.data.batch_size, cfg.model.d_vocab)
     grads, _ = jax.grad(functools.partial(train_lib.loss_fn, cfg), has_aux=True)(params, batch)
     return jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
 
@@ -60,14 +60,14 @@ def init_quantities(cfg: RunConfig, members, init_primary: np.ndarray | None = N
     `init_<primary curve>` when its values at step 0 are given."""
     from induction_jax.ensemble import task_arrays
 
-    def member(init_seed, data_seed, task_params):
+    def member(init_seed, data_seed, task_params, shared):
         state = train_lib.init_member(cfg, init_seed, data_seed, jnp.float32(0), jnp.float32(0),
                                       task_params=task_params)
-        return state.params, _first_gradient_norm(cfg, state.params, state.data_key, state.task_params)
+        return state.params, _first_gradient_norm(cfg, state.params, state.data_key, state.task_params, shared)
 
-    params, grad_norm = jax.jit(jax.vmap(member))(jnp.asarray(members.init_seed, jnp.uint32),
-                                                  jnp.asarray(members.data_seed, jnp.uint32),
-                                                  task_arrays(cfg, members))
+    params, grad_norm = jax.jit(jax.vmap(member, in_axes=(0, 0, 0, None)))(
+        jnp.asarray(members.init_seed, jnp.uint32), jnp.asarray(members.data_seed, jnp.uint32),
+        task_arrays(cfg, members), train_lib.shared_arrays(cfg))
     out = {"init_grad_norm": np.asarray(grad_norm),
            "norm_W_E": np.asarray(jnp.sqrt((params["W_E"] ** 2).sum((1, 2)))),
            "norm_W_pos": np.asarray(jnp.sqrt((params["W_pos"] ** 2).sum((1, 2))))}

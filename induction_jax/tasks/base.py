@@ -26,6 +26,18 @@ subclasses `Task` and fills in:
 - optionally `member_data(key, params) -> dict` of arrays fixed for a member over its whole
   training (e.g. its finite set of tasks), drawn once from `key` (from its data seed); they
   reach `sample` and `probe` inside `params`, beside its member parameters;
+- optionally `shared_data(model) -> dict` of arrays that every member reads and none owns
+  (e.g. the natural-text task's token stream). They are computed on the host once per process
+  from the task's fields (deterministically: not checkpointed, re-derived on resume), passed
+  un-batched (replicated, not on the ensemble axis, not baked into the program as constants)
+  as an argument of the compiled step, probe, initial-quantity and LLC programs, and reach
+  `sample` and `probe` inside `params`, beside the member's own (`training.task_inputs`);
+- optionally `curve_probe_metrics`: names of probe outputs that are a vector per member and
+  probe step (e.g. the loss at every token index), returned by `probe_metrics` beside the
+  scalars and written to curve_metrics.csv (one row per member, step and curve);
+- optionally `record(model) -> dict` (what config.json records about the task's inputs, as
+  `task_inputs`: e.g. a corpus' path and digest) and `run_files(model) -> {name: bytes}`
+  (files copied into the run directory when it is created, e.g. a tokenizer);
 - optionally `ideal_patterns(T)` (the attention pattern each head role would have, for the
   pattern scores and clamps) and `baselines(batch)` (losses of reference predictors).
 
@@ -90,6 +102,7 @@ class Task:
     step_metrics: ClassVar[tuple[Metric, ...]] = (Metric("loss", "mean next-token loss", -1, 1.0),)
     probe_metric_info: ClassVar[tuple[Metric, ...]] = ()
     head_probe_metrics: ClassVar[tuple[str, ...]] = ()
+    curve_probe_metrics: ClassVar[tuple[str, ...]] = ()
     timing_curves: ClassVar[tuple[str, ...]] = ()
     primary_curve: ClassVar[str | None] = None
     step_curve: ClassVar[str | None] = None
@@ -105,6 +118,12 @@ class Task:
     @property
     def seq_len(self) -> int:
         raise NotImplementedError
+
+    @property
+    def curve_positions(self) -> tuple[int, ...]:
+        """What each value of a curve probe (`curve_probe_metrics`) is at: by default the target
+        positions 1..T-1 (curve_metrics.csv's column names)."""
+        return tuple(range(1, self.seq_len))
 
     def check(self, model) -> None:
         """Raise ConfigError (one line) if this task cannot run on `model`."""
@@ -130,6 +149,19 @@ class Task:
     def member_data(self, key, params: Mapping[str, Any]) -> dict:
         """Arrays fixed for one member over its training, drawn once from `key` (a key of its
         data seed) and its parameters; `{}` for most tasks. Traceable: `params` may be traced."""
+        return {}
+
+    def shared_data(self, model) -> dict:
+        """Host arrays every member reads (not per member, not checkpointed: re-derived from the
+        task's fields); they reach `sample` and `probe` inside `params`. `{}` for most tasks."""
+        return {}
+
+    def record(self, model) -> dict:
+        """What config.json records about the task's inputs (`task_inputs`); `{}` for most tasks."""
+        return {}
+
+    def run_files(self, model) -> dict:
+        """Files `{relative path: bytes}` written into a new run directory; `{}` for most tasks."""
         return {}
 
     def probe(self, key, params: Mapping[str, Any], batch_size: int, d_vocab: int) -> Batch:
