@@ -160,12 +160,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.out or args.overwrite:
             raise CliError("--resume RUN_DIR: continues that run with its own config; it takes no "
                            "--config, --out or --overwrite")
+        if args.shard:
+            raise CliError("--resume RUN_DIR: a slice resumes as itself; it takes no --shard")
         run = resume_run(args.resume, _flag_overrides(args), progress=not args.no_progress)
     else:
+        shard = _shard(args)
         cfg = config_from_args(args)
         out = Path(args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"))
-        run = train_run(cfg, out, overwrite=args.overwrite, progress=not args.no_progress)
+        run = train_run(cfg, out, overwrite=args.overwrite, progress=not args.no_progress, shard=shard)
     if not distributed.is_writer():
+        return 0
+    if (run.path / "shard.json").is_file():
+        print(f"slice written: {run.path}; merge every slice with 'induction-jax merge DIR... --out DIR', "
+              f"then analyze the merged run")
         return 0
     summary = json.loads(run.summary_json.read_text())
     metric = run_config(run.path).task.progress_metric
@@ -185,6 +192,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"report: {_write_report(run.path)}")
     print(f"run directory: {run.path}")
     return EXIT_DIVERGED if _report_divergence(run.path, "train") else 0
+
+
+def _shard(args: argparse.Namespace) -> tuple[int, int] | None:
+    """--shard I/N as (I, N), checked before anything else; None without it."""
+    if not getattr(args, "shard", None):
+        return None
+    from induction_jax.shards import parse_shard
+    return parse_shard(args.shard)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from induction_jax.merge import merge_runs
+
+    run = merge_runs(args.slices, args.out)
+    summary = json.loads(run.summary_json.read_text())
+    print(f"merged {len(args.slices)} slices: {summary['n_members']} members x {summary['steps']} steps")
+    print(f"run directory: {run.path}")
+    return 0
 
 
 def _write_report(run_dir) -> Path:
@@ -352,7 +377,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     lists (any other config flag given as a list) as separate compiled runs under --out."""
     import itertools
 
-    from induction_jax import ensemble, interventions, memory
+    from induction_jax import ensemble, interventions, memory, shards
     from induction_jax.analysis.run import analyze_run
     from induction_jax.members import Members, parse_seed_range
     from induction_jax.rundir import RunDir, RunDirError
@@ -365,6 +390,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         repeated = [a for i, a in enumerate(arms) if a in arms[:i]]
         if repeated:
             raise CliError(f"--intervention {repeated[0]}: listed twice; each arm must appear once")
+    shard = _shard(args)
     base = config_from_args(args)
     _task_params(args.task_param or [], base.task, check=False)        # malformed or unknown: before the lists
     init_seeds = parse_seed_range("--init-seeds", args.init_seeds) if args.init_seeds is not None else None
@@ -392,7 +418,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         run_dir = out if len(combos) == 1 else out / "_".join(f"{k}-{v}" for k, v in varied.items())
         members = Members.grid(cfg, lrs, wds, init_seeds, data_seeds, arms, task_params)
         interventions.build(members.arm, cfg)
-        memory.plan_groups(cfg, len(members), ensemble.select_devices(cfg.train.devices), log=lambda m: None)
+        trained = members if shard is None else shards.select(members, *shard)[0]
+        memory.plan_groups(cfg, len(trained), ensemble.select_devices(cfg.train.devices), log=lambda m: None)
         if RunDir(run_dir).is_run() and not args.overwrite:
             raise RunDirError(f"{run_dir}: already holds a run; pass --overwrite to replace it, or choose "
                               f"another --out")
@@ -404,6 +431,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   + (f"{len(set(members.init_seed))} init seeds x {len(set(members.data_seed))} data seeds"
                      if members.crossed else f"{len(set(members.init_seed))} seeds"))
         varied = " ".join(f"{k}={v}" for k, v in combo.items() if len(shape_lists[k]) > 1)
+        if shard is not None:
+            block = shards.select(members, *shard)[1]
+            print(f"sweep: slice {shard[0]} of {shard[1]}: members {block.start}-{block.stop - 1} of {len(members)} "
+                  f"({design}) {varied} -> {run_dir}".replace("  ", " "))
+            train_run(cfg, run_dir, overwrite=args.overwrite, members=members, progress=not args.no_progress,
+                      shard=shard)
+            print(f"slice written: {run_dir}; merge every slice with 'induction-jax merge DIR... --out DIR', "
+                  f"then analyze the merged run")
+            continue
         print(f"sweep: {len(members)} members ({design}) {varied} -> {run_dir}".replace("  ", " "))
         train_run(cfg, run_dir, overwrite=args.overwrite, members=members, progress=not args.no_progress)
         _print_circuits(analyze_run(run_dir))
@@ -560,6 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--no-analysis", action="store_true",
                        help="skip the circuit analysis and report after training")
+    train.add_argument("--shard", metavar="I/N", default=None,
+                       help="train only slice I of N (0-based) of the members, with their ids, seeds and keys as in the "
+                            "whole run, as its own run directory; 'induction-jax merge' joins the slices "
+                            "(array jobs: docs/scaling.md)")
     multi = train.add_argument_group("several processes or hosts (jax.distributed; run the same command "
                                      "in each, with its own --process-id)")
     multi.add_argument("--coordinator", metavar="HOST:PORT", default=None,
@@ -602,6 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--config", metavar="FILE", default=None, help="start from this config JSON")
     sweep.add_argument("--preset", choices=sorted(PRESETS), default=None, help="start from a named configuration")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--shard", metavar="I/N", default=None,
+                       help="train only slice I of N (0-based) of the members, with their ids, seeds and keys as in the "
+                            "whole run, as its own run directory; 'induction-jax merge' joins the slices "
+                            "(array jobs: docs/scaling.md)")
     sweep.add_argument("--init-seeds", metavar="RANGE", default=None,
                        help="init seeds (initial weights), e.g. 0-7 or 0,3,5; crossed with --data-seeds "
                             "(default: the --seeds range)")
@@ -619,6 +663,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "repeated task); repeat the flag for another parameter")
     add_config_flags(sweep, lists=True)
     sweep.set_defaults(func=cmd_sweep)
+
+    merge = sub.add_parser("merge", help="join the slices of a sharded sweep (--shard I/N) into one run",
+                           description="Check that the slice directories are every slice of one sweep and "
+                                       "write one run directory equal to training the sweep in one process.")
+    merge.add_argument("slices", metavar="DIR", nargs="+", help="the slices' run directories")
+    merge.add_argument("--out", metavar="DIR", required=True, help="the merged run directory (must not exist)")
+    merge.set_defaults(func=cmd_merge)
 
     dynamics = sub.add_parser("dynamics", help="follow the circuit's formation through every member's snapshots",
                               description="Analyse every snapshot of every member (train with --snapshots log), "
@@ -694,6 +745,7 @@ FINISHED_FIRST = "after its last safe point; it finished first, so everything it
 # induction_jax.checkpoint (Orbax) is for the config check of commands that read a run.
 COMMAND_MODULES = {"train": ["induction_jax.runner"],
                    "sweep": ["induction_jax.runner", "induction_jax.analysis.run"],
+                   "merge": ["induction_jax.merge", "induction_jax.runner"],
                    "analyze": ["induction_jax.analysis.run", "induction_jax.checkpoint"],
                    "phase": ["induction_jax.phase.run", "induction_jax.checkpoint"],
                    "dynamics": ["induction_jax.dynamics.run", "induction_jax.checkpoint"],

@@ -37,3 +37,13 @@ def barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
+
+
+def member_block(n_members: int, index: int, count: int) -> slice:
+    """Members of block `index` of `count`: contiguous, in member order, sizes differing by at
+    most one. The one partition of an ensemble's members among workers: the `ensemble` mesh
+    gives each of `count` processes this block when `count` divides the ensemble, and `--shard
+    I/N` trains block I of N as its own run (`arrayjob.py`)."""
+    base, extra = divmod(n_members, count)
+    start = index * base + min(index, extra)
+    return slice(start, start + base + (index < extra))

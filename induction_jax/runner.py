@@ -17,7 +17,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from induction_jax import __version__, distributed, ensemble, interventions, memory, plots, signals, snapshots, tracking
+from induction_jax import (__version__, distributed, ensemble, interventions, memory, plots, shards, signals, snapshots,
+                           tracking)
 from induction_jax.checkpoint import CheckpointError, Checkpoints, restore_latest_good
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
@@ -132,7 +133,8 @@ def _tables(cfg: RunConfig, run: RunDir, members: Members, truncate_to: dict | N
     return tables
 
 
-def _finish(cfg: RunConfig, run: RunDir, members: Members, state) -> RunDir:
+def finish_run(cfg: RunConfig, run: RunDir, members: Members, state) -> RunDir:
+    """summary.json and plots/loss.png from metrics.csv and the final state (training's end, or a merge's)."""
     diverged = ensemble.diverged_steps(state)
     distributed.barrier("finish")
     if not distributed.is_writer():
@@ -155,10 +157,15 @@ def _writer_lock(run: RunDir):
 
 
 def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, members: Members | None = None,
-              progress: bool = True) -> RunDir:
-    """Train `members` (default: the config's seeds) and write the run directory `out`."""
+              progress: bool = True, shard: tuple[int, int] | None = None) -> RunDir:
+    """Train `members` (default: the config's seeds) and write the run directory `out`; with
+    `shard=(I, N)`, only slice I of N of them, recorded as such (`shards.py`)."""
     run = RunDir(Path(out))
     members = members or Members.from_config(cfg)
+    slice_record = None
+    if shard is not None:
+        slice_record = shards.record(cfg, members, *shard)
+        members, _ = shards.select(members, *shard)
     # What cannot work fails before anything is written (it compiles the step to measure it: interruptible).
     devices, group = signals.run(_plan, cfg, members, what="before training started; nothing was written")
     if distributed.is_writer():
@@ -175,6 +182,8 @@ def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, membe
         if distributed.is_writer():
             run.write_config(cfg, members, {"jax_version": jax.__version__, "device": device_description(),
                                             "snapshot_steps": cfg.train.snapshot_steps})
+            if slice_record is not None:
+                shards.write(run, slice_record)
         signals.check(f"before training started; {run.path} holds only its config: start again with --overwrite")
         ensemble.enable_compilation_cache()
         state = ensemble.init_ensemble(cfg, members, devices, group)
@@ -194,7 +203,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, membe
             failed = False
         finally:
             tables.close(failed)
-        return _finish(cfg, run, members, state)
+        return finish_run(cfg, run, members, state)
 
 
 def check_resume_overrides(cfg: RunConfig, overrides: dict) -> RunConfig:
@@ -335,7 +344,7 @@ def resume_run(out: str | Path, overrides: dict | None = None, progress: bool = 
                 failed = False
             finally:
                 tables.close(failed)
-        return _finish(cfg, run, members, state)
+        return finish_run(cfg, run, members, state)
 
 
 def train_or_resume(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, members: Members | None = None,
