@@ -10,6 +10,14 @@ tracker writes and no compile; and the fixed cost, the whole `train_run` call's 
 `none`, with the spread of the per-round ratios.
 
     python benchmarks/tracking_cost.py [--seeds 8] [--steps 200] [--rounds 3]
+
+On a host whose load drifts more than the cost (a shared machine), `--inside` measures it
+within one run instead: `--log tensorboard+wandb`, timing each tracker's `write` (with the
+TensorBoard flush that waits for its writer thread) against the steady-state time, so both
+sides of the ratio see the same load. It leaves out what runs beside training (wandb's
+service process), which the side-by-side rounds include.
+
+    python benchmarks/tracking_cost.py --inside [--seeds 8] [--steps 200]
 """
 
 from __future__ import annotations
@@ -24,13 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ARMS = ("none", "tensorboard", "wandb")
+ARMS = ("none", "tensorboard", "wandb", "tensorboard+wandb")
+ROUND_ARMS = ARMS[:3]
 
 
 def worker(arm: str, seeds: int, steps: int, out: Path) -> dict:
     """Train the default model with `--log ARM`; time every metrics.csv write (one per chunk)."""
     import induction_jax as ij
-    from induction_jax import metrics, runner
+    from induction_jax import metrics, runner, tracking
 
     ij.use_cpu_cores()
     marks = []
@@ -41,12 +50,20 @@ def worker(arm: str, seeds: int, steps: int, out: Path) -> dict:
         marks.append((time.perf_counter(), int(max(result.steps.max(initial=0), result.probe_steps.max(initial=0)))))
 
     metrics.RunTables.write = timed_write
+    inside = {}
+    for klass in tracking.BACKENDS.values():
+        def timed(self, columns, rows, _write=klass.write, _name=klass.__name__):
+            tic = time.perf_counter()
+            _write(self, columns, rows)
+            inside[_name] = inside.get(_name, 0.0) + time.perf_counter() - tic
+        klass.write = timed
     cfg = ij.RunConfig().replace(seeds=seeds, steps=steps, log=arm)
     tic = time.perf_counter()
     runner.train_run(cfg, out, progress=False)
     wall = time.perf_counter() - tic
     (t0, s0), (t1, s1) = marks[1], marks[-1]      # marks[0]: the step-0 probe; marks[1]: the compiled chunk
-    return {"arm": arm, "steps_per_s": (s1 - s0) / (t1 - t0), "wall_s": wall, "chunks": len(marks) - 1}
+    return {"arm": arm, "steps_per_s": (s1 - s0) / (t1 - t0), "wall_s": wall, "chunks": len(marks) - 1,
+            "steady_s": t1 - t0, "inside_s": inside}
 
 
 def measure(arm: str, seeds: int, steps: int) -> dict:
@@ -65,21 +82,30 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8, help="ensemble members (the default model)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--inside", action="store_true", help="one run; each tracker's time inside training")
     parser.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.seeds, args.steps, args.out)))
         return
-    runs = {a: [] for a in ARMS}
+    if args.inside:
+        run = measure("tensorboard+wandb", args.seeds, args.steps)
+        print(f"{args.seeds} members x {args.steps} steps, --log tensorboard+wandb, {run['chunks']} chunks: "
+              f"{run['steady_s']:.1f} s steady-state ({run['steps_per_s']:.3f} steps/s)")
+        for name, t in run["inside_s"].items():
+            print(f"{name}: {t:.2f} s inside its writes, {t / run['steady_s']:.1%} of the steady-state time; "
+                  f"training without it would run {run['steady_s'] / (run['steady_s'] - t):.3f}x as fast")
+        return
+    runs = {a: [] for a in ROUND_ARMS}
     for r in range(args.rounds):
-        for arm in ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]:
+        for arm in ROUND_ARMS[r % 3:] + ROUND_ARMS[:r % 3]:
             runs[arm].append(measure(arm, args.seeds, args.steps))
         print(f"round {r + 1}: " + ", ".join(f"{a} {runs[a][-1]['steps_per_s']:.3f} steps/s "
-                                             f"({runs[a][-1]['wall_s']:.1f} s wall)" for a in ARMS), flush=True)
+                                             f"({runs[a][-1]['wall_s']:.1f} s wall)" for a in ROUND_ARMS), flush=True)
     print(f"{args.seeds} members x {args.steps} steps (default model, eval_every and chunking), {args.rounds} rounds, "
           f"{runs['none'][0]['chunks']} chunks per run")
-    for arm in ARMS[1:]:
+    for arm in ROUND_ARMS[1:]:
         rate = [b["steps_per_s"] / a["steps_per_s"] for a, b in zip(runs["none"], runs[arm])]
         extra = [b["wall_s"] - a["wall_s"] for a, b in zip(runs["none"], runs[arm])]
         print(f"--log {arm}: steady-state rate / --log none: median {statistics.median(rate):.3f} (per round "
