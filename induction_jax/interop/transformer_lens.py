@@ -61,6 +61,9 @@ def _require_tl():
 def _new_model(config: dict, **overrides):
     """A `HookedTransformer` from config kwargs, without its deprecation warning (3.x only)."""
     _, tl = _require_tl()
+    if _tl_major() >= 4:
+        raise MissingDependency(f"HookedTransformer is gone in TransformerLens {_tl_version()}: load an export "
+                                f"with load_transformer_lens4 (a TransformerBridge), or install the tl extra (3.x)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return tl.HookedTransformer(tl.HookedTransformerConfig(**(config | overrides)))
@@ -136,6 +139,9 @@ def to_transformer_lens(params: dict, model_cfg=None) -> tuple[dict, dict]:
         for name in ("b_Q", "b_K", "b_V"):
             weights[prefix + name] = np.zeros((H, K), np.float32)
         weights[prefix + "b_O"] = np.zeros(D, np.float32)
+    if _tl_major() >= 4:           # no HookedTransformer: the same file, checked by 4.x's own loader
+        from induction_jax.interop.transformer_lens4 import hooked_state
+        return config, hooked_state(config, weights)
     # The buffers and the exact key set come from the installed version itself, so a
     # TransformerLens release that renames anything fails here, not at the user's load.
     model = _new_model(config, device="cpu", init_weights=False)
@@ -160,6 +166,10 @@ def to_transformer_lens(params: dict, model_cfg=None) -> tuple[dict, dict]:
 def _tl_version() -> str:
     from importlib.metadata import version
     return version("transformer-lens")
+
+
+def _tl_major() -> int:
+    return int(_tl_version().split(".")[0])
 
 
 def save_transformer_lens(params: dict, model_cfg, out_dir: str | Path) -> Path:
