@@ -74,6 +74,22 @@ def half_rise(steps, values_EN, from_step: float, span: float, min_rise: float, 
         "s0": s0, "s1": s1}
 
 
+def bump_steps(steps, loss_EN, from_step: float, span: float, n_grid: int = 60, edge: int = 3) -> np.ndarray:
+    """Per member, where the held-out loss falls fastest per log-step (Olsson et al.'s bump, in
+    the rate -dL/dlog t): the curve from `from_step` on, smoothed over `span` steps, on `n_grid`
+    log-spaced points; the step of the largest rate away from the `edge` points at either end
+    (there the smoothing and the start of training dominate)."""
+    sel = steps >= from_step
+    t = steps[sel].astype(float)
+    s = moving_average(loss_EN[:, sel], window_points(float(np.median(np.diff(t))), span))
+    grid = np.geomspace(t[0], t[-1], n_grid)
+    out = np.full(len(s), np.nan)
+    for e, row in enumerate(s):
+        rate = -np.gradient(np.interp(grid, t, row), np.log(grid))
+        out[e] = grid[edge + int(np.argmax(rate[edge:-edge]))]
+    return out
+
+
 def member_results(run_path: Path, from_step: float, span: float) -> dict:
     """Per member and curve: onset / midpoint / end (`half_rise`), the first and last probe value."""
     # metrics.csv alone: a run's config names its corpus, which another machine may not hold
@@ -85,6 +101,8 @@ def member_results(run_path: Path, from_step: float, span: float) -> dict:
         steps, values = metric_matrix(table, name, E)
         out[name] = half_rise(steps, values, from_step, span, min_rise, Text.metric(name).direction) | {
             "first": values[:, 0], "last": values[:, -1]}
+    steps, loss = metric_matrix(table, "heldout_loss", E)
+    out["bump_step"] = bump_steps(steps, loss, from_step, span)
     return out
 
 
@@ -105,6 +123,10 @@ def arch_summary(res: dict) -> dict:
     lag = lags({PM: res[PM]["midpoint"], ICL: res[ICL]["midpoint"]})[0]
     out["lag_icl_minus_pm"] = lag
     out["onset_lag_icl_minus_pm"] = lags({PM: res[PM]["onset"], ICL: res[ICL]["onset"]})[0]
+    bump, on, end = res["bump_step"], res[PM]["onset"], res[PM]["end"]
+    inside = int(np.sum((bump >= on) & (bump <= end)))
+    out["bump"] = {"step_median": float(np.median(bump)), "step_range": [float(bump.min()), float(bump.max())],
+                   "in_prefix_matching_window": inside, "ci95": list(exact_ci(inside, E)), "steps": bump}
     out["per_member"] = {name: {k: res[name][k] for k in ("onset", "midpoint", "end", "s0", "s1", "first", "last")}
                          for name in (ICL, PM)}
     return out
@@ -196,6 +218,10 @@ def main() -> None:
                   f"{c['last_median']:.3f} (last range {c['last_range'][0]:.3f}..{c['last_range'][1]:.3f})")
         for what, lag in (("midpoint", lag), ("onset", s["onset_lag_icl_minus_pm"])):
             _print_lag(what, lag)
+        b = s["bump"]
+        print(f"  held-out loss falls fastest (bump) at step {b['step_median']:.0f} (median; "
+              f"{b['step_range'][0]:.0f}-{b['step_range'][1]:.0f}), inside the prefix-matching onset-end window "
+              f"in {b['in_prefix_matching_window']} of {s['members']} (95% CI {b['ci95'][0]:.0%}-{b['ci95'][1]:.0%})")
     write_json_atomic(out / "summary.json", json_safe(summary))
     print(f"\nwrote {out / 'summary.json'} and {figure(out, names, args.from_step)}")
 
