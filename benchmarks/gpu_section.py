@@ -35,6 +35,8 @@ def gib(x) -> str:
 def skipped(section: dict | None) -> str | None:
     if section is None:
         return "not reached"
+    if "failed" in section:
+        return "failed: " + section["failed"].strip().splitlines()[-1]
     return section.get("skipped")
 
 
@@ -66,8 +68,8 @@ def members_table(sec: dict | None) -> list[str]:
     for r in rows:
         out.append(f"| {r['members']} | {r['model_steps_per_s']:.1f} | {r['tokens_per_s'] / 1e6:.2f}M | "
                    f"{r['compile_s']:.1f} | {gib(r['peak_device_bytes'])} |")
-    if sec is None or sec.get("stopped"):
-        out.append(f"\nStopped: {sec['stopped'] if sec else 'not reached'}.")
+    if sec is None or sec.get("stopped") or sec.get("failed"):
+        out.append(f"\nStopped: {skipped(sec) or sec['stopped']}.")
     return out + [""]
 
 

@@ -135,7 +135,7 @@ def members_section(suite: Suite) -> dict:
 def torch_section(suite: Suite) -> dict:
     if importlib.util.find_spec("torch") is None:
         return {"skipped": "torch is not installed (pip install -e '.[bench]')"}
-    at8 = next((r for r in suite.results["sections"]["members"]["rows"] if r["members"] == 8), None)
+    at8 = next((r for r in suite.results["sections"]["members"].get("rows", []) if r["members"] == 8), None)
     if at8 is None:
         return {"skipped": "induction-jax at 8 members was not measured"}
     ways = throughput.torch_ways(suite.mode.torch_steps, 8, timeout=max(suite.left() / 3, 60))
@@ -187,7 +187,7 @@ def llc_section(suite: Suite, run_dir: Path) -> dict:
 
 def dtype_section(suite: Suite) -> dict:
     size = suite.mode.dtype_members
-    fp32 = next((r for r in suite.results["sections"]["members"]["rows"] if r["members"] == size), None)
+    fp32 = next((r for r in suite.results["sections"]["members"].get("rows", []) if r["members"] == size), None)
     fp32 = fp32 or throughput.run_worker(size, suite.mode.steps, suite.cache_dir, member_loop="vmap")
     bf16 = throughput.run_worker(size, suite.mode.steps, suite.cache_dir, member_loop="vmap",
                                  overrides={"compute_dtype": "bfloat16"}, timeout=max(suite.left(), 60))
@@ -200,7 +200,7 @@ def dtype_section(suite: Suite) -> dict:
 
 def run(suite: Suite) -> dict:
     """Every section in turn; one that would start with under a minute of the budget left is
-    skipped, with that reason."""
+    skipped, with that reason; one whose worker fails is recorded with its error."""
     with tempfile.TemporaryDirectory(prefix="induction-jax-gpu-suite-") as tmp:
         run_dir = Path(tmp) / "main-job"
         sections = [("members", lambda: members_section(suite)), ("torch", lambda: torch_section(suite)),
@@ -215,6 +215,9 @@ def run(suite: Suite) -> dict:
                 section = fn()
             except subprocess.TimeoutExpired:
                 section = {"skipped": "ran past the time budget"}
+            except RuntimeError as e:       # a worker failed: keep it, go on to the next section
+                print(e, file=sys.stderr)
+                section = {"failed": str(e)[-1500:]}
             suite.record(name, section, began)
     return suite.results
 
@@ -234,8 +237,11 @@ def main(argv=None) -> dict:
     budget = args.budget_s or (3600.0 if args.tiny else 510.0)
     suite = Suite(TINY if args.tiny else FULL, budget, args.out_json, Path(args.docs), command.strip())
     results = run(suite)
+    failed = [k for k, v in results["sections"].items() if "failed" in v]
     print(f"wrote {' and '.join(results.get('written', ['nothing (no ensemble size ran)']))} "
-          f"in {results.get('elapsed_s', 0):.0f} s")
+          f"in {results.get('elapsed_s', 0):.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        sys.exit(1)
     return results
 
 
