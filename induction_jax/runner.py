@@ -26,7 +26,7 @@ from induction_jax.metrics import NullTables, RunTables, metric_matrix, read_met
 from induction_jax.probes import weight_probes_apply
 from induction_jax.progress import ProgressBar
 from induction_jax.rundir import RESUMABLE_CHANGES, RunDir, RunDirError, json_safe, write_json_atomic
-from induction_jax.training import divergence_limit
+from induction_jax.training import divergence_limit, shared_arrays
 
 FINAL_WINDOW = 50   # steps averaged into the summary's final losses
 
@@ -66,6 +66,7 @@ def _plan(cfg: RunConfig, members: Members) -> tuple[list, int]:
     devices = ensemble.select_devices(cfg.train.devices)
     ensemble.ensemble_sharding(len(members), devices)
     interventions.build(members.arm, cfg)          # every arm parses for this model and run length
+    shared_arrays(cfg)                             # the task's shared inputs (a corpus) load, or are refused
     tracking.check_available(cfg.track.log)
     group = memory.plan_groups(cfg, len(members), devices, log=_log, measured=ensemble.measured_member_bytes)
     return devices, group

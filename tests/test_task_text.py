@@ -168,6 +168,9 @@ def test_a_corpus_changed_under_a_resumed_run_is_refused(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and re.search(r"--corpus '.*c\.txt': changed since the run started", err[0]), err
     assert tree_digest(out) == before
+    from induction_jax.rundir import RunDir
+    corpus.unlink()                                  # the run is still read (config, tables) without its corpus
+    assert RunDir(out).read_config().task.corpus_digest and len(ij.open_run(out).metrics()) > 0
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -56,8 +56,14 @@ def in_context_score(token_loss_T, T: int):
     return token_loss_T[late - 1] - token_loss_T[early - 1]
 
 
-@functools.lru_cache(maxsize=8)
 def encoded(task: "Text", d_vocab: int) -> corpus_lib.Encoded:
+    """The task's corpus as tokens, after checking it is the one the run recorded (if any)."""
+    task.verify_corpus()
+    return _encoded(task, d_vocab)
+
+
+@functools.lru_cache(maxsize=8)
+def _encoded(task: "Text", d_vocab: int) -> corpus_lib.Encoded:
     return corpus_lib.encode(task.corpus, task.corpus_max_bytes, task.tokenizer, d_vocab)
 
 
@@ -113,14 +119,22 @@ class Text(Task):
         d["corpus_digest"] = d["corpus_digest"] or corpus_lib.read(self.corpus, self.corpus_max_bytes)[0].digest
         return d
 
-    def check(self, model) -> None:
-        if self.text_length > model.n_ctx:
-            raise ConfigError(f"--text-length {self.text_length}: windows must fit the context; allowed: <= "
-                              f"--n-ctx {model.n_ctx}")
+    def verify_corpus(self) -> None:
+        """Refuse (one line naming --corpus) a corpus whose digest differs from the recorded one."""
         now = corpus_lib.read(self.corpus, self.corpus_max_bytes)[0].digest
         if self.corpus_digest and now != self.corpus_digest:
             raise ConfigError(f"--corpus {self.corpus!r}: changed since the run started (digest {now}, recorded "
                               f"{self.corpus_digest}); allowed: the recorded corpus, unchanged (or start a new run)")
+
+    def check(self, model) -> None:
+        """A new run's corpus is read, tokenised and sized here. A recorded run's (its digest in
+        config.json) is not touched: only what uses the tokens reads it, and refuses a changed one
+        (`encoded`), so `phase`, `analyze` and the report read a run whose corpus is elsewhere."""
+        if self.text_length > model.n_ctx:
+            raise ConfigError(f"--text-length {self.text_length}: windows must fit the context; allowed: <= "
+                              f"--n-ctx {model.n_ctx}")
+        if self.corpus_digest:
+            return
         train, held = corpus_lib.split(encoded(self, model.d_vocab).tokens, self.heldout_fraction)
         if len(held) < self.text_length or len(train) < self.text_length:
             raise ConfigError(f"--corpus {self.corpus!r}: {len(train)} training and {len(held)} held-out tokens "
