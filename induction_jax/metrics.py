@@ -170,6 +170,20 @@ def curve_rows(probe_steps: np.ndarray, curves: dict[str, np.ndarray], diverged_
     return "".join(lines)
 
 
+def read_curves(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """curve_metrics.csv as `{curve: (member [R], step [R], positions [P], values [R, P])}`."""
+    with open(path) as f:
+        header = f.readline().rstrip("\n").split(",")
+        rows = [line.rstrip("\n").split(",") for line in f if line.strip()]
+    positions = np.asarray(header[len(CURVE_COLUMNS):], float)
+    out = {}
+    for name in dict.fromkeys(r[2] for r in rows):
+        mine = [r for r in rows if r[2] == name and len(r) == len(header)]
+        out[name] = (np.asarray([r[0] for r in mine], int), np.asarray([r[1] for r in mine], int), positions,
+                     np.asarray([r[3:] for r in mine], float).reshape(len(mine), len(positions)))
+    return out
+
+
 class RunTables:
     """A run's append-only tables, written together chunk by chunk and cut back together on
     resume: metrics.csv, head_metrics.csv when the weight probes run, and curve_metrics.csv when

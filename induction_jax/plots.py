@@ -50,3 +50,21 @@ def loss_plot(steps, losses: dict[str, np.ndarray], d_vocab: int, path: Path, ti
     ax.legend(loc="center right")
     ax.grid(alpha=0.3)
     return save(fig, path)
+
+
+def curve_plot(positions, steps, values_KP, path: Path, name: str, n_members: int, n_lines: int = 6) -> Path:
+    """A curve probe (e.g. the loss at every token position) at up to `n_lines` probe steps, the
+    first and last among them and the rest log-spaced; each the mean over the members."""
+    steps = np.asarray(steps)
+    pick = np.unique(np.r_[0, np.searchsorted(steps, np.geomspace(max(steps[0], 1), steps[-1], n_lines)),
+                           len(steps) - 1].clip(0, len(steps) - 1))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    cmap = plt.get_cmap("viridis")
+    for j, k in enumerate(pick):
+        ax.plot(positions, values_KP[k], color=cmap(j / max(1, len(pick) - 1)), lw=1.6, label=f"step {steps[k]}")
+    ax.set_xlabel("position in the sequence")
+    ax.set_ylabel(name.replace("_", " "))
+    ax.set_title(f"{name.replace('_', ' ')} by position (mean of {n_members} members)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return save(fig, path)

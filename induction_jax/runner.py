@@ -22,7 +22,7 @@ from induction_jax import (__version__, distributed, ensemble, interventions, me
 from induction_jax.checkpoint import CheckpointError, Checkpoints, restore_latest_good
 from induction_jax.config import RunConfig
 from induction_jax.members import Members
-from induction_jax.metrics import NullTables, RunTables, metric_matrix, read_metrics
+from induction_jax.metrics import NullTables, RunTables, metric_matrix, read_curves, read_metrics
 from induction_jax.probes import weight_probes_apply
 from induction_jax.progress import ProgressBar
 from induction_jax.rundir import RESUMABLE_CHANGES, RunDir, RunDirError, json_safe, write_json_atomic
@@ -147,6 +147,11 @@ def finish_run(cfg: RunConfig, run: RunDir, members: Members, state) -> RunDir:
     steps = next(iter(curves.values()))[0]
     plots.loss_plot(steps, {name: values for name, (_, values) in curves.items()}, cfg.model.d_vocab,
                     run.output("plots/loss.png"))
+    if cfg.task.curve_probe_metrics and run.path.joinpath("curve_metrics.csv").is_file():
+        for name, (_, step, positions, values) in read_curves(run.path / "curve_metrics.csv").items():
+            at = np.unique(step)
+            mean = np.stack([values[step == s].mean(0) for s in at])          # over the members
+            plots.curve_plot(positions, at, mean, run.output(f"plots/{name}.png"), name, E)
     return run
 
 

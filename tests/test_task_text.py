@@ -149,6 +149,12 @@ def test_an_ensemble_member_is_the_single_run(tmp_path, text_file):
     assert curves[0] == "member,step,metric," + ",".join(map(str, range(1, 16)))
     assert len(curves) == 1 + 2 * 3                               # 2 members x probes at steps 0, 10, 20
     assert (tmp_path / "run" / "tokenizer.json").is_file()
+    from induction_jax.metrics import read_curves
+    member_, step, positions, values = read_curves(tmp_path / "run" / "curve_metrics.csv")["token_loss"]
+    np.testing.assert_array_equal(positions, np.arange(1, 16))
+    row = values[(member_ == 1) & (step == 20)][0]                # the curve's mean is the held-out loss
+    np.testing.assert_allclose(row.mean(), member.heldout_loss.loc[20], rtol=1e-4)
+    assert (tmp_path / "run" / "plots" / "token_loss.png").is_file()    # drawn, and in the report's figures
 
 
 def test_a_corpus_changed_under_a_resumed_run_is_refused(capsys, tmp_path):
