@@ -363,7 +363,9 @@ def train_or_resume(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
         return train_run(cfg, out, overwrite=overwrite, members=members, progress=progress)
     have = run.read_config()
     wanted = members or Members.from_config(cfg)
-    if have.replace(steps=cfg.train.steps) != cfg or run.members().table() != wanted.table():
+    # compared as config.json records it: a task may fill in what it records (a corpus' digest)
+    if have.replace(steps=cfg.train.steps) != RunConfig.from_dict(cfg.to_dict()) or \
+            run.members().table() != wanted.table():
         raise RunDirError(f"{run.path}: holds a run with another config or members; pass --overwrite to retrain "
                           f"it, or another --out")
     with Checkpoints(run.checkpoints, async_save=False) as ckpt:

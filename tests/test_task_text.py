@@ -155,6 +155,9 @@ def test_an_ensemble_member_is_the_single_run(tmp_path, text_file):
     row = values[(member_ == 1) & (step == 20)][0]                # the curve's mean is the held-out loss
     np.testing.assert_allclose(row.mean(), member.heldout_loss.loc[20], rtol=1e-4)
     assert (tmp_path / "run" / "plots" / "token_loss.png").is_file()    # drawn, and in the report's figures
+    # a study script's train_or_resume finds the finished run its own (its config records the digest)
+    from induction_jax.runner import train_or_resume
+    assert train_or_resume(cfg, tmp_path / "run", progress=False).path == run.path
 
 
 def test_a_corpus_changed_under_a_resumed_run_is_refused(capsys, tmp_path):
