@@ -4,18 +4,16 @@ A SIGINT once the first chunk is written ends the command within seconds with on
 are untouched), and writes the same bytes as an uninterrupted run. Each command runs as the
 installed console script in a child with the default SIGINT disposition (as test_signals)."""
 
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from children import IJ, default_sigint, launch
 
-IJ = str(Path(sys.executable).with_name("induction-jax"))
 TRAIN = ["--seeds", "2", "--steps", "200", "--d-vocab", "16", "--half-length", "8", "--d-model", "32",
          "--eval-every", "10", "--chunk-steps", "50", "--checkpoint-every", "50", "--no-progress",
          "--snapshots", "every:50", "--no-analysis"]                 # 5 snapshots of 2 members
@@ -29,17 +27,8 @@ PLAN = re.compile(r"(\d+) chunks, (\d+) already done, (\d+) to compute")
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc (Linux)")
 
 
-def _default_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen([IJ, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
 def _run(*args) -> str:
-    done = subprocess.run([IJ, *args], capture_output=True, text=True, preexec_fn=_default_sigint, timeout=900)
+    done = subprocess.run([IJ, *args], capture_output=True, text=True, preexec_fn=default_sigint, timeout=900)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -62,7 +51,7 @@ def test_interrupted_then_rerun_continues_and_equals_an_uninterrupted_run(snap_r
     shutil.copytree(snap_run, whole)
     shutil.copytree(snap_run, cut)
 
-    proc = _start(command, str(cut), *flags)
+    proc = launch(command, str(cut), *flags)
     deadline = time.monotonic() + 600
     while not _chunk_files(cut, command):
         assert proc.poll() is None, f"ended (exit {proc.returncode}) before its first chunk: {proc.stderr.read()}"

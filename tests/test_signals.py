@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from children import IJ, default_sigint, launch
 
 from induction_jax import signals
 from induction_jax.rundir import MANIFEST
 
-IJ = str(Path(sys.executable).with_name("induction-jax"))
 B = ["--seeds", "2", "--steps", "200", "--d-vocab", "16", "--half-length", "8", "--d-model", "32",
      "--eval-every", "10", "--chunk-steps", "50", "--checkpoint-every", "50", "--no-progress"]
 R = [*B, "--steps", "600", "--checkpoint-every", "100", "--no-analysis"]     # later flags win
@@ -29,15 +29,6 @@ FINISHED_FIRST = "after its last safe point; it finished first, so everything it
 QUICK = 3.0       # seconds from the signal to the exit, where no call in flight must finish
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc (Linux)")
-
-
-def _default_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen([IJ, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _catches_sigterm(pid: int) -> bool:
@@ -95,7 +86,7 @@ def test_a_signal_during_start_up_is_one_line_and_its_exit_code(tmp_path, sig, d
     (the interpreter's own start-up, ~0.05 s, is Python's: docs/faults.md); 0.0 = that moment."""
     out = tmp_path / "run"
     start = time.monotonic()
-    proc = _start("train", *R, "--out", str(out))
+    proc = launch("train", *R, "--out", str(out))
     time.sleep(max(0.0, start + delay - time.monotonic()))
     _wait(proc, lambda: _catches_sigterm(proc.pid), "the handlers were installed")
     err, took = _stop(proc, sig)
@@ -168,7 +159,7 @@ def tail_run(tmp_path_factory):
     """A tiny run with snapshots, SIGINT sent as its last chunk's metrics appear (the signal comes
     after training's last safe point: the run finishes, then the signal is reported)."""
     out = tmp_path_factory.mktemp("signals") / "run"
-    proc = _start("train", *B, "--snapshots", "every:50", "--no-analysis", "--out", str(out))
+    proc = launch("train", *B, "--snapshots", "every:50", "--no-analysis", "--out", str(out))
 
     def last_chunk() -> bool:
         try:
@@ -203,7 +194,7 @@ def test_a_signal_during_a_long_compiled_call_stops_it_within_seconds(tail_run, 
     the run's lock, i.e. started its work); nothing of its output is written."""
     run = tmp_path / "run"
     shutil.copytree(tail_run[0], run)
-    proc = _start(command, str(run), *flags)
+    proc = launch(command, str(run), *flags)
     _wait(proc, lambda: _holds_lock(proc.pid, run), "the run's lock")
     time.sleep(0.5)
     err, took = _stop(proc, sig)
