@@ -278,15 +278,41 @@ def measured_member_bytes(cfg: RunConfig) -> tuple[int, int]:
     return (io, temp) if member_loop(cfg) == "map" else (io + temp, 0)
 
 
+def machine_key(cpuinfo: str | None = None) -> str:
+    """What an XLA executable compiled here depends on beyond JAX's own cache key: the CPU's
+    instruction-set flags and the jax/jaxlib build. A home directory shared by machines with
+    different CPUs (a cluster's NFS home) would otherwise hand one machine's executable to another,
+    and XLA aborts the whole process reading it, which no Python code can catch."""
+    import hashlib
+    import platform
+
+    import jaxlib
+
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    flags = next((line.split(":", 1)[1] for line in cpuinfo.splitlines()
+                  if line.startswith(("flags", "Features"))), "")
+    ident = " ".join([platform.machine(), platform.processor(), jax.__version__, jaxlib.__version__,
+                      " ".join(sorted(flags.split()))])
+    return hashlib.blake2b(ident.encode(), digest_size=6).hexdigest()
+
+
 def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
     """Persistent XLA compilation cache, so a repeated run does not compile again.
 
-    Default directory: $INDUCTION_JAX_CACHE_DIR or ~/.cache/induction-jax/xla; "off" disables.
+    Default directory: $INDUCTION_JAX_CACHE_DIR or ~/.cache/induction-jax/xla, each with one
+    sub-folder per machine_key() (so machines sharing a home directory never share executables);
+    "off" disables.
     """
-    path = cache_dir or os.environ.get("INDUCTION_JAX_CACHE_DIR",
+    root = cache_dir or os.environ.get("INDUCTION_JAX_CACHE_DIR",
                                        os.path.join(os.path.expanduser("~"), ".cache", "induction-jax", "xla"))
-    if path == "off":
+    if root == "off":
         return None
+    path = os.path.join(root, machine_key())
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -4,6 +4,18 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# The persistent compilation cache (ensemble.enable_compilation_cache) lives in a folder of this
+# test session, which every child process inherits: a run of the suite never reads executables
+# an earlier run (another jaxlib, another machine) wrote into ~/.cache, and leaves nothing there.
+if "INDUCTION_JAX_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="induction-jax-test-xla-")
+    os.environ["INDUCTION_JAX_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
 import pytest  # noqa: E402
 
 import induction_jax  # noqa: E402

@@ -224,3 +224,21 @@ def test_analyze_command_writes_scores_circuit_figures_and_report(capsys, refere
         assert (run / "analysis" / f"{name}.png").stat().st_size > 1000
     html = (run / "report.html").read_text()
     assert "Circuit per member" in html and html.count("data:image/png;base64") >= 9
+
+
+def test_compilation_cache_is_kept_per_machine(tmp_path, monkeypatch):
+    """Executables compiled on one CPU are never read on another: the cache folder is keyed by the
+    CPU's instruction-set flags (a shared home directory on a mixed cluster), and `off` disables it."""
+    from induction_jax import ensemble
+
+    avx512 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n"
+    assert ensemble.machine_key(avx512) == ensemble.machine_key(avx512.replace("avx2 avx512f", "avx512f avx2"))
+    assert ensemble.machine_key(avx512) != ensemble.machine_key(avx512.replace(" avx512f", ""))
+    before = ensemble.jax.config.jax_compilation_cache_dir
+    try:
+        path = ensemble.enable_compilation_cache(str(tmp_path))
+        assert path == str(tmp_path / ensemble.machine_key())
+        monkeypatch.setenv("INDUCTION_JAX_CACHE_DIR", "off")
+        assert ensemble.enable_compilation_cache() is None
+    finally:
+        ensemble.jax.config.update("jax_compilation_cache_dir", before)
