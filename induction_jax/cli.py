@@ -270,7 +270,7 @@ def cmd_phase(args: argparse.Namespace) -> int:
     from induction_jax.phase.run import phase_run
 
     out = phase_run(args.run_dir, smooth_steps=args.smooth_steps, loss_smooth_steps=args.loss_smooth_steps,
-                    variance=args.variance)
+                    variance=args.variance, progress=True)
     _print_phase(out)
     print(f"phase: {out}")
     print(f"report: {_write_report(args.run_dir)}")

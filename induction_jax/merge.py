@@ -11,7 +11,9 @@ summary and loss plot are computed as training's end computes them. `analyze`, `
 `dynamics`, `llc` and `report` then read it as any run.
 
 `--out` must not exist, except as a merge of the same slices that was stopped: that one is
-cleared (only what it wrote, by its manifest) and merged again from the start.
+continued (the checkpoints and snapshots it holds are kept, the rest written). A run trained
+with `--log` gets its trackers' files from the merged metrics.csv, written afresh into the
+merged run as one run of the whole ensemble (the slices' own files stay in the slices).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from induction_jax import ensemble, shards, signals, snapshots
+from induction_jax import ensemble, shards, signals, snapshots, tracking
 from induction_jax.checkpoint import Checkpoints
 from induction_jax.config import RunConfig
 from induction_jax.files import RunDirError, write_json_atomic, write_text_atomic
@@ -129,8 +132,9 @@ def _bytes_at(sizes: dict[int, int], header: int, step: int) -> int:
     return max((b for s, b in sizes.items() if s <= step), default=header)
 
 
-def _prepare_out(out: RunDir, marker: dict) -> None:
-    """A new directory, or a stopped merge of the same slices (cleared); refuse anything else."""
+def _prepare_out(out: RunDir, marker: dict) -> bool:
+    """A new directory (False), or a stopped merge of the same slices, to continue (True);
+    refuse anything else."""
     if out.path.exists():
         try:
             previous = json.loads((out.path / MARKER).read_text())
@@ -139,9 +143,25 @@ def _prepare_out(out: RunDir, marker: dict) -> None:
         if previous != marker or out.is_run():
             raise RunDirError(f"{out.path}: exists; merge writes a new run directory and never into one it did not "
                               f"create (or has finished); choose another --out")
-        _log(f"induction-jax: {out.path} holds a stopped merge of these slices; clearing it and merging again")
-        out.remove_outputs()
+        return True
     out.create()
+    return False
+
+
+def _size(paths) -> int:
+    return sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+
+
+class _Clock:
+    """Time left from the pace so far, for the progress lines."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.monotonic()
+
+    def tick(self) -> str:
+        self.done += 1
+        left = (time.monotonic() - self.start) / self.done * (self.total - self.done)
+        return f"{self.done}/{self.total}, about {left:.0f} s left" if self.done < self.total else f"{self.done}/{self.total}"
 
 
 def merge_runs(dirs: list[str | Path], out: str | Path) -> RunDir:
@@ -155,14 +175,25 @@ def merge_runs(dirs: list[str | Path], out: str | Path) -> RunDir:
     with contextlib.ExitStack() as locks:
         for run, _, _ in slices:          # no slice changes while it is read
             locks.enter_context(run.lock())
-        _prepare_out(out, marker)
+        continuing = _prepare_out(out, marker)
         locks.enter_context(out.lock())
         write_json_atomic(out.output(MARKER), marker)
         ckpt_steps = sorted(set.intersection(*(set(_ckpt_steps(run)) for run, _, _ in slices)))
         snap_steps = sorted(set.intersection(*(set(snapshots.steps(run)) for run, _, _ in slices)))
+        have_ckpt = set(_ckpt_steps(out)) if continuing and out.checkpoints.is_dir() else set()
+        have_snap = set(snapshots.steps(out)) if continuing else set()
+        todo_ckpt = [s for s in ckpt_steps if s not in have_ckpt]
+        todo_snap = [s for s in snap_steps if s not in have_snap]
+        to_read = _size([run.checkpoints / str(s) for run, _, _ in slices for s in todo_ckpt]
+                        + [snapshots.path(run, s) for run, _, _ in slices for s in todo_snap])
+        logs = tracking.backends(cfg.track.log)
         _log(f"merge: {len(slices)} slices, {len(whole)} members -> {out.path}: metrics, "
-             f"{len(ckpt_steps)} checkpoint(s), {len(snap_steps)} snapshot(s)")
-        stopped = f"the merge into {out.path} stopped; run the same command again to merge afresh"
+             f"{len(ckpt_steps)} checkpoint(s), {len(snap_steps)} snapshot(s)"
+             + (f", then the metrics into {'+'.join(logs)}" if logs else "")
+             + (f"; continuing a stopped merge ({len(have_ckpt)} checkpoint(s), {len(have_snap)} snapshot(s) "
+                f"already there)" if continuing else "")
+             + f"; {to_read / 2**20:.1f} MiB to read and write (the time left follows the first of them)")
+        stopped = f"the merge into {out.path} stopped; run the same command again to continue it"
         firsts = [shard["first"] for _, shard, _ in slices]
         sizes = {}
         for name in ("metrics.csv", "head_metrics.csv"):
@@ -173,20 +204,29 @@ def merge_runs(dirs: list[str | Path], out: str | Path) -> RunDir:
                 sizes[name.removesuffix(".csv")] = (by_step, len(data.split(b"\n", 1)[0]) + 1)
         signals.check(stopped)
         state = None
+        clock = _Clock(len(todo_ckpt) + len(todo_snap))
         with Checkpoints(out.owned_dir("checkpoints"), max_to_keep=cfg.train.keep_checkpoints,
                          async_save=False) as ckpt:
-            for k, step in enumerate(ckpt_steps):
+            for step in todo_ckpt:
                 state, meta = _merged_state(cfg, slices, step)
                 table_bytes = {name: _bytes_at(by_step, header, step) for name, (by_step, header) in sizes.items()}
                 ckpt.save(step, state, {"step": step, "table_bytes": table_bytes, "version": meta["version"],
                                         "config": meta["config"], "members": whole.table()})
-                _log(f"merge: checkpoint step {step} ({k + 1}/{len(ckpt_steps)})")
+                _log(f"merge: checkpoint step {step} ({clock.tick()})")
                 signals.check(stopped)
-        for k, step in enumerate(snap_steps):
+            if ckpt_steps and ckpt_steps[-1] in have_ckpt:     # continued after the last one was written
+                state, _ = ckpt.restore_state(ckpt_steps[-1], ensemble.abstract_state(cfg, whole))
+                state = jax.tree.map(np.asarray, jax.device_get(state))
+        for k, step in enumerate(todo_snap):
             parts = [snapshots.load(run, [step])[1] for run, _, _ in slices]
             snapshots.save(out, step, {name: np.concatenate([p[name][0] for p in parts]) for name in parts[0]})
-            if (k + 1) % 10 == 0 or k + 1 == len(snap_steps):
-                _log(f"merge: snapshots {k + 1}/{len(snap_steps)}")
+            line = clock.tick()
+            if (k + 1) % 10 == 0 or k + 1 == len(todo_snap):
+                _log(f"merge: snapshots {k + 1}/{len(todo_snap)} (of all: {line})")
+            signals.check(stopped)
+        if logs:
+            _log(f"merge: metrics.csv into {'+'.join(logs)} (the merged run's own, as one run of the ensemble)")
+            tracking.log_table(cfg, out, whole)
             signals.check(stopped)
         first_meta = slices[0][0].read_meta()
         out.write_config(cfg, whole, {"jax_version": jax.__version__, "device": first_meta.get("device"),

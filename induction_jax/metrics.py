@@ -227,10 +227,7 @@ class RunTables:
         with open(self.path, "rb") as f:
             has_rows = bool(f.readline()) and bool(f.read(1))
         if self.sinks and has_rows:
-            table = read_metrics(self.path)
-            columns = tuple(table)       # the file's own (an older run's may lack a task column)
-            rows = np.column_stack([np.full(len(table["step"]), np.nan) if c in TEXT_COLUMNS
-                                    else table[c].astype(float) for c in columns])
+            columns, rows = table_rows(self.path)
             for sink in self.sinks:
                 sink.write(columns, rows)
 
@@ -256,6 +253,15 @@ class NullTables:
 
     def close(self, failed: bool = False) -> None:
         pass
+
+
+def table_rows(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
+    """metrics.csv as its columns (the file's own: an older run's may lack a task column) and
+    its rows as floats (text columns NaN), as the tables hand them to their sinks."""
+    table = read_metrics(path)
+    columns = tuple(table)
+    return columns, np.column_stack([np.full(len(table["step"]), np.nan) if c in TEXT_COLUMNS
+                                     else table[c].astype(float) for c in columns])
 
 
 def read_metrics(path: Path, warn=lambda m: print(m, file=sys.stderr)) -> dict[str, np.ndarray]:

@@ -7,7 +7,9 @@ live in the run directory (`RUN_DIR/tensorboard/`, `RUN_DIR/wandb/`). `--log-gro
 one TensorBoard run / W&B run for the whole ensemble, scalars named `member<i>/<metric>`, the
 config and the members table as its hyperparameters; `--log-group member`: one run per
 member (`member<i>`), scalars named `<metric>`, the config and that member's row of the
-members table as its hyperparameters.
+members table as its hyperparameters. `<i>` is the member's id in the sweep, also in a slice of
+it (`--shard`), so slices never log two members under one name; `merge` logs the merged run's
+metrics.csv afresh into the merged run's own tracker folders, as one run of the whole ensemble.
 
 Each tracker is a sink of `metrics.RunTables`: it gets the rows of every chunk metrics.csv gets.
 Resumed runs never log a point twice: on opening, a tracker reads back what its earlier files
@@ -32,6 +34,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from induction_jax import shards
 from induction_jax.config import ConfigError
 from induction_jax.files import RunDirError, write_text_atomic
 
@@ -57,11 +60,12 @@ def _scalar(v):
     return v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
 
 
-def hyperparameters(config: dict, members, member: int | None = None) -> dict:
-    """Flat `section.field` of the config, with member `member`'s row of the members table."""
+def hyperparameters(config: dict, members, member: int | None = None, first: int = 0) -> dict:
+    """Flat `section.field` of the config, with member `member`'s row of the members table
+    (`member`: its id in the sweep; `first`: the sweep's id of the table's row 0, in a slice)."""
     flat = {f"{section}.{k}": _scalar(v) for section, fields in config.items() for k, v in fields.items()}
     if member is not None:
-        flat |= {"member": member, **{k: _scalar(v[member]) for k, v in members.table().items()}}
+        flat |= {"member": member, **{k: _scalar(v[member - first]) for k, v in members.table().items()}}
     return flat
 
 
@@ -84,18 +88,22 @@ class Tracker:
     def __init__(self, cfg, run, members):
         self.config, self.members, self.run = cfg.to_dict(), members, run
         self.by_member = cfg.track.log_group == "member"
-        self.streams = [f"member{i}" for i in range(len(members))] if self.by_member else ["ensemble"]
+        # Members are named by their id in the sweep: a slice (--shard) of it starts at its `first`.
+        self.first = (shards.read(run) or {}).get("first", 0)
+        self.streams = ([f"member{self.first + i}" for i in range(len(members))] if self.by_member
+                        else ["ensemble"])
         self.marks = {s: self._logged(s) for s in self.streams}    # stream -> tag -> last step logged
         for stream in self.streams:
             self._open(stream, fresh=not self.marks[stream])
 
     def hyperparameters(self, stream: str) -> dict:
-        return hyperparameters(self.config, self.members, int(stream[6:]) if self.by_member else None)
+        return hyperparameters(self.config, self.members, int(stream[6:]) if self.by_member else None, self.first)
 
     def write(self, columns: tuple[str, ...], rows: np.ndarray) -> None:
         pending: dict[str, dict] = {}       # stream -> tag -> value, of the current step
         step = None
         for s, member, values in points(columns, rows):
+            member += self.first
             if s != step:
                 self._flush_step(step, pending)
                 step, pending = s, {}
@@ -264,6 +272,23 @@ class WandB(Tracker):
 
 
 BACKENDS = {"tensorboard": TensorBoard, "wandb": WandB}
+
+
+def log_table(cfg, run, members) -> None:
+    """Every row of `run`'s metrics.csv to the trackers `cfg.track.log` names (those it holds
+    already skipped), then closed: what a merge gives its merged run."""
+    from induction_jax.metrics import table_rows
+
+    trackers = open_trackers(cfg, run, members)
+    failed = True
+    try:
+        columns, rows = table_rows(run.path / "metrics.csv")
+        for t in trackers:
+            t.write(columns, rows)
+        failed = False
+    finally:
+        for t in trackers:
+            t.close(failed)
 
 
 def open_trackers(cfg, run, members) -> list[Tracker]:

@@ -116,3 +116,62 @@ def test_slice_of_another_spec_is_refused(runs, tmp_path):
     with pytest.raises(RunDirError, match="a slice of another spec") as e:
         merge_runs([slice_dirs(root / "slices", 2)[0], other.path], tmp_path / "out")
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+def test_a_stopped_merge_continues_to_the_same_run(runs, tmp_path, monkeypatch, capsys):
+    """Stopped after its checkpoints and one snapshot, the same command keeps what is there,
+    writes the rest and ends with the run an unstopped merge gives."""
+    from induction_jax import merge as merge_lib
+
+    root, whole, merged = runs
+    save, written = merge_lib.snapshots.save, []
+
+    def save_then_stop(run, step, params):
+        if written:
+            raise KeyboardInterrupt
+        written.append(step)
+        return save(run, step, params)
+
+    monkeypatch.setattr(merge_lib.snapshots, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        merge_lib.merge_runs(slice_dirs(root / "slices", 2), tmp_path / "m")
+    assert not (tmp_path / "m" / "config.json").exists()
+    monkeypatch.setattr(merge_lib.snapshots, "save", save)
+    capsys.readouterr()
+    again = merge_lib.merge_runs(slice_dirs(root / "slices", 2), tmp_path / "m")
+    err = capsys.readouterr().err
+    assert "continuing a stopped merge (3 checkpoint(s), 1 snapshot(s) already there)" in err
+    assert "MiB to read and write" in err and "snapshots 2/2" in err
+    assert json.loads(again.summary_json.read_text()) == json.loads(whole.summary_json.read_text())
+    for step in (0, 20, 40):
+        f = f"snapshots/step_{step:08d}.npz"
+        wa, wb = np.load(whole.path / f), np.load(again.path / f)
+        assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    with Checkpoints(whole.checkpoints, async_save=False) as a, Checkpoints(again.checkpoints, async_save=False) as b:
+        assert [a.read_meta(s)["digest"] for s in a.steps()] == [b.read_meta(s)["digest"] for s in b.steps()]
+
+
+def test_slices_log_members_by_their_sweep_id_and_merge_logs_the_whole(tmp_path):
+    """--log tensorboard --log-group member on slices: slice 1 names its members 4..7 (their ids
+    in the sweep); the merged run holds one event folder per member of the sweep, with exactly the
+    merged metrics.csv's values."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from induction_jax.merge import merge_runs
+    from induction_jax.metrics import read_metrics
+    from induction_jax.runner import train_run
+
+    cfg = CFG.replace(steps=20, snapshots="none", log="tensorboard", log_group="member")
+    dirs = [train_run(cfg, tmp_path / f"s{i}", members=MEMBERS, progress=False, shard=(i, 2)).path for i in (0, 1)]
+    assert sorted(p.name for p in (dirs[1] / "tensorboard").iterdir()) == [f"member{m}" for m in range(4, 8)]
+    merged = merge_runs(dirs, tmp_path / "merged")
+    assert sorted(p.name for p in (merged.path / "tensorboard").iterdir()) == [f"member{m}" for m in range(8)]
+    table = read_metrics(merged.path / "metrics.csv")
+    for m in (0, 5):
+        acc = EventAccumulator(str(merged.path / "tensorboard" / f"member{m}"), size_guidance={"scalars": 0})
+        acc.Reload()
+        mine = (table["member"] == m) & np.isfinite(table["loss"])
+        got = [(e.step, e.value) for e in acc.Scalars("loss")]
+        assert [s for s, _ in got] == list(table["step"][mine].astype(int))
+        np.testing.assert_allclose([v for _, v in got], table["loss"][mine], rtol=1e-6)

@@ -86,6 +86,11 @@ def test_phase_decomposes_a_crossed_design(crossed_run, capsys):
     assert header.startswith("member,init_seed,data_seed,lr,weight_decay,arm,min_period,step,")
     assert main(["phase", str(crossed_run), "--variance"]) == 0
     out = capsys.readouterr().out
+    # says up front what it will do, then how long the rest should take, then its progress
+    curves = stats_curves(crossed_run)
+    assert (f"phase: 9 members, {curves} curves timed; the init x data variance decomposition of {curves * 3} "
+            f"timings (1 crossed arm(s) x {curves} curves x 3: onset, midpoint, end)") in out
+    assert "phase: the first decomposition took" in out and f"{curves * 3}/{curves * 3} decompositions" in out
     stats = json.loads((crossed_run / "phase" / "stats.json").read_text())
     var = stats["arms"]["all"]["variance"]["in_context_score"]["midpoint"]
     assert var["I"] == 3 and var["J"] == 3 and var["init_seeds"] == [0, 1, 2] and var["data_seeds"] == [5, 6, 7]
@@ -110,6 +115,10 @@ def test_phase_decomposes_a_crossed_design(crossed_run, capsys):
     assert len(mids) and np.any(mids % 10 != 0)              # interpolated, not on the probe grid
     assert all(r["midpoint"] or r["reason"] for r in rows)   # a member not timed says why
     assert {r["probe_interval"] for r in rows if r["metric"] == "in_context_score"} == {"10.0"}
+
+
+def stats_curves(run) -> int:
+    return len(json.loads((run / "phase" / "stats.json").read_text())["curves"])
 
 
 def test_variance_demanded_of_a_design_that_is_not_crossed(capsys, reference, tmp_path):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,9 @@ from induction_jax.phase.predictors import init_quantities, predictor_table
 from induction_jax.phase.stats import MIN_N_MEAN_CI, formation_order, plan_sample_size, resolution, summarize
 from induction_jax.phase.survival import censor_at_last_step, kaplan_meier
 from induction_jax.phase.variance import crossed_matrix, variance_decomposition
+from induction_jax import signals
 from induction_jax.metrics import metric_matrix, read_metrics
+from induction_jax.progress import ProgressBar, fmt_seconds
 from induction_jax.rundir import RunDir, json_safe, write_json_atomic, write_text_atomic
 
 # The curves timed are the task's: its `timing_curves` (probes) and its `step_curve` (the
@@ -83,10 +87,42 @@ def _curve_stats(t: Timing, step_curve: str | None, loss_smooth_steps: float = L
     return stats | {"probe_interval": t.probe_interval}
 
 
+def _crossed(members, idx) -> bool:
+    try:
+        crossed_matrix(members.select(idx).init_seed, members.select(idx).data_seed, np.zeros(len(idx)))
+        return True
+    except PhaseError:
+        return False
+
+
+class _Decompositions:
+    """Says what the variance decompositions will do and how long they should take, shows their
+    progress (a bar on a terminal, a line every 5 s in a log) and stops within one of them on a
+    signal. Silent with `stream=None` (the library)."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.done, self.stream, self.tic = total, 0, stream, time.perf_counter()
+        self.bar = (ProgressBar(total, stream=stream, log_every=5.0, metric=None, name="phase",
+                                unit="decompositions") if stream is not None and total else None)
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            if self.done == 1 and self.total > 1:
+                took = time.perf_counter() - self.tic
+                self.bar.close()
+                print(f"phase: the first decomposition took {took:.1f} s; the other {self.total - 1} should take "
+                      f"about {fmt_seconds(took * (self.total - 1))}", file=self.stream, flush=True)
+            self.bar.update(self.done)
+            if self.done == self.total:
+                self.bar.close()
+        signals.check("while phase decomposed the timing variance; nothing was written (run it again)")
+
+
 def arm_stats(cfg, members, timings: dict[str, Timing], table: dict, idx: np.ndarray, last_step: int,
-              predictors: dict | None) -> dict:
+              predictors: dict | None, tick=lambda: None) -> dict:
     """One arm (members sharing every setting but their seeds): timing, variance shares when
-    its seeds are crossed, predictors, survival."""
+    its seeds are crossed, predictors, survival. `tick()` after each variance decomposition."""
     sub = members.select(idx)
     primary = cfg.task.primary_curve
     ic = timings[primary]
@@ -97,7 +133,7 @@ def arm_stats(cfg, members, timings: dict[str, Timing], table: dict, idx: np.nda
     out["planning"] = plan_sample_size(ic.midpoint[idx]) | {"timing": f"{primary} midpoint"}
     try:
         crossed_matrix(sub.init_seed, sub.data_seed, np.zeros(len(idx)))
-        out["variance"] = {name: {k: _decompose(sub, getattr(t, k)[idx]) for k in DECOMPOSED}
+        out["variance"] = {name: {k: _decompose(sub, getattr(t, k)[idx], tick) for k in DECOMPOSED}
                            for name, t in timings.items()}
     except PhaseError as e:
         out["variance"] = None
@@ -111,9 +147,11 @@ def arm_stats(cfg, members, timings: dict[str, Timing], table: dict, idx: np.nda
     return out
 
 
-def _decompose(sub, values: np.ndarray) -> dict:
+def _decompose(sub, values: np.ndarray, tick=lambda: None) -> dict:
     init_levels, data_levels, matrix = crossed_matrix(sub.init_seed, sub.data_seed, values)
-    return variance_decomposition(matrix) | {"init_seeds": init_levels.tolist(), "data_seeds": data_levels.tolist(),
+    out = variance_decomposition(matrix)
+    tick()
+    return out | {"init_seeds": init_levels.tolist(), "data_seeds": data_levels.tolist(),
                                              "matrix": matrix.tolist()}
 
 
@@ -163,7 +201,7 @@ def arm_effects(members, timings: dict[str, Timing], primary: str, circuit: dict
 
 def phase_stats(cfg, members, timings: dict[str, Timing], table: dict, last_step: int,
                 predictors: dict | None = None, circuit: dict | None = None,
-                loss_smooth_steps: float = LOSS_SMOOTH_STEPS) -> dict:
+                loss_smooth_steps: float = LOSS_SMOOTH_STEPS, tick=lambda: None) -> dict:
     task = cfg.task
     stats = {name: _curve_stats(t, task.step_curve, loss_smooth_steps) for name, t in timings.items()}
     stats["curves"], stats["primary_curve"], stats["step_curve"] = list(timings), task.primary_curve, task.step_curve
@@ -180,16 +218,17 @@ def phase_stats(cfg, members, timings: dict[str, Timing], table: dict, last_step
         stats["primary_minus_later_midpoint"] = {
             "median": float(np.median(finite)) if len(finite) else None, "n": int(len(finite)),
             "per_member": lag.tolist(), "curves": [task.primary_curve, later]}
-    stats["arms"] = {label: arm_stats(cfg, members, timings, table, idx, last_step, predictors)
+    stats["arms"] = {label: arm_stats(cfg, members, timings, table, idx, last_step, predictors, tick)
                      for label, idx in members.arms().items()}
     stats["interventions"] = arm_effects(members, timings, task.primary_curve, circuit)
     return stats
 
 
 def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smooth_steps: float = LOSS_SMOOTH_STEPS,
-              variance: bool = False) -> Path:
+              variance: bool = False, progress: bool = False) -> Path:
     """Time every member of a run. `variance` demands the init x data decomposition (an error
-    if no arm of the run is a crossed design); without it, crossed arms get it anyway."""
+    if no arm of the run is a crossed design); without it, crossed arms get it anyway.
+    `progress`: say up front what the decompositions will do, then their progress (stdout)."""
     run = RunDir(Path(run_dir))
     cfg = run.read_config()
     members = run.members()
@@ -197,18 +236,14 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
     if E < 2:
         raise PhaseError(f"{run.path}: has 1 member; timing statistics across members need at least 2 "
                          f"(train with --seeds 2 or more)")
-    if variance:
-        arms = members.arms()
-        errors = []
-        for idx in arms.values():
-            try:
-                crossed_matrix(members.select(idx).init_seed, members.select(idx).data_seed, np.zeros(len(idx)))
-                break
-            except PhaseError as e:
-                errors.append(str(e))
-        else:
-            raise PhaseError(f"--variance: not a crossed design ({errors[0]}); train with "
-                             f"'induction-jax sweep --init-seeds A-B --data-seeds C-D'")
+    crossed = [idx for idx in members.arms().values() if _crossed(members, idx)]
+    if variance and not crossed:
+        idx = next(iter(members.arms().values()))
+        try:
+            crossed_matrix(members.select(idx).init_seed, members.select(idx).data_seed, np.zeros(len(idx)))
+        except PhaseError as e:
+            raise PhaseError(f"--variance: not a crossed design ({e}); train with "
+                             f"'induction-jax sweep --init-seeds A-B --data-seeds C-D'") from None
     with run.lock():
         run.check_config()
         table = read_metrics(run.metrics_csv)
@@ -228,7 +263,13 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
         write_text_atomic(out / "timings.csv", buf.getvalue())
         circuit_path = run.path / "analysis" / "circuit.json"
         circuit = json.loads(circuit_path.read_text()) if circuit_path.is_file() else None
-        stats = phase_stats(cfg, members, timings, table, last, predictors, circuit, loss_smooth_steps)
+        n_dec = len(crossed) * len(timings) * len(DECOMPOSED)
+        if progress and n_dec:
+            print(f"phase: {E} members, {len(timings)} curves timed; the init x data variance decomposition of "
+                  f"{n_dec} timings ({len(crossed)} crossed arm(s) x {len(timings)} curves x {len(DECOMPOSED)}: "
+                  f"{', '.join(DECOMPOSED)}), each with a bootstrap interval", flush=True)
+        tick = _Decompositions(n_dec, sys.stdout if progress else None)
+        stats = phase_stats(cfg, members, timings, table, last, predictors, circuit, loss_smooth_steps, tick)
         stats["censored"] = {name: [{"member": e, "reason": t.reason[e]} for e in range(E) if t.censored[e]]
                              for name, t in timings.items()}
         stats["last_step"], stats["steps"] = last, cfg.train.steps
