@@ -304,13 +304,17 @@ def machine_key(cpuinfo: str | None = None) -> str:
 def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
     """Persistent XLA compilation cache, so a repeated run does not compile again.
 
-    Default directory: $INDUCTION_JAX_CACHE_DIR or ~/.cache/induction-jax/xla, each with one
-    sub-folder per machine_key() (so machines sharing a home directory never share executables);
-    "off" disables.
+    On by default on accelerators, in ~/.cache/induction-jax/xla; off by default on a CPU, where
+    jaxlib's loader of cached CPU executables is not reliable (it rejects them on some CPUs,
+    jax-ml/jax#38445, and a test run here aborted inside it). `cache_dir` or
+    $INDUCTION_JAX_CACHE_DIR chooses the folder (and turns it on, also on a CPU); "off" disables.
+    Each folder has one sub-folder per machine_key(), so machines sharing a home directory never
+    share executables.
     """
-    root = cache_dir or os.environ.get("INDUCTION_JAX_CACHE_DIR",
-                                       os.path.join(os.path.expanduser("~"), ".cache", "induction-jax", "xla"))
-    if root == "off":
+    root = cache_dir or os.environ.get("INDUCTION_JAX_CACHE_DIR")
+    if root is None and jax.default_backend() != "cpu":
+        root = os.path.join(os.path.expanduser("~"), ".cache", "induction-jax", "xla")
+    if root is None or root == "off":
         return None
     path = os.path.join(root, machine_key())
     jax.config.update("jax_compilation_cache_dir", path)

@@ -228,7 +228,8 @@ def test_analyze_command_writes_scores_circuit_figures_and_report(capsys, refere
 
 def test_compilation_cache_is_kept_per_machine(tmp_path, monkeypatch):
     """Executables compiled on one CPU are never read on another: the cache folder is keyed by the
-    CPU's instruction-set flags (a shared home directory on a mixed cluster), and `off` disables it."""
+    CPU's instruction-set flags (a shared home directory on a mixed cluster), and `off` disables it;
+    on a CPU it is off unless a folder is named."""
     from induction_jax import ensemble
 
     avx512 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n"
@@ -240,5 +241,7 @@ def test_compilation_cache_is_kept_per_machine(tmp_path, monkeypatch):
         assert path == str(tmp_path / ensemble.machine_key())
         monkeypatch.setenv("INDUCTION_JAX_CACHE_DIR", "off")
         assert ensemble.enable_compilation_cache() is None
+        monkeypatch.delenv("INDUCTION_JAX_CACHE_DIR")
+        assert ensemble.enable_compilation_cache() is None          # a CPU: off unless asked for
     finally:
         ensemble.jax.config.update("jax_compilation_cache_dir", before)
