@@ -265,7 +265,8 @@ def train(cfg: RunConfig, state: train_lib.MemberState, start: int,
 
 def measured_member_bytes(cfg: RunConfig) -> tuple[int, int]:
     """XLA's memory analysis of a one-member chunk: `(bytes per member, bytes per device)`.
-    Under `vmap` everything scales with the members; under `map` the temporaries do not."""
+    Under `vmap` everything scales with the members; under `map` the temporaries do not; the
+    task's shared arrays never do."""
     abstract = abstract_state(cfg, Members.from_config(cfg.replace(seeds=1)))
     n_evals = max(1, cfg.train.chunk_steps // cfg.train.eval_every)
     mesh = Mesh(np.asarray(jax.devices()[:1]), ("ensemble",))
@@ -274,8 +275,12 @@ def measured_member_bytes(cfg: RunConfig) -> tuple[int, int]:
     mem = compiled.memory_analysis()
     if mem is None:
         return 0, 0
-    io, temp = int(mem.argument_size_in_bytes + mem.output_size_in_bytes), int(mem.temp_size_in_bytes)
-    return (io, temp) if member_loop(cfg) == "map" else (io + temp, 0)
+    # The task's shared arrays (a text corpus' token stream) are arguments too, but held once per
+    # device whatever the member count: counted per device, never per member.
+    once = sum(int(a.size) * a.dtype.itemsize for a in jax.tree.leaves(shared))
+    io = int(mem.argument_size_in_bytes + mem.output_size_in_bytes) - once
+    temp = int(mem.temp_size_in_bytes)
+    return (io, temp + once) if member_loop(cfg) == "map" else (io + temp, once)
 
 
 def machine_key(cpuinfo: str | None = None) -> str:

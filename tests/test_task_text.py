@@ -203,3 +203,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, text_
 def test_the_encoding_is_cached_per_task_and_vocabulary(text_file):
     a = encoded(Text(corpus=str(text_file), tokenizer="bytes"), 256)
     assert a is encoded(Text(corpus=str(text_file), tokenizer="bytes"), 256)
+
+
+def test_the_corpus_is_counted_once_per_device_not_per_member(tmp_path):
+    """The memory plan's measured bytes: a corpus 100 times longer costs the same per member, and
+    its extra tokens once per device (the shared stream is an argument of the compiled chunk)."""
+    from induction_jax import ensemble
+
+    got = {}
+    for n in (4_000, 400_000):
+        (tmp_path / f"c{n}.bin").write_bytes((np.arange(n) % 97).astype(np.uint16).tobytes())
+        got[n] = ensemble.measured_member_bytes(_cfg(tmp_path / f"c{n}.bin", d_vocab=128))
+    (member_small, device_small), (member_big, device_big) = got[4_000], got[400_000]
+    assert member_small == member_big
+    itemsize = training.shared_arrays(_cfg(tmp_path / "c400000.bin", d_vocab=128))["text_train"].dtype.itemsize
+    assert device_big - device_small == pytest.approx(396_000 * itemsize, rel=0.01)
