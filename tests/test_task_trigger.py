@@ -269,3 +269,35 @@ def test_a_corpus_with_more_characters_than_the_vocabulary_is_refused(tmp_path):
         RunConfig().replace(task="trigger", trigger_corpus=str(path), d_vocab=8, trigger_count=1, trigger_max=1)
     with pytest.raises(ConfigError, match=r"^--trigger-corpus .*: cannot read it"):
         Trigger(trigger_corpus=str(tmp_path / "missing.txt"))
+
+
+def test_a_trigger_corpus_changed_under_a_resumed_run_is_refused(capsys, tmp_path):
+    """config.json records the --trigger-corpus digest when the run starts (Task.input_files, the
+    text task's mechanism): a resume after the file changed is one line, exit 2, nothing touched;
+    the synthetic model records no digest."""
+    import json
+
+    from conftest import tree_digest
+    from induction_jax.cli import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat and the bat ate a rat\n" * 20)
+    out = tmp_path / "run"
+    flags = ["--task", "trigger", "--trigger-corpus", str(corpus), "--d-vocab", "16", "--n-ctx", "16",
+             "--trigger-length", "16", "--trigger-max", "2", "--trigger-count", "1", "--d-model", "16",
+             "--n-heads", "2", "--seeds", "2", "--batch-size", "8", "--probe-batch-size", "8", "--eval-every", "10",
+             "--chunk-steps", "10", "--no-analysis", "--no-progress"]
+    assert main(["train", *flags, "--steps", "10", "--out", str(out)]) == 0
+    recorded = json.loads((out / "config.json").read_text())["config"]["task"]["trigger_corpus_digest"]
+    assert len(recorded) == 32
+    assert main(["train", "--resume", str(out), "--steps", "20"]) == 0          # unchanged: resumes
+    capsys.readouterr()
+    corpus.write_text(corpus.read_text() + "one more line\n")
+    before = tree_digest(out)
+    code = main(["train", "--resume", str(out), "--steps", "30"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and re.search(
+        r"--trigger-corpus '.*c\.txt': changed since the run started .*allowed: the recorded trigger corpus, "
+        r"unchanged", err[0]), err
+    assert tree_digest(out) == before
+    assert RunConfig().replace(task="trigger").to_dict()["task"]["trigger_corpus_digest"] == ""

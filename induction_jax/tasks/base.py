@@ -38,6 +38,11 @@ subclasses `Task` and fills in:
 - optionally `record(model) -> dict` (what config.json records about the task's inputs, as
   `task_inputs`: e.g. a corpus' path and digest) and `run_files(model) -> {name: bytes}`
   (files copied into the run directory when it is created, e.g. a tokenizer);
+- optionally `input_files`: `(path field, digest field)` pairs for inputs read from a user's
+  files (a corpus) with `input_digest(path field)`, the task's own digest of what the path
+  names now. `to_dict` fills an empty digest field in, so config.json records it when the run
+  starts; `verify_inputs()` (called by the task wherever it reads the file to draw data)
+  refuses, in one line naming the flag, an input that changed since;
 - optionally `ideal_patterns(T)` (the attention pattern each head role would have, for the
   pattern scores and clamps) and `baselines(batch)` (losses of reference predictors).
 
@@ -207,8 +212,27 @@ class Task:
             raise ConfigError(f"{flag} {name}: not a parameter of task {self.name}; allowed: {allowed}")
         return params[name]
 
+    input_files: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def input_digest(self, field: str) -> str:
+        """The digest of what the path field `field` names now ('' for no file)."""
+        raise NotImplementedError
+
+    def verify_inputs(self) -> None:
+        """Refuse (one line naming the flag) an input whose digest differs from the recorded one."""
+        for path_field, digest_field in self.input_files:
+            recorded = getattr(self, digest_field)
+            if recorded and (now := self.input_digest(path_field)) != recorded:
+                raise ConfigError(f"--{path_field.replace('_', '-')} {getattr(self, path_field)!r}: changed since "
+                                  f"the run started (digest {now}, recorded {recorded}); allowed: the recorded "
+                                  f"{path_field.replace('_', ' ')}, unchanged (or start a new run)")
+
     def to_dict(self) -> dict:
-        return {"name": self.name, **dataclasses.asdict(self)}
+        """The task section of config.json, with the digests of its input files filled in."""
+        d = {"name": self.name, **dataclasses.asdict(self)}
+        for path_field, digest_field in self.input_files:
+            d[digest_field] = d[digest_field] or self.input_digest(path_field)
+        return d
 
 
 _TASKS: dict[str, type[Task]] = {}

@@ -58,7 +58,7 @@ def in_context_score(token_loss_T, T: int):
 
 def encoded(task: "Text", d_vocab: int) -> corpus_lib.Encoded:
     """The task's corpus as tokens, after checking it is the one the run recorded (if any)."""
-    task.verify_corpus()
+    task.verify_inputs()
     return _encoded(task, d_vocab)
 
 
@@ -112,19 +112,12 @@ class Text(Task):
     def context_indices(self) -> tuple[int, int]:
         return context_indices(self.text_length)
 
-    def to_dict(self) -> dict:
-        """The task section of config.json: with the corpus' digest filled in, so that a resumed
-        run (or any command reading it) is refused if the corpus changed."""
-        d = super().to_dict()
-        d["corpus_digest"] = d["corpus_digest"] or corpus_lib.read(self.corpus, self.corpus_max_bytes)[0].digest
-        return d
+    # config.json records the corpus' digest when the run starts: a resumed run (or any command
+    # that draws tokens) is refused if the corpus changed since (Task.verify_inputs)
+    input_files = (("corpus", "corpus_digest"),)
 
-    def verify_corpus(self) -> None:
-        """Refuse (one line naming --corpus) a corpus whose digest differs from the recorded one."""
-        now = corpus_lib.read(self.corpus, self.corpus_max_bytes)[0].digest
-        if self.corpus_digest and now != self.corpus_digest:
-            raise ConfigError(f"--corpus {self.corpus!r}: changed since the run started (digest {now}, recorded "
-                              f"{self.corpus_digest}); allowed: the recorded corpus, unchanged (or start a new run)")
+    def input_digest(self, field: str) -> str:
+        return corpus_lib.read(self.corpus, self.corpus_max_bytes)[0].digest
 
     def check(self, model) -> None:
         """A new run's corpus is read, tokenised and sized here. A recorded run's (its digest in

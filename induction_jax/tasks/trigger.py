@@ -24,6 +24,7 @@ W_O^1 W_K^2 against queries W_E W_Q^2) and W_K^1 (positions).
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -105,9 +106,16 @@ def corpus_bigram(text: str) -> tuple[np.ndarray, np.ndarray, str]:
     return pi, unigram, chars
 
 
-@functools.lru_cache(maxsize=32)
 def bigram_model(task: "Trigger", d_vocab: int) -> Bigram:
-    """The task's global bigram model for a vocabulary of `d_vocab` (cached: a constant of the program)."""
+    """The task's global bigram model for a vocabulary of `d_vocab`, after checking that a
+    `--trigger-corpus` is the one the run recorded (if any)."""
+    task.verify_inputs()
+    return _bigram_model(task, d_vocab)
+
+
+@functools.lru_cache(maxsize=32)
+def _bigram_model(task: "Trigger", d_vocab: int) -> Bigram:
+    """The model itself (cached: a constant of the program)."""
     if task.trigger_corpus:
         pi_n, uni_n, chars = corpus_bigram(read_corpus(task.trigger_corpus))
         n = len(chars)
@@ -282,6 +290,9 @@ class Trigger(Task):
                                             "member)", lo=0, hi=2**31 - 1)
     trigger_corpus: str = config_field("", "a UTF-8 text file: its characters are the tokens, pi and the "
                                        "unigram its bigram and character frequencies ('' = synthetic)")
+    trigger_corpus_digest: str = config_field("", "recorded: the trigger corpus' digest when the run started "
+                                              "('' = read it; none for the synthetic model); a run whose "
+                                              "corpus changed since is refused")
     trigger_loss_only: bool = config_field(False, "train only on outputs at the 2nd+ occurrence of their "
                                            "trigger (the paper's loss_head_only); default: every target")
 
@@ -314,6 +325,13 @@ class Trigger(Task):
     step_curve = "train_icl_loss"
     progress_metric = "train_icl_loss"
     plot_metrics = ("train_icl_loss", "train_bigram_loss")
+
+    input_files = (("trigger_corpus", "trigger_corpus_digest"),)
+
+    def input_digest(self, field: str) -> str:
+        if not self.trigger_corpus:
+            return ""
+        return hashlib.blake2b(read_corpus(self.trigger_corpus).encode(), digest_size=16).hexdigest()
 
     def __post_init__(self):
         super().__post_init__()
