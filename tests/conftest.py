@@ -1,13 +1,22 @@
 """Tiny configurations shared by the tests (all on CPU, a few seconds each)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# No persistent compilation cache (ensemble.enable_compilation_cache; off by default on a CPU
-# anyway), whatever the environment says: jaxlib's loader of cached CPU executables aborted a CI
-# run, and a test must not read executables another run (or jaxlib, or machine) wrote.
-os.environ["INDUCTION_JAX_CACHE_DIR"] = "off"
+# The persistent compilation cache (ensemble.enable_compilation_cache; off by default on a CPU)
+# is on for the suite, in a folder of this test session that every child process inherits, so
+# the many commands the tests start compile each program once: a run of the suite never reads
+# what another run (another jaxlib, another machine) wrote, and leaves nothing in ~/.cache.
+# torch.compile, whose Inductor kernels are loaded into the process that runs them, runs only in
+# child processes (tests/test_bench_torch.py): the one CI abort inside XLA's cache loader came
+# in a pytest process that held them.
+_cache = tempfile.mkdtemp(prefix="induction-jax-test-xla-")
+os.environ["INDUCTION_JAX_CACHE_DIR"] = _cache
+atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import pytest  # noqa: E402
 
