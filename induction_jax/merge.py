@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -32,6 +31,7 @@ from induction_jax.checkpoint import Checkpoints
 from induction_jax.config import RunConfig
 from induction_jax.files import RunDirError, write_json_atomic, write_text_atomic
 from induction_jax.members import Members
+from induction_jax.progress import ProgressBar
 from induction_jax.rundir import RunDir
 from induction_jax.runner import finish_run
 
@@ -152,18 +152,6 @@ def _size(paths) -> int:
     return sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
 
 
-class _Clock:
-    """Time left from the pace so far, for the progress lines."""
-
-    def __init__(self, total: int):
-        self.total, self.done, self.start = total, 0, time.monotonic()
-
-    def tick(self) -> str:
-        self.done += 1
-        left = (time.monotonic() - self.start) / self.done * (self.total - self.done)
-        return f"{self.done}/{self.total}, about {left:.0f} s left" if self.done < self.total else f"{self.done}/{self.total}"
-
-
 def merge_runs(dirs: list[str | Path], out: str | Path) -> RunDir:
     """Check the slices, then write the merged run `out` (config.json last: until then it is no run)."""
     if len(dirs) < 1:
@@ -204,7 +192,8 @@ def merge_runs(dirs: list[str | Path], out: str | Path) -> RunDir:
                 sizes[name.removesuffix(".csv")] = (by_step, len(data.split(b"\n", 1)[0]) + 1)
         signals.check(stopped)
         state = None
-        clock = _Clock(len(todo_ckpt) + len(todo_snap))
+        bar = ProgressBar(len(todo_ckpt) + len(todo_snap), stream=sys.stderr, log_every=5.0, metric=None,
+                          name="merge", unit="items")
         with Checkpoints(out.owned_dir("checkpoints"), max_to_keep=cfg.train.keep_checkpoints,
                          async_save=False) as ckpt:
             for step in todo_ckpt:
@@ -212,18 +201,17 @@ def merge_runs(dirs: list[str | Path], out: str | Path) -> RunDir:
                 table_bytes = {name: _bytes_at(by_step, header, step) for name, (by_step, header) in sizes.items()}
                 ckpt.save(step, state, {"step": step, "table_bytes": table_bytes, "version": meta["version"],
                                         "config": meta["config"], "members": whole.table()})
-                _log(f"merge: checkpoint step {step} ({clock.tick()})")
+                bar.update(bar.done + 1)
                 signals.check(stopped)
             if ckpt_steps and ckpt_steps[-1] in have_ckpt:     # continued after the last one was written
                 state, _ = ckpt.restore_state(ckpt_steps[-1], ensemble.abstract_state(cfg, whole))
                 state = jax.tree.map(np.asarray, jax.device_get(state))
-        for k, step in enumerate(todo_snap):
+        for step in todo_snap:
             parts = [snapshots.load(run, [step])[1] for run, _, _ in slices]
             snapshots.save(out, step, {name: np.concatenate([p[name][0] for p in parts]) for name in parts[0]})
-            line = clock.tick()
-            if (k + 1) % 10 == 0 or k + 1 == len(todo_snap):
-                _log(f"merge: snapshots {k + 1}/{len(todo_snap)} (of all: {line})")
+            bar.update(bar.done + 1)
             signals.check(stopped)
+        bar.close()
         if logs:
             _log(f"merge: metrics.csv into {'+'.join(logs)} (the merged run's own, as one run of the ensemble)")
             tracking.log_table(cfg, out, whole)

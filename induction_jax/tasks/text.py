@@ -117,7 +117,7 @@ class Text(Task):
     input_files = (("corpus", "corpus_digest"),)
 
     def input_digest(self, field: str) -> str:
-        return corpus_lib.read(self.corpus, self.corpus_max_bytes)[0].digest
+        return corpus_lib.read(getattr(self, field), self.corpus_max_bytes)[0].digest
 
     def check(self, model) -> None:
         """A new run's corpus is read, tokenised and sized here. A recorded run's (its digest in

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -76,10 +77,11 @@ def zipf_bigram(V: int, zipf: float, concentration: float, seed: int) -> tuple[n
 
 
 def read_corpus(path: str) -> str:
-    """The text of `path`, or a one-line ConfigError naming the flag."""
+    """The text of `path`, or a one-line ConfigError naming the flag. Read again only when the
+    file's size, modification time or inode changed (the task checks it wherever it is used)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        st = os.stat(path)
+        text = _read_text(path, (st.st_size, st.st_mtime_ns, st.st_ino))
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
         raise ConfigError(f"--trigger-corpus {path!r}: cannot read it ({reason}); give a readable UTF-8 "
@@ -88,6 +90,12 @@ def read_corpus(path: str) -> str:
         raise ConfigError(f"--trigger-corpus {path!r}: needs at least 2 characters to estimate bigrams; "
                           f"has {len(text)}")
     return text
+
+
+@functools.lru_cache(maxsize=8)
+def _read_text(path: str, signature: tuple) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def corpus_bigram(text: str) -> tuple[np.ndarray, np.ndarray, str]:
