@@ -8,6 +8,7 @@ the devices on a 1-D `ensemble` mesh; on each device `vmap`ped (accelerators) or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import time
@@ -126,8 +127,28 @@ def over_members(cfg: RunConfig, fn, mesh: Mesh | None, donate: bool, n_shared: 
                                  out_specs=spec, check_vma=False), donate_argnums=donate_argnums)
 
 
-@functools.lru_cache(maxsize=None)
+# What the host loop, the run directory and the trackers read, and no compiled program does
+# (tests/test_train.py::test_compiled_programs_never_read_the_host_only_settings checks it, per
+# task): cleared from the key of the compiled-program caches, so the same model and task at
+# another length, seed range or checkpoint cadence (a resume to more steps, a slice of a sweep,
+# a notebook's second run) reuses what this process compiled instead of compiling it again.
+HOST_ONLY_TRAIN = ("steps", "first_seed", "seeds", "checkpoint_every", "keep_checkpoints", "snapshots",
+                   "chunk_steps", "eval_every", "devices", "member_group")
+
+
+def program_config(cfg: RunConfig) -> RunConfig:
+    """`cfg` with its host-only settings (`HOST_ONLY_TRAIN`, tracking) at their defaults: the
+    key under which its compiled programs are cached."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg.train) if f.name in HOST_ONLY_TRAIN}
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **defaults), track=type(cfg.track)())
+
+
 def _compiled_chunk(cfg: RunConfig, n_evals: int, eval_every: int, mesh: Mesh | None = None):
+    return _compiled_chunk_of(program_config(cfg), n_evals, eval_every, mesh)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_chunk_of(cfg: RunConfig, n_evals: int, eval_every: int, mesh: Mesh | None = None):
     def chunk(state, n_active, shared):
         return train_lib.run_chunk(cfg, state, n_active, n_evals=n_evals, eval_every=eval_every, shared=shared)
 
@@ -151,8 +172,12 @@ def run_compiled_chunk(cfg: RunConfig, chunk: train_lib.Chunk, state):
     return fn(state, jnp.int32(chunk.n_active), train_lib.shared_arrays(cfg))
 
 
-@functools.lru_cache(maxsize=None)
 def _compiled_probe(cfg: RunConfig, mesh: Mesh | None):
+    return _compiled_probe_of(program_config(cfg), mesh)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_probe_of(cfg: RunConfig, mesh: Mesh | None):
     return over_members(cfg, functools.partial(train_lib.member_probes, cfg), mesh, donate=False, n_shared=1)
 
 

@@ -145,3 +145,52 @@ def test_bfloat16_compute_forms_the_same_circuit(small_cfg):
     for a, b in zip(a32["circuit"]["members"], a16["circuit"]["members"]):
         assert a["prev_token_head"] == b["prev_token_head"]
         assert a["shared_checks"] == b["shared_checks"]
+
+
+@pytest.mark.parametrize("task", ["repeated", "markov", "bursty", "trigger"])
+def test_compiled_programs_never_read_the_host_only_settings(task, monkeypatch):
+    """The compiled chunk and probe are cached under `program_config(cfg)`, which clears
+    HOST_ONLY_TRAIN and the tracking settings: tracing them (with an intervention arm, whose
+    windows come from the run's length) must read none of those, or a cached program could be
+    another run's."""
+    import dataclasses
+    import sys
+
+    from induction_jax.config import RunConfig, TrackConfig, TrainConfig
+
+    cfg = RunConfig().replace(d_vocab=80, n_ctx=64, d_model=16, n_heads=2, seeds=2, steps=40, task=task)
+    members = Members.grid(cfg, arms=["none", "ablate:L0H0@10-30"])
+    state = ensemble.init_ensemble(cfg, members)
+    read = set()
+
+    def recording(cls):
+        names, original = {f.name for f in dataclasses.fields(cls)}, cls.__getattribute__
+
+        def getattribute(self, name):
+            if name in names and sys._getframe(1).f_code.co_name not in ("__hash__", "__eq__", "__repr__"):
+                read.add((cls.__name__, name))
+            return original(self, name)
+        monkeypatch.setattr(cls, "__getattribute__", getattribute)
+
+    recording(TrainConfig)
+    recording(TrackConfig)
+    mesh, shared = ensemble._mesh_for(cfg, state), train_lib.shared_arrays(cfg)
+    ensemble._compiled_chunk_of.__wrapped__(cfg, 2, 10, mesh).lower(state, jnp.int32(2), shared)
+    ensemble._compiled_probe_of.__wrapped__(cfg, mesh).lower(state, shared)
+    host_only = {("TrainConfig", name) for name in ensemble.HOST_ONLY_TRAIN} | {
+        ("TrackConfig", f.name) for f in dataclasses.fields(TrackConfig)}
+    assert ("TrainConfig", "compute_dtype") in read          # the recording works
+    assert not read & host_only, sorted(read & host_only)
+
+
+def test_a_resume_to_more_steps_reuses_the_compiled_chunk(tmp_path):
+    """In one process, the same model and task at another length (a resume, a notebook's second
+    run) compiles no chunk again."""
+    from conftest import tiny
+    from induction_jax.cli import main
+
+    out = str(tmp_path / "run")
+    assert main(["train", *tiny(), "--steps", "40", "--out", out]) == 0
+    misses = ensemble._compiled_chunk_of.cache_info().misses
+    assert main(["train", "--resume", out, "--steps", "80", "--no-progress"]) == 0
+    assert ensemble._compiled_chunk_of.cache_info().misses == misses
