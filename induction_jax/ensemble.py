@@ -335,8 +335,8 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
     """Persistent XLA compilation cache, so a repeated run does not compile again.
 
     On by default on accelerators, in ~/.cache/induction-jax/xla; off by default on a CPU, where
-    jaxlib's loader of cached CPU executables is not reliable (it rejects them on some CPUs,
-    jax-ml/jax#38445, and a test run here aborted inside it). `cache_dir` or
+    jaxlib's cache of CPU executables is not reliable (it rejects them on some CPUs,
+    jax-ml/jax#38445, and two CI runs of the suite aborted inside it, loading and serializing). `cache_dir` or
     $INDUCTION_JAX_CACHE_DIR chooses the folder (and turns it on, also on a CPU); "off" disables.
     Each folder has one sub-folder per machine_key(), so machines sharing a home directory never
     share executables.
