@@ -66,6 +66,9 @@ def _filter_orbax_noise() -> None:
     logging.getLogger("asyncio").addFilter(_DropUnretrievedOrbaxFailures())
 
 
+_failed_since_collect = False
+
+
 @contextlib.contextmanager
 def quiet():
     """Silence what a failing Orbax / TensorStore read prints on the way out (asyncio's
@@ -77,10 +80,21 @@ def quiet():
     sys.unraisablehook = lambda *_: None
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
+    global _failed_since_collect
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = _failed_since_collect = True
+        raise
     finally:
-        gc.collect()              # collect the failed read's coroutines while the hook is quiet
+        # Collect a failed read's coroutines while the hook is quiet: at the failure, and again at
+        # the next quiet exit (while the exception propagates, its traceback may still hold them).
+        # Only then: a full collection takes seconds in a process holding many objects (a
+        # notebook, the test suite), and reads that never failed leave nothing to silence.
+        if _failed_since_collect:
+            gc.collect()
+            _failed_since_collect = failed
         sys.unraisablehook = hook
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
