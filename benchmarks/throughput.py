@@ -51,8 +51,8 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     overrides = dict(overrides or {})
     task = overrides.pop("task", None)
     if task is None:                # the reference configuration: the fixed-period repeated task
-        cfg = RunConfig().replace(seeds=size, min_half_length=25, eval_every=every, chunk_steps=steps,
-                                  member_loop=member_loop, **overrides)
+        cfg = RunConfig().replace(**{"seeds": size, "min_half_length": 25, "eval_every": every, "chunk_steps": steps,
+                                     "member_loop": member_loop, **overrides})
     else:                           # a task at its own defaults, in a context that fits its sequences
         from induction_jax import tasks
 
