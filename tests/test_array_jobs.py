@@ -2,6 +2,7 @@
 sweep bitwise; what is not every slice of one sweep is refused in one line."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -141,7 +142,7 @@ def test_a_stopped_merge_continues_to_the_same_run(runs, tmp_path, monkeypatch, 
     again = merge_lib.merge_runs(slice_dirs(root / "slices", 2), tmp_path / "m")
     err = capsys.readouterr().err
     assert "continuing a stopped merge (3 checkpoint(s), 1 snapshot(s) already there)" in err
-    assert "MiB to read and write" in err and "snapshots 2/2" in err
+    assert "MiB to read and write" in err and re.search(r"merge \[#+\] 2/2 items", err), err
     assert json.loads(again.summary_json.read_text()) == json.loads(whole.summary_json.read_text())
     for step in (0, 20, 40):
         f = f"snapshots/step_{step:08d}.npz"
