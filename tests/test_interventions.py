@@ -209,9 +209,12 @@ def test_every_arm_runs_in_one_compiled_program(short):
     members = Members.grid(cfg.replace(seeds=8), arms=arms)
     assert len(members) == 40
     state = ensemble.init_ensemble(cfg, members)
+    # the programs are cached per model and task (ensemble.program_config), so an earlier test of
+    # this process may have traced this one for other members: count what this ensemble adds
+    fn = ensemble.compiled_chunk(cfg, 2, 20, state)
+    before = fn._cache_size()
     ensemble.train(cfg, state, 0, chunk_seconds=None)
-    fn = ensemble.compiled_chunk(cfg, 2, 20, ensemble.init_ensemble(cfg, members))
-    assert fn._cache_size() == 1
+    assert fn._cache_size() - before <= 1
 
 
 @pytest.mark.parametrize("arm, fragment", [
