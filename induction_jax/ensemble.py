@@ -136,9 +136,11 @@ HOST_ONLY_TRAIN = ("steps", "first_seed", "seeds", "checkpoint_every", "keep_che
                    "chunk_steps", "eval_every", "devices", "member_group")
 
 
+@functools.lru_cache(maxsize=64)
 def program_config(cfg: RunConfig) -> RunConfig:
     """`cfg` with its host-only settings (`HOST_ONLY_TRAIN`, tracking) at their defaults: the
-    key under which its compiled programs are cached."""
+    key under which its compiled programs are cached (itself cached: building a config checks
+    it again, and this runs at every chunk)."""
     defaults = {f.name: f.default for f in dataclasses.fields(cfg.train) if f.name in HOST_ONLY_TRAIN}
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **defaults), track=type(cfg.track)())
 
@@ -336,8 +338,9 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
 
     On by default on accelerators, in ~/.cache/induction-jax/xla; off by default on a CPU, where
     jaxlib's cache of CPU executables is not reliable (it rejects them on some CPUs,
-    jax-ml/jax#38445, and two CI runs of the suite aborted inside it, loading and serializing). `cache_dir` or
-    $INDUCTION_JAX_CACHE_DIR chooses the folder (and turns it on, also on a CPU); "off" disables.
+    jax-ml/jax#38445, and two CI runs of the suite aborted inside it, loading and serializing).
+    `cache_dir` or $INDUCTION_JAX_CACHE_DIR chooses the folder (and turns it on, also on a CPU);
+    "off" disables.
     Each folder has one sub-folder per machine_key(), so machines sharing a home directory never
     share executables.
     """
