@@ -256,11 +256,31 @@ def _print_circuits(analysis_dir: Path) -> None:
               + (f"; fails: {', '.join(failed)}" if failed else ""))
 
 
+def _print_knockouts(analysis_dir: Path) -> None:
+    knocked = json.loads((analysis_dir / "circuit.json").read_text()).get("knockout")
+    if not knocked or "members" not in knocked:
+        return
+    def f(x):
+        return "n/a" if x is None else f"{x:.2f}"
+
+    print(f"knock-outs: fraction of {knocked['metric']} lost, mean-ablation (analysis/knockout.csv; n/a: no "
+          f"in-context score to lose)")
+    for r in knocked["members"]:
+        print(f"  member {r['member']}: clean {f(r['clean'])}; " + "; ".join(
+            f"top-{e['k']} prefix-matching {e['heads']} {f(e['mean']['named'])}, other {e['k']} heads "
+            f"{f(e['mean']['controls_median'])} (median of {e['mean']['n_controls']})" for e in r["by_k"]))
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from induction_jax.analysis.run import analyze_run
 
-    out_dir = analyze_run(args.run_dir, args.member)
+    if not 0 <= args.knockout_heads <= 8:
+        raise CliError(f"--knockout-heads {args.knockout_heads}: out of range; allowed: 0 (off) to 8")
+    if not 1 <= args.knockout_batch <= 65536:
+        raise CliError(f"--knockout-batch {args.knockout_batch}: out of range; allowed: 1 to 65536")
+    out_dir = analyze_run(args.run_dir, args.member, args.knockout_heads, args.knockout_batch)
     _print_circuits(out_dir)
+    _print_knockouts(out_dir)
     print(f"analysis: {out_dir}")
     print(f"report: {_write_report(args.run_dir)}")
     return 0
@@ -616,6 +636,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--member", type=int, default=None, metavar="K",
                          help="the member (row of the run's members table, 0-based) whose single-model "
                               "figures are drawn (default: 0)")
+    analyze.add_argument("--knockout-heads", type=int, default=2, metavar="K",
+                         help="where the task names an in-context score (text): ablate the top 1..K heads by "
+                              "prefix-matching score, and as many other heads, against it (0 = off; default 2)")
+    analyze.add_argument("--knockout-batch", type=int, default=512, metavar="N",
+                         help="probe sequences per member for the knock-outs (default 512)")
     analyze.set_defaults(func=cmd_analyze)
 
     phase = sub.add_parser("phase", help="time the phase change in every member of a run",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +79,39 @@ def report_arrays(result: dict, members, params: dict | None = None) -> dict[str
     return out
 
 
-def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
+def write_knockout(cfg, params: dict, members, result: dict, out, k_max: int, batch_size: int) -> dict | None:
+    """The task's knock-outs (`analysis.knockout`) into knockout.csv, summarised for circuit.json;
+    None when the task names no knock-out score or `k_max` is 0. A run whose task inputs cannot be
+    read here (a corpus that changed or is elsewhere) gets `{"skipped": why}` and a line on stderr:
+    the rest of the analysis does not need them."""
+    from induction_jax.analysis import knockout
+    from induction_jax.config import ConfigError
+
+    from induction_jax import files
+
+    if cfg.task.knockout_metric is None or k_max <= 0:
+        stale = f"{out.name}/knockout.csv"            # an earlier analysis' own, which this one does not redo
+        if stale in files.recorded(out.run.path):
+            (out.run.path / stale).unlink(missing_ok=True)
+        return None
+    try:
+        res = knockout.knockout(cfg, params, members, result["scores"]["prefix_matching_score"], k_max, batch_size)
+    except (ConfigError, OSError) as e:
+        print(f"induction-jax analyze: knock-outs skipped: {e}", file=sys.stderr)
+        return {"skipped": str(e)}
+    header, rows = knockout.table(res)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+    write_text_atomic(out / "knockout.csv", buf.getvalue())
+    return {"metric": res["metric"], "batch": batch_size, "members": knockout.summary(res)}
+
+
+def analyze_run(run_dir: str | Path, member: int | None = None, knockout_k: int = 2,
+                knockout_batch: int = 512) -> Path:
     """Analyse every member of a run at its latest good checkpoint; single-model figures show
-    `member` (default 0). Every output records the checkpoint step it describes."""
+    `member` (default 0). Every output records the checkpoint step it describes. Where the task
+    names a knock-out score, the heads it ranks are ablated against it (`write_knockout`: sets
+    of up to `knockout_k` heads, on `knockout_batch` probe sequences per member)."""
     run = RunDir(Path(run_dir))
     cfg = run.read_config()
     members = run.members()
@@ -104,6 +135,10 @@ def analyze_run(run_dir: str | Path, member: int | None = None) -> Path:
             r["label"] = members.label(r["member"])
             r |= {k: v[r["member"]] for k, v in members.table().items()}
         circuit |= {"figure_member": member, "checkpoint_step": int(meta["step"]), "steps": cfg.train.steps}
+        knocked = write_knockout(cfg, params, members, result, out, knockout_k, knockout_batch)
+        if knocked is not None:
+            circuit["knockout"] = knocked
+        signals.check(interrupted)
         write_figures(result, params, member, out)
         save_arrays(out / "arrays.npz", report_arrays(result, members, params))
         write_json_atomic(out / "circuit.json", json_safe(circuit))

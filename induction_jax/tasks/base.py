@@ -43,6 +43,8 @@ subclasses `Task` and fills in:
   names now. `to_dict` fills an empty digest field in, so config.json records it when the run
   starts; `verify_inputs()` (called by the task wherever it reads the file to draw data)
   refuses, in one line naming the flag, an input that changed since;
+- optionally `knockout_metric`: a probe metric that is 0 where the model learns nothing in
+  context; `analyze` then measures what ablating heads costs it (`analysis.knockout`);
 - optionally `ideal_patterns(T)` (the attention pattern each head role would have, for the
   pattern scores and clamps) and `baselines(batch)` (losses of reference predictors).
 
@@ -115,6 +117,9 @@ class Task:
     formation_order: ClassVar[tuple[str, str] | None] = None
     progress_metric: ClassVar[str] = "loss"
     plot_metrics: ClassVar[tuple[str, ...]] = ("loss",)
+    # A probe metric that is 0 where the model learns nothing in context (e.g. the text task's
+    # in-context score): what `analyze` knocks heads out against (`analysis.knockout`); None = none.
+    knockout_metric: ClassVar[str | None] = None
 
     def __post_init__(self):
         check_fields(self)

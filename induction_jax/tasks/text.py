@@ -100,6 +100,7 @@ class Text(Task):
     timing_curves = ("in_context_score", "prefix_matching", "heldout_loss")
     primary_curve = "in_context_score"
     formation_order = ("prefix_matching", "in_context_score")
+    knockout_metric = "in_context_score"
     step_curve = "loss"
     progress_metric = "loss"
     plot_metrics = ("loss",)

@@ -1,0 +1,162 @@
+"""How much of the in-context score on text do the prefix-matching heads carry? (Olsson et al.
+2022, Argument 4: knocking out induction heads in small models at test time removes much of their
+in-context learning; attention-only models more than models with MLPs.)
+
+For each trained text run under `--runs` (`experiments/text_phase_change.py` trains them; each
+must keep its final checkpoint), runs `induction-jax analyze` with the knock-outs
+(`analysis.knockout`: every head alone, the top-k heads by prefix-matching score together, and
+every k-subset of the other heads as the control; mean- and zero-ablation; the in-context score
+on `--batch` held-out windows per member) and reports per architecture, over members: the
+fraction of the in-context score lost by the named heads and by the controls (mean, Student-t
+95% CI), the paired difference, in how many members the named heads lose more than every
+control (exact 95% interval), and a figure of every head's loss against its prefix-matching
+score. docs/studies/text-knockout.md.
+
+    python experiments/text_knockout.py [--runs runs/text-ablation] [--batch 2048] [--heads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from induction_jax import use_cpu_cores
+from induction_jax.analysis.knockout import MODES
+from induction_jax.analysis.run import analyze_run
+from induction_jax.phase.stats import mean_ci
+from induction_jax.report.findings import exact_ci
+from induction_jax.rundir import RunDir, json_safe, write_json_atomic, write_text_atomic
+
+
+def read_knockouts(analysis: Path) -> dict:
+    """knockout.csv as arrays per member: the single heads' (layer, head, prefix score, fraction
+    lost per mode) and, per k, the named set's and the controls' fractions lost."""
+    import csv
+
+    rows = list(csv.DictReader((analysis / "knockout.csv").open()))
+    E = 1 + max(int(r["member"]) for r in rows)
+    out = {"clean": np.zeros(E), "single": [[] for _ in range(E)], "named": {}, "controls": {}}
+    for r in rows:
+        e, k = int(r["member"]), int(r["k"])
+        out["clean"][e] = float(r[[c for c in r if c.startswith("clean_")][0]])
+        lost = {m: float(r[f"fraction_lost_{m}"]) for m in MODES}
+        if r["kind"] == "single":
+            layer, head = (int(x) for x in r["heads"][1:].split("H"))
+            out["single"][e].append((layer, head, float(r["prefix_matching_sum"]), lost))
+        elif r["kind"] == "named":
+            out["named"].setdefault(k, [None] * E)[e] = (r["heads"], lost)
+        else:
+            out["controls"].setdefault(k, [[] for _ in range(E)])[e].append(lost)
+    # k = 1: the single head with the highest prefix-matching score, the other single heads as controls
+    out["named"][1], out["controls"][1] = [], []
+    for e in range(E):
+        best = max(range(len(out["single"][e])), key=lambda i: out["single"][e][i][2])
+        layer, head, _, lost = out["single"][e][best]
+        out["named"][1].append((f"L{layer}H{head}", lost))
+        out["controls"][1].append([s[3] for i, s in enumerate(out["single"][e]) if i != best])
+    return out
+
+
+def _stat(v) -> dict:
+    v = np.asarray(v, float)
+    ok = v[np.isfinite(v)]                 # NaN: a member with no in-context score to lose
+    ci = mean_ci(ok)
+    return {"mean": float(ok.mean()) if len(ok) else float("nan"), "ci95": list(ci) if ci else None,
+            "min": float(ok.min()) if len(ok) else float("nan"), "max": float(ok.max()) if len(ok) else float("nan"),
+            "n": len(ok), "values": v.tolist()}
+
+
+def summarise(k: dict, mode: str) -> dict:
+    E = len(k["clean"])
+    out = {"clean": _stat(k["clean"])}
+    for size in sorted(k["named"]):
+        named = np.array([k["named"][size][e][1][mode] for e in range(E)])
+        ctrl = [np.array([c[mode] for c in k["controls"][size][e]]) for e in range(E)]
+        med = np.array([np.median(c) for c in ctrl])
+        beats = int(sum(named[e] > ctrl[e].max() for e in range(E)))
+        out[f"k{size}"] = {"heads": [k["named"][size][e][0] for e in range(E)], "named": _stat(named),
+                           "controls_median": _stat(med), "difference": _stat(named - med),
+                           "named_beats_every_control": beats, "beats_ci95": list(exact_ci(beats, E)),
+                           "n_controls": len(ctrl[0])}
+    return out
+
+
+def figure(results: dict, path: Path) -> None:
+    """Every head's fraction of the in-context score lost (mean-ablation, alone) against its
+    prefix-matching score, one panel per architecture, colour = layer."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        for member in results[name]["knockouts"]["single"]:
+            for layer, _, pm, lost in member:
+                ax.scatter(pm, lost["mean"], s=14, color=f"C{layer}", alpha=0.7,
+                           label=f"layer {layer}")
+        handles, labels = ax.get_legend_handles_labels()
+        seen = dict(zip(labels, handles))
+        ax.legend(seen.values(), seen.keys(), fontsize=8)
+        ax.axhline(0, color="gray", lw=0.6)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("prefix-matching score")
+    axes[0, 0].set_ylabel("fraction of in-context score lost\n(head mean-ablated alone)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_text_atomic(path, buf.getvalue())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="runs/text-ablation", help="a folder of text runs (one per architecture)")
+    p.add_argument("--batch", type=int, default=2048, help="held-out windows per member")
+    p.add_argument("--heads", type=int, default=2, help="knock out the top 1..K prefix-matching heads")
+    p.add_argument("--figure", default="docs/figures/text-knockout.png")
+    args = p.parse_args()
+    use_cpu_cores()
+    results = {}
+    for run_path in sorted(Path(args.runs).iterdir()):
+        if not RunDir(run_path).is_run():
+            continue
+        cfg = RunDir(run_path).read_config()
+        name = f"{cfg.model.n_layers}-layer " + ("MLP+LN" if cfg.model.d_mlp else "attn-only")
+        tic = time.perf_counter()
+        analysis = analyze_run(run_path, knockout_k=args.heads, knockout_batch=args.batch)
+        seconds = time.perf_counter() - tic
+        circuit = json.loads((analysis / "circuit.json").read_text())
+        k = read_knockouts(analysis)
+        results[name] = {"run": str(run_path), "checkpoint_step": circuit["checkpoint_step"], "seconds": seconds,
+                         "knockouts": k, **{mode: summarise(k, mode) for mode in MODES}}
+        print(f"\n{name} ({run_path}, step {circuit['checkpoint_step']}, analysis {seconds:.0f} s; "
+              f"{len(k['clean'])} members, {args.batch} held-out windows each)")
+        c = results[name]["mean"]["clean"]
+        print(f"  clean in-context score: mean {c['mean']:.3f} (range {c['min']:.3f}..{c['max']:.3f})")
+        for mode in MODES:
+            s = results[name][mode]
+            for size in sorted(s):
+                if not size.startswith("k"):
+                    continue
+                e = s[size]
+                ci = lambda d: "n/a" if d["ci95"] is None else f"[{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}]"
+                print(f"  {mode}-ablation, top-{size[1:]} heads ({', '.join(sorted(set(e['heads'])))}): lost "
+                      f"{e['named']['mean']:.2f} {ci(e['named'])}; other {size[1:]} heads (median of "
+                      f"{e['n_controls']}) {e['controls_median']['mean']:.2f} {ci(e['controls_median'])}; "
+                      f"difference {e['difference']['mean']:.2f} {ci(e['difference'])}; named above every control "
+                      f"in {e['named_beats_every_control']} of {len(e['heads'])} "
+                      f"[{e['beats_ci95'][0]:.0%}, {e['beats_ci95'][1]:.0%}]")
+    out = Path(args.runs) / "knockout_summary.json"
+    write_json_atomic(out, json_safe({"args": vars(args), "architectures": results}))
+    figure(results, Path(args.figure))
+    print(f"\nwrote {out} and {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
