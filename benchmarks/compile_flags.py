@@ -25,9 +25,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from xla_flags import SUITE_XLA_FLAGS  # noqa: E402  (the suite's own definition)
+
 FLAG_SETS = {
     "default": "",
-    "suite": "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false",
+    "suite": SUITE_XLA_FLAGS,
     "O0": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
 }
 

@@ -14,9 +14,9 @@ os.environ["INDUCTION_JAX_CACHE_DIR"] = "off"
 # (a tiny `train` command: 23 s -> 12 s; 600 steps of a 3-member model: 26 s -> 20 s, its steps
 # no slower). Children inherit the flags, so numbers compared across processes are computed
 # under the same ones; the product itself runs with XLA's defaults.
-os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
-                                                 "--xla_backend_optimization_level=1",
-                                                 "--xla_cpu_use_fusion_emitters=false"]))
+from xla_flags import SUITE_XLA_FLAGS  # noqa: E402
+
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), SUITE_XLA_FLAGS]))
 
 import pytest  # noqa: E402
 
