@@ -304,6 +304,9 @@ def resume_run(out: str | Path, overrides: dict | None = None, progress: bool = 
     """Continue a run from its latest good checkpoint (falling back past broken ones)."""
     run = RunDir(Path(out))
     cfg = check_resume_overrides(run.read_config(), overrides or {})
+    # the task's input files (a corpus) as they were when the run started, before anything is
+    # touched: compiled programs this process already holds would not read them again
+    cfg.task.verify_inputs()
     members = run.members()
     devices, group = _plan(cfg, members)
     with _writer_lock(run):

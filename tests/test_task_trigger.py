@@ -301,3 +301,13 @@ def test_a_trigger_corpus_changed_under_a_resumed_run_is_refused(capsys, tmp_pat
         r"unchanged", err[0]), err
     assert tree_digest(out) == before
     assert RunConfig().replace(task="trigger").to_dict()["task"]["trigger_corpus_digest"] == ""
+    import induction_jax as ij
+    from induction_jax.rundir import RunDir
+    corpus.unlink()                                  # the run is still read (config, tables) without its corpus
+    assert RunDir(out).read_config().task.trigger_corpus_digest == recorded
+    assert len(ij.open_run(out).metrics()) > 0
+    assert main(["analyze", str(out)]) == 0          # the circuit analysis draws reference tokens, not the corpus
+    capsys.readouterr()
+    code = main(["train", "--resume", str(out), "--steps", "30"])     # what draws the task's tokens refuses
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--trigger-corpus" in err[0] and "cannot read it" in err[0], err

@@ -345,7 +345,7 @@ class Trigger(Task):
         super().__post_init__()
         if self.trigger_count > self.trigger_max:
             raise ConfigError(f"trigger_count={self.trigger_count}: must be <= trigger_max={self.trigger_max}")
-        if self.trigger_corpus:
+        if self.trigger_corpus and not self.trigger_corpus_digest:     # a new run: the file must be readable
             read_corpus(self.trigger_corpus)
 
     @property
@@ -353,7 +353,13 @@ class Trigger(Task):
         return self.trigger_length
 
     def check(self, model) -> None:
+        """A new run's corpus is read and sized here; a recorded run's (its digest in config.json)
+        is not touched: only what draws tokens reads it, and refuses a changed one
+        (`bigram_model`), so `phase`'s timings, `analyze` and the report read a run whose
+        corpus is elsewhere, as the text task's do."""
         super().check(model)
+        if self.trigger_corpus_digest:
+            return
         n = bigram_model(self, model.d_vocab).n_tokens
         if self.trigger_max > n:
             raise ConfigError(f"trigger_max={self.trigger_max}: k triggers must be distinct tokens; allowed: "

@@ -1,0 +1,114 @@
+"""Is the phase change on text as reproducible across seeds as on repeated random tokens? The
+same members (the same model shape and init seeds, so the same initial weights) trained on the
+two tasks; per task, every member's in-context-score transition timed, and the spread across
+members compared in log-steps (scale-free: the two tasks change at different times).
+
+- text: a run of `experiments/text_phase_change.py` (its timing rule: from `--from-step` on,
+  smoothed over `--span` steps, midpoint = first crossing of half the way; the in-context score
+  and the best head's prefix-matching score);
+- repeated: a run of the repeated task with the same model and seeds, timed by `induction-jax
+  phase` (its plateau rule: docs/definitions.md), on the same two curves' counterparts (its
+  in-context score and best induction score).
+
+Reports per task and curve: the midpoints, their mean and standard deviation of log10(step)
+with bootstrap 95% CIs, the ratio text / repeated of that standard deviation (bootstrap over
+members, each task resampled on its own), and the Spearman correlation of the members' timings
+across the two tasks (is a member that is early on one early on the other?), with a
+permutation p-value. docs/studies/text-phase-change.md ("Variance of the timing").
+
+    python experiments/text_timing_variance.py --text runs/text-knockout/2-layer_attn-only \\
+        --repeated runs/repeated-text-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from induction_jax.phase.run import phase_run
+from induction_jax.rundir import RunDir, json_safe, write_json_atomic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import text_phase_change as tpc  # noqa: E402  (the text study's timing rule)
+
+
+def repeated_midpoints(run_path: Path, curve: str) -> np.ndarray:
+    """`induction-jax phase`'s midpoint of `curve` per member (NaN where censored), running
+    `phase` if the run has no timings yet."""
+    import csv
+
+    timings = run_path / "phase" / "timings.csv"
+    if not timings.is_file():
+        phase_run(run_path)
+    rows = [r for r in csv.DictReader(timings.open()) if r["metric"] == curve]
+    E = len(RunDir(run_path).members())
+    out = np.full(E, np.nan)
+    for r in rows:
+        v = r["midpoint"]
+        out[int(r["member"])] = float(v) if v and r["censored"] != "True" else np.nan
+    return out
+
+
+def log_spread(mid: np.ndarray, rng, n_boot: int = 10000) -> dict:
+    x = np.log10(mid[np.isfinite(mid)])
+    boot = rng.choice(x, (n_boot, len(x)))
+    sd = boot.std(1, ddof=1)
+    return {"n": len(x), "midpoints": mid.tolist(), "median": float(np.median(10 ** x)),
+            "sd_log10": float(x.std(ddof=1)), "sd_log10_ci95": np.percentile(sd, [2.5, 97.5]).tolist(),
+            "cv": float((10 ** x).std(ddof=1) / (10 ** x).mean()), "_x": x}
+
+
+def spearman(a: np.ndarray, b: np.ndarray, rng, n_perm: int = 10000) -> dict:
+    ok = np.isfinite(a) & np.isfinite(b)
+    ra, rb = np.argsort(np.argsort(a[ok])), np.argsort(np.argsort(b[ok]))
+    rho = float(np.corrcoef(ra, rb)[0, 1])
+    perm = np.array([np.corrcoef(ra, rng.permutation(rb))[0, 1] for _ in range(n_perm)])
+    return {"n": int(ok.sum()), "rho": rho, "p_two_sided": float(np.mean(np.abs(perm) >= abs(rho) - 1e-12))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--text", required=True, help="a text run (experiments/text_phase_change.py)")
+    p.add_argument("--repeated", required=True, help="a repeated-task run with the same model and seeds")
+    p.add_argument("--from-step", type=float, default=500)
+    p.add_argument("--span", type=float, default=250)
+    p.add_argument("--out", default=None, help="summary JSON (default: beside the text run)")
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    text = tpc.member_results(Path(args.text), args.from_step, args.span)
+    pairs = (("in-context score", text[tpc.ICL]["midpoint"], repeated_midpoints(Path(args.repeated), "in_context_score")),
+             ("prefix matching / induction score", text[tpc.PM]["midpoint"],
+              repeated_midpoints(Path(args.repeated), "induction_score")))
+    summary = {"args": vars(args), "curves": {}}
+    for name, t_mid, r_mid in pairs:
+        t, r = log_spread(t_mid, rng), log_spread(r_mid, rng)
+        ratio = None
+        if t["n"] >= 3 and r["n"] >= 3:
+            bt = rng.choice(t["_x"], (10000, t["n"])).std(1, ddof=1)
+            br = rng.choice(r["_x"], (10000, r["n"])).std(1, ddof=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = {"text_over_repeated": t["sd_log10"] / r["sd_log10"],
+                         "ci95": np.nanpercentile(bt / br, [2.5, 97.5]).tolist()}
+        corr = spearman(t_mid, r_mid, rng)
+        for d in (t, r):
+            d.pop("_x")
+        summary["curves"][name] = {"text": t, "repeated": r, "sd_ratio": ratio, "spearman": corr}
+        print(f"\n{name}:")
+        for task, d in (("text", t), ("repeated", r)):
+            print(f"  {task:8s} timed in {d['n']} members: median midpoint {d['median']:.0f} steps, sd of "
+                  f"log10(step) {d['sd_log10']:.3f} [{d['sd_log10_ci95'][0]:.3f}, {d['sd_log10_ci95'][1]:.3f}], "
+                  f"CV {d['cv']:.2f}")
+        if ratio:
+            print(f"  spread text / repeated: {ratio['text_over_repeated']:.2f} "
+                  f"[{ratio['ci95'][0]:.2f}, {ratio['ci95'][1]:.2f}]")
+        print(f"  Spearman rho over {corr['n']} members: {corr['rho']:.2f} (permutation p = {corr['p_two_sided']:.2f})")
+    out = Path(args.out) if args.out else Path(args.text).parent / "timing_variance.json"
+    write_json_atomic(out, json_safe(summary))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
