@@ -34,7 +34,9 @@ import numpy as np
 
 from induction_jax.functional import HeadAdd, HeadScale, apply
 
-KNOCKOUT_DATA = 0x4B0        # folded into a member's data key: the batch its head means are taken on
+# Folded into a member's data key for the batch its head means are taken on: above every training
+# step (the batch of step s is fold_in(data_key, s)) and apart from MEMBER_DATA (2**32 - 1).
+KNOCKOUT_DATA = 2**32 - 2
 MODES = ("mean", "zero")
 
 
@@ -110,11 +112,14 @@ def fraction_lost(clean, ablated, direction: int, min_clean: float = 1e-3):
 
 
 def knockout(cfg, params: dict, members, prefix_ELH: np.ndarray, k_max: int = 2, batch_size: int = 512,
-             max_controls: int = 32) -> dict:
+             max_controls: int = 32, what: str | None = None, stream=None) -> dict:
     """Every member's knock-outs (module docstring): `clean [E]`, `mean`/`zero` `[E, S]` (the
     score under each set), their `fraction_lost_*`, and the sets (`kinds`, `ks`, `sets [E, S, L,
-    H]`); `params` stacked `[E, ...]` in circuit layout, `members` the run's table."""
-    from induction_jax import ensemble
+    H]`); `params` stacked `[E, ...]` in circuit layout, `members` the run's table. One member
+    per call of one compiled program: with `what` (what an interruption leaves), a signal stops
+    it within seconds (`signals.run`); with `stream`, a progress bar counts the members."""
+    from induction_jax import ensemble, signals
+    from induction_jax.progress import ProgressBar
     from induction_jax.training import member_keys, member_task_params, shared_arrays
 
     task = cfg.task
@@ -128,9 +133,22 @@ def knockout(cfg, params: dict, members, prefix_ELH: np.ndarray, k_max: int = 2,
     task_params = ensemble.task_arrays(cfg, members)
     inputs = jax.vmap(lambda k, tp: member_task_params(cfg, k, tp))(data_keys, task_params)
     jparams = {k: jnp.asarray(v) for k, v in params.items()}
-    clean, ablated = _knockout(cfg, metric, batch_size, jparams, inputs, probe_keys, data_keys,
-                               jnp.asarray(sets), shared_arrays(cfg))
-    clean, ablated = np.asarray(clean, np.float64), np.asarray(ablated, np.float64)
+    shared, E = shared_arrays(cfg), len(sets)
+    bar = (ProgressBar(E, stream=stream, log_every=5.0, metric=None, name="knock-outs", unit="members")
+           if stream is not None else None)
+    parts = []
+    for e in range(E):
+        one = jax.tree.map(lambda x: x[e:e + 1], (jparams, inputs, probe_keys, data_keys, jnp.asarray(sets)))
+        def member(*args):                  # the result fetched here: the wait is what a signal must cut short
+            return jax.device_get(_knockout(cfg, metric, batch_size, *args))
+
+        parts.append(signals.run(member, *one, shared, what=what) if what else member(*one, shared))
+        if bar:
+            bar.update(e + 1)
+    if bar:
+        bar.close()
+    clean = np.concatenate([p[0] for p in parts]).astype(np.float64)
+    ablated = np.concatenate([p[1] for p in parts]).astype(np.float64)
     direction = task.metric(metric).direction
     out = {"metric": metric, "direction": direction, "kinds": kinds, "ks": np.asarray(ks), "sets": sets,
            "prefix_matching_score": np.asarray(prefix_ELH), "clean": clean}

@@ -79,7 +79,8 @@ def report_arrays(result: dict, members, params: dict | None = None) -> dict[str
     return out
 
 
-def write_knockout(cfg, params: dict, members, result: dict, out, k_max: int, batch_size: int) -> dict | None:
+def write_knockout(cfg, params: dict, members, result: dict, out, k_max: int, batch_size: int,
+                   what: str | None = None) -> dict | None:
     """The task's knock-outs (`analysis.knockout`) into knockout.csv, summarised for circuit.json;
     None when the task names no knock-out score or `k_max` is 0. A run whose task inputs cannot be
     read here (a corpus that changed or is elsewhere) gets `{"skipped": why}` and a line on stderr:
@@ -95,7 +96,8 @@ def write_knockout(cfg, params: dict, members, result: dict, out, k_max: int, ba
             (out.run.path / stale).unlink(missing_ok=True)
         return None
     try:
-        res = knockout.knockout(cfg, params, members, result["scores"]["prefix_matching_score"], k_max, batch_size)
+        res = knockout.knockout(cfg, params, members, result["scores"]["prefix_matching_score"], k_max, batch_size,
+                                what=what, stream=sys.stderr)
     except (ConfigError, OSError) as e:
         print(f"induction-jax analyze: knock-outs skipped: {e}", file=sys.stderr)
         return {"skipped": str(e)}
@@ -126,6 +128,9 @@ def analyze_run(run_dir: str | Path, member: int | None = None, knockout_k: int 
         result = analyze_params(params, cfg.task.induction_period(cfg.model))
         signals.check(interrupted)
         out = run.output_dir("analysis")
+        # the knock-outs first (the long part, interruptible): an interrupted analysis leaves the
+        # earlier one's outputs as they were
+        knocked = write_knockout(cfg, params, members, result, out, knockout_k, knockout_batch, interrupted)
         header, rows = scores_table(result, members)
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows([header, *rows])
@@ -135,7 +140,6 @@ def analyze_run(run_dir: str | Path, member: int | None = None, knockout_k: int 
             r["label"] = members.label(r["member"])
             r |= {k: v[r["member"]] for k, v in members.table().items()}
         circuit |= {"figure_member": member, "checkpoint_step": int(meta["step"]), "steps": cfg.train.steps}
-        knocked = write_knockout(cfg, params, members, result, out, knockout_k, knockout_batch)
         if knocked is not None:
             circuit["knockout"] = knocked
         signals.check(interrupted)
