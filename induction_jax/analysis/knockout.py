@@ -134,13 +134,14 @@ def knockout(cfg, params: dict, members, prefix_ELH: np.ndarray, k_max: int = 2,
     inputs = jax.vmap(lambda k, tp: member_task_params(cfg, k, tp))(data_keys, task_params)
     jparams = {k: jnp.asarray(v) for k, v in params.items()}
     shared, E = shared_arrays(cfg), len(sets)
+    program = ensemble.program_config(cfg)      # one program per model and task, whatever the run's length
     bar = (ProgressBar(E, stream=stream, log_every=5.0, metric=None, name="knock-outs", unit="members")
            if stream is not None else None)
     parts = []
     for e in range(E):
         one = jax.tree.map(lambda x: x[e:e + 1], (jparams, inputs, probe_keys, data_keys, jnp.asarray(sets)))
         def member(*args):                  # the result fetched here: the wait is what a signal must cut short
-            return jax.device_get(_knockout(cfg, metric, batch_size, *args))
+            return jax.device_get(_knockout(program, metric, batch_size, *args))
 
         parts.append(signals.run(member, *one, shared, what=what) if what else member(*one, shared))
         if bar:
