@@ -54,6 +54,9 @@ def repeated_midpoints(run_path: Path, curve: str) -> np.ndarray:
 
 def log_spread(mid: np.ndarray, rng, n_boot: int = 10000) -> dict:
     x = np.log10(mid[np.isfinite(mid)])
+    if len(x) < 2:                       # no spread to measure: the transition was timed in under 2 members
+        return {"n": len(x), "midpoints": mid.tolist(), "median": float(np.median(10 ** x)) if len(x) else None,
+                "sd_log10": None, "sd_log10_ci95": None, "cv": None, "_x": x}
     boot = rng.choice(x, (n_boot, len(x)))
     sd = boot.std(1, ddof=1)
     return {"n": len(x), "midpoints": mid.tolist(), "median": float(np.median(10 ** x)),
@@ -92,19 +95,25 @@ def main() -> None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = {"text_over_repeated": t["sd_log10"] / r["sd_log10"],
                          "ci95": np.nanpercentile(bt / br, [2.5, 97.5]).tolist()}
-        corr = spearman(t_mid, r_mid, rng)
+        corr = spearman(t_mid, r_mid, rng) if (np.isfinite(t_mid) & np.isfinite(r_mid)).sum() >= 3 else {
+            "n": int((np.isfinite(t_mid) & np.isfinite(r_mid)).sum()), "rho": None, "p_two_sided": None}
         for d in (t, r):
             d.pop("_x")
         summary["curves"][name] = {"text": t, "repeated": r, "sd_ratio": ratio, "spearman": corr}
         print(f"\n{name}:")
         for task, d in (("text", t), ("repeated", r)):
+            if d["sd_log10"] is None:
+                print(f"  {task:8s} timed in {d['n']} of {len(d['midpoints'])} members: no spread to compare")
+                continue
             print(f"  {task:8s} timed in {d['n']} members: median midpoint {d['median']:.0f} steps, sd of "
                   f"log10(step) {d['sd_log10']:.3f} [{d['sd_log10_ci95'][0]:.3f}, {d['sd_log10_ci95'][1]:.3f}], "
                   f"CV {d['cv']:.2f}")
         if ratio:
             print(f"  spread text / repeated: {ratio['text_over_repeated']:.2f} "
                   f"[{ratio['ci95'][0]:.2f}, {ratio['ci95'][1]:.2f}]")
-        print(f"  Spearman rho over {corr['n']} members: {corr['rho']:.2f} (permutation p = {corr['p_two_sided']:.2f})")
+        if corr["rho"] is not None:
+            print(f"  Spearman rho over {corr['n']} members: {corr['rho']:.2f} (permutation p = "
+                  f"{corr['p_two_sided']:.2f})")
     out = Path(args.out) if args.out else Path(args.text).parent / "timing_variance.json"
     write_json_atomic(out, json_safe(summary))
     print(f"\nwrote {out}")
