@@ -209,14 +209,16 @@ class Run:
         if not 0 <= member < len(self.members):
             raise ArgumentError(f"{name} {member}: out of range; this run has members 0..{len(self.members) - 1}")
 
-    def analyze(self, member: int = 0) -> dict:
+    def analyze(self, member: int = 0, knockout_heads: int = 2, knockout_batch: int = 512) -> dict:
         """Score every head of every member and identify the circuit (writes analysis/ and the
-        report); returns circuit.json. `member` picks the single-model figures."""
+        report); returns circuit.json. `member` picks the single-model figures; where the task
+        names an in-context score (text), heads are knocked out against it (`induction-jax
+        analyze --knockout-heads --knockout-batch`; 0 heads = none)."""
         from induction_jax.analysis.run import analyze_run
 
         if member is not None:
             self._check_member(member)
-        out = analyze_run(self.path, member)
+        out = analyze_run(self.path, member, knockout_heads, knockout_batch)
         self.write_report()
         return json.loads((out / "circuit.json").read_text())
 

@@ -183,7 +183,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.no_analysis:
         from induction_jax.analysis.run import analyze_run
 
-        _print_circuits(analyze_run(run.path))
+        _print_circuits(analyze_run(run.path, knockout_k=0))
+        _knockout_hint(run.path)
         if summary["n_members"] > 1:
             from induction_jax import signals
             signals.check(f"after the analysis; the run's training, checkpoints and analysis are complete: "
@@ -254,6 +255,14 @@ def _print_circuits(analysis_dir: Path) -> None:
               f"({r['prev_token_score']:.2f}), best induction L{r['induction_head'][0]}H{r['induction_head'][1]} "
               f"({r['induction_score']:.2f}) of {r.get('n_induction_heads', '?')} induction heads"
               + (f"; fails: {', '.join(failed)}" if failed else ""))
+
+
+def _knockout_hint(run_dir: Path) -> None:
+    """After training: where the task has knock-outs, which `analyze` runs and this did not (they
+    take minutes: every head and pair of heads ablated on every member)."""
+    if run_config(run_dir).task.knockout_metric is not None:
+        print(f"knock-outs (heads ablated against {run_config(run_dir).task.knockout_metric}): "
+              f"induction-jax analyze {run_dir}")
 
 
 def _print_knockouts(analysis_dir: Path) -> None:
@@ -462,7 +471,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             continue
         print(f"sweep: {len(members)} members ({design}) {varied} -> {run_dir}".replace("  ", " "))
         train_run(cfg, run_dir, overwrite=args.overwrite, members=members, progress=not args.no_progress)
-        _print_circuits(analyze_run(run_dir))
+        _print_circuits(analyze_run(run_dir, knockout_k=0))
+        _knockout_hint(run_dir)
         _phase_or_skip(run_dir, "sweep")
         print(f"report: {_write_report(run_dir)}")
         print(f"run directory: {run_dir}")

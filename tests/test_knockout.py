@@ -87,9 +87,14 @@ def test_analyze_writes_the_knockouts_and_the_clean_score_is_the_probes_own(tmp_
     from induction_jax.cli import main
 
     corpus = _corpus(tmp_path / "c.txt")
-    cfg = _cfg(corpus, steps=20, n_layers=2, n_heads=4)
+    cfg = _cfg(corpus, steps=10, n_layers=2, n_heads=4)
     run = ij.train(cfg, tmp_path / "run", progress=False)
     capsys.readouterr()
+    # train's own analysis leaves the knock-outs (minutes at a study's size) to `analyze`, and says so
+    assert main(["train", "--resume", str(run.path), "--steps", "20", "--no-progress"]) == 0
+    assert f"knock-outs (heads ablated against in_context_score): induction-jax analyze {run.path}" in \
+        capsys.readouterr().out
+    assert (run.path / "analysis" / "circuit.json").is_file() and not (run.path / "analysis" / "knockout.csv").exists()
     assert main(["analyze", str(run.path), "--knockout-batch", str(cfg.data.probe_batch_size)]) == 0
     printed = capsys.readouterr().out
     assert "knock-outs: fraction of in_context_score lost" in printed
