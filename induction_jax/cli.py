@@ -260,15 +260,16 @@ def _print_circuits(analysis_dir: Path) -> None:
 def _knockout_hint(run_dir: Path) -> None:
     """After training: where the task has knock-outs, which `analyze` runs and this did not (they
     take minutes: every head and pair of heads ablated on every member)."""
-    if run_config(run_dir).task.knockout_metric is not None:
-        print(f"knock-outs (heads ablated against {run_config(run_dir).task.knockout_metric}): "
-              f"induction-jax analyze {run_dir}")
+    metric = run_config(run_dir).task.knockout_metric
+    if metric is not None:
+        print(f"knock-outs (heads ablated against {metric}): induction-jax analyze {run_dir}")
 
 
 def _print_knockouts(analysis_dir: Path) -> None:
     knocked = json.loads((analysis_dir / "circuit.json").read_text()).get("knockout")
     if not knocked or "members" not in knocked:
         return
+
     def f(x):
         return "n/a" if x is None else f"{x:.2f}"
 

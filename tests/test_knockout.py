@@ -110,14 +110,14 @@ def test_analyze_writes_the_knockouts_and_the_clean_score_is_the_probes_own(tmp_
     code = main(["analyze", str(run.path), "--knockout-heads", "9"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and re.search(r"--knockout-heads 9: out of range; allowed: 0 \(off\) to 8", err[0])
-    assert main(["analyze", str(run.path), "--knockout-heads", "0"]) == 0
-    assert "knockout" not in json.loads((run.path / "analysis" / "circuit.json").read_text())
-    assert not (run.path / "analysis" / "knockout.csv").exists()
     corpus.write_text(corpus.read_text() + "one more line\n")      # the rest of the analysis needs no corpus
     assert main(["analyze", str(run.path)]) == 0
     err = capsys.readouterr().err
     assert re.search(r"knock-outs skipped: --corpus '.*c\.txt': changed since the run started", err), err
     assert json.loads((run.path / "analysis" / "circuit.json").read_text())["knockout"]["skipped"]
+    assert not (run.path / "analysis" / "knockout.csv").exists()     # the earlier analysis' knock-outs: gone
+    assert main(["analyze", str(run.path), "--knockout-heads", "0"]) == 0
+    assert "knockout" not in json.loads((run.path / "analysis" / "circuit.json").read_text())
 
 
 @pytest.mark.parametrize("task", ["repeated"])

@@ -85,21 +85,24 @@ def write_knockout(cfg, params: dict, members, result: dict, out, k_max: int, ba
     None when the task names no knock-out score or `k_max` is 0. A run whose task inputs cannot be
     read here (a corpus that changed or is elsewhere) gets `{"skipped": why}` and a line on stderr:
     the rest of the analysis does not need them."""
+    from induction_jax import files
     from induction_jax.analysis import knockout
     from induction_jax.config import ConfigError
 
-    from induction_jax import files
-
-    if cfg.task.knockout_metric is None or k_max <= 0:
-        stale = f"{out.name}/knockout.csv"            # an earlier analysis' own, which this one does not redo
+    def drop_stale():           # an earlier analysis' own (of an earlier checkpoint), which this one does not redo
+        stale = f"{out.name}/knockout.csv"
         if stale in files.recorded(out.run.path):
             (out.run.path / stale).unlink(missing_ok=True)
+
+    if cfg.task.knockout_metric is None or k_max <= 0:
+        drop_stale()
         return None
     try:
         res = knockout.knockout(cfg, params, members, result["scores"]["prefix_matching_score"], k_max, batch_size,
                                 what=what, stream=sys.stderr)
     except (ConfigError, OSError) as e:
         print(f"induction-jax analyze: knock-outs skipped: {e}", file=sys.stderr)
+        drop_stale()
         return {"skipped": str(e)}
     header, rows = knockout.table(res)
     buf = io.StringIO()
