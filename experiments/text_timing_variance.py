@@ -16,7 +16,7 @@ members, each task resampled on its own), and the Spearman correlation of the me
 across the two tasks (is a member that is early on one early on the other?), with a
 permutation p-value. docs/studies/text-phase-change.md ("Variance of the timing").
 
-    python experiments/text_timing_variance.py --text runs/text-knockout/2-layer_attn-only \\
+    python experiments/text_timing_variance.py --text runs/text-knockout/2-layer_MLPLN \\
         --repeated runs/repeated-text-model
 """
 
