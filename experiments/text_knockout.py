@@ -12,7 +12,7 @@ fraction of the in-context score lost by the named heads and by the controls (me
 control (exact 95% interval), and a figure of every head's loss against its prefix-matching
 score. docs/studies/text-knockout.md.
 
-    python experiments/text_knockout.py [--runs runs/text-ablation] [--batch 2048] [--heads 2]
+    python experiments/text_knockout.py [--runs runs/text-knockout] [--batch 512] [--heads 2]
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ def figure(results: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", default="runs/text-ablation", help="a folder of text runs (one per architecture)")
-    p.add_argument("--batch", type=int, default=2048, help="held-out windows per member")
+    p.add_argument("--runs", default="runs/text-knockout", help="a folder of text runs (one per architecture)")
+    p.add_argument("--batch", type=int, default=512, help="held-out windows per member")
     p.add_argument("--heads", type=int, default=2, help="knock out the top 1..K prefix-matching heads")
     p.add_argument("--figure", default="docs/figures/text-knockout.png")
     args = p.parse_args()

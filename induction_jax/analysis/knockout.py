@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from induction_jax.functional import HeadAdd, HeadScale, apply
+from induction_jax.analysis.behaviour import _mean_head_outputs
+from induction_jax.functional import apply
 
 # Folded into a member's data key for the batch its head means are taken on: above every training
 # step (the batch of step s is fold_in(data_key, s)) and apart from MEMBER_DATA (2**32 - 1).
@@ -72,34 +73,26 @@ def head_sets(prefix_LH: np.ndarray, k_max: int, max_controls: int = 32, seed: i
     return kinds, ks, np.stack(sets)
 
 
-def _member(cfg, metric: str, batch_size: int, args):
-    """One member: its score clean `[]` and under every set and mode `[2, S]`."""
-    params, inputs, probe_key, data_key, sets_SLH = args
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _member(cfg, metric: str, batch_size: int, params, inputs, probe_key, data_key, sets_SLH):
+    """One member: its score clean `[]` and under every set and mode `[2, S]`, through the
+    analysis' own ablations (`apply`'s `head_mask_LH` / `head_replace_LBTHD`, the head means as
+    `behaviour._mean_head_outputs` takes them)."""
     task, V = cfg.task, cfg.model.d_vocab
     probe = task.probe(probe_key, inputs, batch_size, V)
     sample = task.sample(jax.random.fold_in(data_key, KNOCKOUT_DATA), inputs, batch_size, V)
-    _, acts = apply(params, sample["tokens"], return_activations=True)
-    mean_LHD = acts.head_out_BLTHD.mean((0, 2))
+    mean_LHD = _mean_head_outputs(params, sample["tokens"])
 
-    def score(edits):
-        logits, acts = apply(params, probe["tokens"], return_activations=True, edits=edits)
+    def score(**ablation):
+        logits, acts = apply(params, probe["tokens"], return_activations=True, **ablation)
         return task.probe_metrics(logits, acts, probe)[metric]
 
     def ablated(set_LH):
-        zero = score((HeadScale(1.0 - set_LH),))
-        mean = score((HeadScale(1.0 - set_LH), HeadAdd((set_LH[..., None] * mean_LHD)[:, None, None])))
+        zero = score(head_mask_LH=1.0 - set_LH)
+        mean = score(head_mask_LH=1.0 - set_LH, head_replace_LBTHD=(set_LH[..., None] * mean_LHD)[:, None, None])
         return jnp.stack([mean, zero])
 
-    return score(()), jax.lax.map(ablated, sets_SLH).T
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _knockout(cfg, metric: str, batch_size: int, params, inputs, probe_keys, data_keys, sets_ESLH, shared):
-    def member(args):
-        p, tp, pk, dk, sets = args
-        return _member(cfg, metric, batch_size, (p, {**(tp or {}), **shared}, pk, dk, sets))
-
-    return jax.lax.map(member, (params, inputs, probe_keys, data_keys, sets_ESLH))
+    return score(), jax.lax.map(ablated, sets_SLH).T
 
 
 def fraction_lost(clean, ablated, direction: int, min_clean: float = 1e-3):
@@ -137,22 +130,25 @@ def knockout(cfg, params: dict, members, prefix_ELH: np.ndarray, k_max: int = 2,
     program = ensemble.program_config(cfg)      # one program per model and task, whatever the run's length
     bar = (ProgressBar(E, stream=stream, log_every=5.0, metric=None, name="knock-outs", unit="members")
            if stream is not None else None)
+    sets_j = jnp.asarray(sets)
+
+    def member(e):                  # the result fetched here: the wait is what a signal must cut short
+        p, tp, pk, dk, ss = jax.tree.map(lambda x: x[e], (jparams, inputs, probe_keys, data_keys, sets_j))
+        return jax.device_get(_member(program, metric, batch_size, p, {**(tp or {}), **shared}, pk, dk, ss))
+
     parts = []
     for e in range(E):
-        one = jax.tree.map(lambda x: x[e:e + 1], (jparams, inputs, probe_keys, data_keys, jnp.asarray(sets)))
-        def member(*args):                  # the result fetched here: the wait is what a signal must cut short
-            return jax.device_get(_knockout(program, metric, batch_size, *args))
-
-        parts.append(signals.run(member, *one, shared, what=what) if what else member(*one, shared))
+        parts.append(signals.run(member, e, what=what) if what else member(e))
         if bar:
             bar.update(e + 1)
     if bar:
         bar.close()
-    clean = np.concatenate([p[0] for p in parts]).astype(np.float64)
-    ablated = np.concatenate([p[1] for p in parts]).astype(np.float64)
+    clean = np.array([p[0] for p in parts], np.float64)
+    ablated = np.stack([p[1] for p in parts]).astype(np.float64)
     direction = task.metric(metric).direction
     out = {"metric": metric, "direction": direction, "kinds": kinds, "ks": np.asarray(ks), "sets": sets,
-           "prefix_matching_score": np.asarray(prefix_ELH), "clean": clean}
+           "prefix_matching_sum": np.einsum("eslh,elh->es", sets, np.asarray(prefix_ELH, np.float64)),
+           "clean": clean}
     for i, mode in enumerate(MODES):
         out[mode] = ablated[:, i]
         out[f"fraction_lost_{mode}"] = fraction_lost(clean[:, None], ablated[:, i], direction)
@@ -174,9 +170,7 @@ def summary(result: dict) -> list[dict]:
         for k in sorted(set(ks.tolist())):
             if k == 1:
                 singles = np.flatnonzero(kinds == "single")
-                pm = np.array([float((result["sets"][e, s] * result["prefix_matching_score"][e]).sum())
-                               for s in singles])
-                named = [singles[int(np.argmax(pm))]]
+                named = [singles[int(np.argmax(result["prefix_matching_sum"][e, singles]))]]
                 controls = [s for s in singles if s != named[0]]
             else:
                 named = np.flatnonzero((kinds == "named") & (ks == k)).tolist()
@@ -201,7 +195,7 @@ def table(result: dict) -> tuple[list[str], list[list]]:
     for e in range(len(result["clean"])):
         for s, (kind, k) in enumerate(zip(result["kinds"], result["ks"])):
             rows.append([e, kind, int(k), head_names(result["sets"][e, s]),
-                         f"{float((result['sets'][e, s] * result['prefix_matching_score'][e]).sum()):.6g}",
+                         f"{result['prefix_matching_sum'][e, s]:.6g}",
                          f"{result['clean'][e]:.6g}", *(f"{result[m][e, s]:.6g}" for m in MODES),
                          *(f"{result[f'fraction_lost_{m}'][e, s]:.6g}" for m in MODES)])
     return header, rows
