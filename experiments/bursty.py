@@ -106,7 +106,7 @@ def trained_class_attention(out: Path, n: int = 200) -> dict:
         for batch in (task.sample(jax.random.PRNGKey(7), tp, n, cfg.model.d_vocab),
                       task.probe(jax.random.PRNGKey(8), tp, 3 * n, cfg.model.d_vocab)):
             logits, acts = model_lib.forward(cfg.model, params, batch["tokens"], return_activations=True)
-            att_BH = (acts.pattern_BLHTS[:, -1, :, -1, :] * bt.query_label_mask(batch["tokens"])[:, None, :]).sum(-1)
+            att_BH = (acts.pattern_BLHTS[:, -1, :, -1, :] * bt.query_label_mask(task.item_classes(batch["tokens"]))[:, None, :]).sum(-1)
             keep = batch["kind"] == bt.NOVEL if "kind" in batch else jnp.ones(len(att_BH), bool)
             row += [float(att_BH[keep].mean(0).max()), float(bt.label_accuracy(logits, batch["answer"], task.bursty_labels)[keep].mean())]
         rows.setdefault(f"B={table['burstiness'][i]} K={table['n_classes'][i]}", []).append(row)

@@ -226,9 +226,12 @@ class HeadAdd(Edit):
 # ---- The pass ---------------------------------------------------------------------------------
 
 def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None = None,
-          head_replace_LBTHD: jax.Array | None = None, return_activations: bool = False, edits=()):
+          head_replace_LBTHD: jax.Array | None = None, return_activations: bool = False, edits=(),
+          logit_vocab: int | None = None):
     """Logits `[B,T,V]` (and `Activations`). `tokens_BT` is int `[B,T]`, or float `[B,T,V]`
     (soft) one-hot token vectors, so gradients with respect to the input exist.
+    `logit_vocab`: only the logits of tokens `0..logit_vocab-1` (`[B,T,logit_vocab]`), for a loss
+    that reads no others (`Task.loss_vocab`): the unembedding then costs that fraction.
 
     `edits`: `Edit`s applied at their sites (an intervention during training); `head_mask_LH`
     and `head_replace_LBTHD` are the analysis' ablations, `HeadScale` and `HeadAdd` edits.
@@ -271,7 +274,7 @@ def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None 
             h_BTD = layer_norm(x_BTD, params["ln2_w"][layer], params["ln2_b"][layer]) if layer_norm_on else x_BTD
             x_BTD = x_BTD + jax.nn.gelu(h_BTD @ params["W_in"][layer]) @ params["W_out"][layer]
     final_BTD = layer_norm(x_BTD, params["lnf_w"], params["lnf_b"]) if layer_norm_on else x_BTD
-    logits_BTV = final_BTD @ params["W_U"]
+    logits_BTV = final_BTD @ (params["W_U"] if logit_vocab is None else params["W_U"][:, :logit_vocab])
     if not return_activations:
         return logits_BTV
     return logits_BTV, Activations(

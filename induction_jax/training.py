@@ -61,6 +61,8 @@ def member_keys(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array):
 # `fold_in(data_key, MEMBER_DATA)` draws what the task fixes for a member over its whole training
 # (`Task.member_data`); the batch of step s is `fold_in(data_key, s)`, and no step reaches this.
 MEMBER_DATA = 2**32 - 1
+# `fold_in(data_key, FIXED_PARAMS)` draws the model parameters the task fixes (`Task.fixed_params`).
+FIXED_PARAMS = 2**32 - 3
 
 
 def member_task_params(cfg: RunConfig, data_key: jax.Array, task_params=None) -> dict | None:
@@ -92,12 +94,27 @@ def init_member(cfg: RunConfig, init_seed: jax.Array, data_seed: jax.Array, lr: 
                 weight_decay: jax.Array, intervention=None, task_params=None) -> MemberState:
     init_key, data_key, probe_key = member_keys(cfg, init_seed, data_seed)
     task_params = member_task_params(cfg, data_key, task_params)
-    params = model_lib.init_params(cfg.model, init_key)
+    params = with_fixed_params(cfg, model_lib.init_params(cfg.model, init_key), data_key, task_params)
     opt_state = optimizer(cfg).init(params)
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
     opt_state.hyperparams["weight_decay"] = jnp.asarray(weight_decay, jnp.float32)
     return MemberState(params, opt_state, jnp.int32(0), data_key, probe_key, jnp.int32(-1), intervention,
                        task_params)
+
+
+def with_fixed_params(cfg: RunConfig, params: dict, data_key: jax.Array, task_params=None) -> dict:
+    """`params` with the parameters the task fixes for this member (`Task.fixed_params`, drawn from
+    `fold_in(data_key, FIXED_PARAMS)`) in place of their random initialisation."""
+    names = cfg.task.fixed_param_names
+    if not names:
+        return params
+    fixed = cfg.task.fixed_params(jax.random.fold_in(data_key, FIXED_PARAMS), task_params or {}, cfg.model)
+    if set(fixed) != set(names):
+        raise ValueError(f"task {cfg.task.name}: fixed_params gave {sorted(fixed)}, fixed_param_names says {sorted(names)}")
+    for k, v in fixed.items():
+        if v.shape != params[k].shape:
+            raise ValueError(f"task {cfg.task.name}: fixed {k} has shape {v.shape}, the model's is {params[k].shape}")
+    return {**params, **{k: v.astype(params[k].dtype) for k, v in fixed.items()}}
 
 
 def loss_fn(cfg: RunConfig, params: dict, batch, edits=None):
@@ -107,7 +124,7 @@ def loss_fn(cfg: RunConfig, params: dict, batch, edits=None):
     dtype = jnp.dtype(cfg.train.compute_dtype)
     if dtype != jnp.float32:
         params = jax.tree.map(lambda p: p.astype(dtype), params)
-    logits_BTV = model_lib.forward(cfg.model, params, batch["tokens"], edits=edits)
+    logits_BTV = model_lib.forward(cfg.model, params, batch["tokens"], edits=edits, logit_vocab=cfg.task.loss_vocab)
     metrics = cfg.task.losses(logits_BTV, batch)
     # the training metrics the task declares (a task may compute more, e.g. for its probes)
     return metrics["loss"], {k: metrics[k] for k in cfg.task.step_metric_names()}
@@ -130,6 +147,8 @@ def train_step(cfg: RunConfig, state: MemberState, shared=None) -> tuple[MemberS
     if freeze is not None:      # a frozen weight is not updated at all: no gradient step, no weight decay
         updates = {k: jnp.where(_expand(freeze[k], u) > 0, jnp.zeros_like(u), u) if k in freeze else u
                    for k, u in updates.items()}
+    # what the task fixes (its `fixed_params`) is never updated either
+    updates = {k: jnp.zeros_like(u) if k in cfg.task.fixed_param_names else u for k, u in updates.items()}
     params = optax.apply_updates(state.params, updates)
     finite = (jnp.isfinite(metrics["loss"]) & (metrics["loss"] <= divergence_limit(cfg))
               & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])))

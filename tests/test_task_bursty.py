@@ -138,7 +138,7 @@ def test_probe_parts_are_what_they_claim():
 def test_ideal_in_context_learner_scores_1_on_icl_and_chance_on_iwl():
     t = _task()
     params = _params(t)
-    s, batch = _probe_scores(t, params, lambda k, b: bt.in_context_predictor(k, b["tokens"], 16, V))
+    s, batch = _probe_scores(t, params, lambda k, b: bt.in_context_predictor(k, b["tokens"], t.item_classes(b["tokens"]), 16, V))
     assert s["icl_accuracy"] == 1.0 and s["icl_swap_accuracy"] == 1.0 and s["icl_loss"] < 1e-3
     assert _wilson_ok(s["iwl_accuracy"] * 1000, 1000, 1 / 16)          # 3000 // 3 IWL queries
     assert _wilson_ok(s["swap_iwl_fraction"] * 1000, 1000, 0.0)
@@ -155,7 +155,7 @@ def test_lookup_table_scores_1_on_iwl_and_chance_on_icl():
 def test_induction_score_reads_the_attention_from_the_query_to_its_class_labels():
     t = _task()
     batch = t.probe(jax.random.PRNGKey(7), _params(t), 30, V)
-    mask = np.asarray(bt.query_label_mask(batch["tokens"]), float)
+    mask = np.asarray(bt.query_label_mask(t.item_classes(batch["tokens"])), float)
     pattern = np.zeros((30, 2, 2, 17, 17))
     pattern[:, 1, 1, -1] = mask / np.maximum(mask.sum(1, keepdims=True), 1)   # head L1H1: the query attends there
     pattern[:, 1, 0, -1, 0] = 1.0                                 # head L1H0: on the first item
@@ -230,3 +230,97 @@ def test_config_errors_name_the_field():
         Bursty(bursty_classes=200)
     with pytest.raises(ConfigError, match=r"^bursty_probe_copies=1: the ICL probe's N/copies=8 classes"):
         Bursty(bursty_probe_copies=1, bursty_labels=4)
+
+
+# ---- Gaussian items (Reddy's form): W_E fixed per member to class prototypes plus noise -----------
+def _gcfg(**kw):
+    task = Bursty(bursty_items="gaussian", bursty_max_classes=32, bursty_classes=32, bursty_labels=4,
+                  bursty_novel=8, bursty_exemplars=3, bursty_pairs=4, bursty_copies=2, bursty_epsilon=0.5)
+    return RunConfig().replace(task=task, **{"d_vocab": task.vocab_needed + 5, "n_ctx": 9, "n_heads": 1,
+                                             "d_model": 256, "seeds": 2, "steps": 6, "eval_every": 3,
+                                             "batch_size": 16, "probe_batch_size": 24, "lr": 1e-2, **kw})
+
+
+def _init(cfg, seed=1, task_params=None):
+    from induction_jax import training
+    return training.init_member(cfg, jnp.uint32(seed), jnp.uint32(seed), jnp.float32(1e-2), jnp.float32(0.0),
+                                None, task_params)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.5, 2.0])
+def test_gaussian_items_are_prototypes_plus_noise_in_the_fixed_embedding(eps):
+    cfg = _gcfg()
+    t = cfg.task
+    W = np.asarray(_init(cfg, task_params={"epsilon": jnp.float32(eps)}).params["W_E"])
+    assert W.shape == (cfg.model.d_vocab, 256)
+    items = W[t.bursty_labels:t.vocab_needed].reshape(32 + 8, 3, 256)          # training then novel classes
+    norms = np.linalg.norm(items, axis=-1)
+    assert abs(norms.mean() - 1) < 0.03 and abs(np.linalg.norm(W[:4], axis=-1).mean() - 1) < 0.15
+    unit = items / norms[..., None]
+    same = np.einsum("kad,kbd->kab", unit, unit)[:, [0, 0, 1], [1, 2, 2]]     # exemplars of one class
+    other = np.einsum("kd,kd->k", unit[:-1, 0], unit[1:, 0])                  # neighbouring classes
+    # cos between two exemplars of a class: 1 / (1 + eps^2) (sd ~ 1/sqrt(D) = 0.06 per pair, 120 pairs)
+    assert abs(same.mean() - 1 / (1 + eps ** 2)) < 0.03, same.mean()
+    assert abs(other.mean()) < 0.03
+    # a different seed: other prototypes
+    W2 = np.asarray(_init(cfg, seed=2, task_params={"epsilon": jnp.float32(eps)}).params["W_E"])
+    assert abs(np.einsum("kd,kd->k", W[4:40], W2[4:40]).mean()) < 0.05
+
+
+def test_gaussian_embedding_is_never_trained_and_the_rest_is(tmp_path):
+    cfg = _gcfg(seeds=1, first_seed=3, weight_decay=0.1)
+    start = _init(cfg, seed=3).params
+    run = ij.train(cfg, tmp_path / "run", progress=False)
+    end = run.params(member=0)
+    # equal up to the rounding of drawing it eagerly here and compiled there; a step of AdamW at
+    # lr 1e-2 would move every entry by about 1e-2
+    np.testing.assert_allclose(np.asarray(end["W_E"]), np.asarray(start["W_E"]), rtol=0, atol=1e-6)
+    assert not np.allclose(np.asarray(end["W_Q"]), np.asarray(start["W_Q"]))
+    assert not np.allclose(np.asarray(end["W_U"]), np.asarray(start["W_U"]))
+
+
+def test_gaussian_probe_novel_classes_have_noisy_exemplars_and_the_ideal_learner_scores_1():
+    cfg = _gcfg()
+    t, Vg = cfg.task, cfg.model.d_vocab
+    params = _params(t)
+    batch = {k: np.asarray(v) for k, v in t.probe(jax.random.PRNGKey(7), params, 3000, Vg).items()}
+    x, kind = batch["tokens"], batch["kind"]
+    novel = x[kind == 0]
+    assert (novel[:, 0::2] >= t.first_novel).all() and (novel[:, 0::2] < t.vocab_needed).all()
+    cls = np.asarray(t.item_classes(jnp.asarray(novel)))
+    assert (cls >= 32).all() and all(q in row for row, q in zip(cls[:, :-1], cls[:, -1]))
+    # the query is one of its class's 3 exemplars drawn afresh: the same token as a given context
+    # item of its class 1/3 of the time, so it is often no token of the context at all
+    assert np.mean([q not in row for row, q in zip(novel[:, :-1:2], novel[:, -1])]) > 0.1
+    logits = bt.in_context_predictor(jax.random.PRNGKey(8), jnp.asarray(x), t.item_classes(jnp.asarray(x)), 4, Vg)
+    acts = SimpleNamespace(pattern_BLHTS=jnp.zeros((3000, 2, 1, 9, 9)))
+    s = t.probe_metrics(logits, acts, {k: jnp.asarray(v) for k, v in batch.items()})
+    assert float(s["icl_accuracy"]) == 1.0 and float(s["icl_swap_accuracy"]) == 1.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bursty-items", "vectors"], r"bursty_items='vectors'.*tokens.*gaussian"),
+    (["--bursty-epsilon", "2"], r"bursty_epsilon=2\.0: with token items it is a probability; allowed: 0\.\.1"),
+    (["--bursty-items", "gaussian", "--d-vocab", "64"],
+     r"labels \+ classes x exemplars \+ novel x exemplars = 72 tokens must fit d_vocab=64$"),
+    (["--bursty-items", "gaussian", "--d-vocab", "80", "--task-param", "epsilon=11"],
+     r"--task-param epsilon: epsilon='11' out of range; allowed: numbers 0\.\.10$"),
+])
+def test_gaussian_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, message):
+    from induction_jax.cli import main
+    out = tmp_path / "run"
+    code = main(["sweep", "--task", "bursty", "--out", str(out), "--seeds", "1", "--steps", "5",
+                 "--no-progress", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and re.search(message, err[-1]), err
+    assert not out.exists()
+
+
+def test_the_llc_does_not_move_what_the_task_fixes():
+    from induction_jax.slt.run import restriction_mask
+    cfg = _gcfg()
+    params = _init(cfg).params
+    mask = restriction_mask(params, None, cfg)
+    assert float(mask["W_E"]) == 0.0 and all(float(mask[k]) == 1.0 for k in params if k != "W_E")
+    assert float(restriction_mask(params, "L1H0", cfg)["W_E"]) == 0.0
+    assert restriction_mask(params, None, _cfg()) is None                   # token items: every weight moves

@@ -60,9 +60,12 @@ def llc_dataset(cfg: RunConfig, data_seed: int, n: int, task_params=None):
 
 def restriction_mask(params: dict, where: str | None, cfg: RunConfig):
     """None (every weight moves) or a 0/1 mask moving only one head's weights (`L1H0`: its
-    W_Q, W_K, W_V, W_O) or one layer's (`L1`); a one-line error for one the model lacks."""
+    W_Q, W_K, W_V, W_O) or one layer's (`L1`); a one-line error for one the model lacks. The
+    parameters the task fixes (`Task.fixed_param_names`, e.g. Gaussian items' `W_E`) are not
+    weights of the model's posterior and never move."""
+    fixed = cfg.task.fixed_param_names
     if where is None:
-        return None
+        return {k: jnp.float32(k not in fixed) for k in params} if fixed else None
     L, H = cfg.model.n_layers, cfg.model.n_heads
     m = re.fullmatch(r"L(\d+)(?:H(\d+))?", where)
     if not m or int(m.group(1)) >= L or (m.group(2) is not None and int(m.group(2)) >= H):

@@ -26,6 +26,10 @@ subclasses `Task` and fills in:
 - optionally `member_data(key, params) -> dict` of arrays fixed for a member over its whole
   training (e.g. its finite set of tasks), drawn once from `key` (from its data seed); they
   reach `sample` and `probe` inside `params`, beside its member parameters;
+- optionally `fixed_params(key, params, model) -> dict` of model parameters the task sets for a
+  member at initialisation and training never changes (no gradient step, no weight decay),
+  drawn from `key` (from its data seed), their names in `fixed_param_names` (e.g. the bursty
+  task's Gaussian items: `W_E` holds fixed feature vectors, as Reddy 2023's inputs are);
 - optionally `shared_data(model) -> dict` of arrays that every member reads and none owns
   (e.g. the natural-text task's token stream). They are computed on the host once per process
   from the task's fields (deterministically: not checkpointed, re-derived on resume), passed
@@ -45,6 +49,8 @@ subclasses `Task` and fills in:
   refuses, in one line naming the flag, an input that changed since;
 - optionally `knockout_metric`: a probe metric that is 0 where the model learns nothing in
   context; `analyze` then measures what ablating heads costs it (`analysis.knockout`);
+- optionally `loss_vocab`: the loss reads only the logits of tokens `0..loss_vocab-1` (a
+  classification task's labels), so the training step unembeds only those;
 - optionally `ideal_patterns(T)` (the attention pattern each head role would have, for the
   pattern scores and clamps) and `baselines(batch)` (losses of reference predictors).
 
@@ -120,6 +126,10 @@ class Task:
     # A probe metric that is 0 where the model learns nothing in context (e.g. the text task's
     # in-context score): what `analyze` knocks heads out against (`analysis.knockout`); None = none.
     knockout_metric: ClassVar[str | None] = None
+    # the training loss reads only the logits of tokens 0..loss_vocab-1 (None: all), so the
+    # training step computes only those (`functional.apply(logit_vocab=)`); e.g. the bursty
+    # task's L labels
+    loss_vocab: ClassVar[int | None] = None
 
     def __post_init__(self):
         check_fields(self)
@@ -159,6 +169,17 @@ class Task:
     def member_data(self, key, params: Mapping[str, Any]) -> dict:
         """Arrays fixed for one member over its training, drawn once from `key` (a key of its
         data seed) and its parameters; `{}` for most tasks. Traceable: `params` may be traced."""
+        return {}
+
+    @property
+    def fixed_param_names(self) -> tuple[str, ...]:
+        """The model parameters `fixed_params` sets (and training leaves unchanged); `()` for most tasks."""
+        return ()
+
+    def fixed_params(self, key, params: Mapping[str, Any], model) -> dict:
+        """`{name: array}` for each of `fixed_param_names`, in the parameter's own shape, drawn once
+        from `key` (a key of the member's data seed) and its task parameters `params` (traced);
+        set at initialisation, never trained. `{}` for most tasks."""
         return {}
 
     def shared_data(self, model) -> dict:

@@ -8,6 +8,13 @@ L label tokens). Items are tokens: class k owns E exemplar tokens, and an item o
 exemplar 0, or with probability epsilon (the within-class variation) one of its other E - 1
 exemplars, uniformly. Each class has a fixed label (drawn once per member, `member_data`).
 
+With `bursty_items="gaussian"` (Reddy's form) a token is a fixed vector instead: the embedding
+`W_E` is not trained but set per member to Gaussian features (`fixed_params`): label l a vector
+~ N(0, I/D), and exemplar e of class k the vector (mu_k + epsilon eta_{k,e}) / sqrt(1 + epsilon^2),
+mu_k, eta_{k,e} ~ N(0, I/D) (D = d_model); an item is one of its class's E exemplars, uniformly,
+and novel classes have E exemplars too. A novel class is then a new point of the same space, so
+the model can match it in context by the geometry the attention has learnt.
+
 Per sequence (Reddy's sampler): with probability p_bursty (and B >= 1) the context holds B
 copies of each of N/B classes drawn i.i.d. from the class distribution, in random order, and
 the query's class is the class of a uniformly chosen context position; otherwise the N context
@@ -56,6 +63,24 @@ def class_logits(zipf, n_classes, max_classes: int):
     return jnp.where(k < n_classes, -zipf * jnp.log1p(k.astype(jnp.float32)), -jnp.inf)
 
 
+def draw_classes(key, logits, shape):
+    """Classes drawn from `softmax(logits)` (`[K]`, or `[..., K]` broadcasting against `shape`)
+    by inverting the CDF at one uniform number per draw: the law of `jax.random.categorical`,
+    without its K Gumbel numbers per draw (at K = 2048 those made the sampler 30 times the cost
+    of this, and most of a training step)."""
+    import jax
+    import jax.numpy as jnp
+
+    cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+    u = jax.random.uniform(key, shape) * cdf[..., -1]
+    if cdf.ndim == 1:
+        idx = jnp.searchsorted(cdf, u, side="right")
+    else:                           # a distribution per row: count the CDF entries at or below u
+        idx = (cdf <= u[..., None]).sum(-1)
+    last = jnp.max(jnp.where(jnp.isfinite(logits), jnp.arange(logits.shape[-1]), 0), axis=-1)
+    return jnp.minimum(idx, last).astype(jnp.int32)   # u within rounding of the total: the last class
+
+
 def burst_layout(key, batch_size: int, n_pairs: int, copies):
     """`([B, N] group of each context position, [B] query position)`: a random order of N/copies
     groups of `copies` positions (group = rank // copies), and a uniformly chosen position whose
@@ -69,15 +94,18 @@ def burst_layout(key, batch_size: int, n_pairs: int, copies):
     return group_BN, jax.random.randint(k_query, (batch_size,), 0, n_pairs)
 
 
-def item_tokens(key, class_X, epsilon, n_labels: int, exemplars: int):
+def item_tokens(key, class_X, epsilon, n_labels: int, exemplars: int, uniform: bool = False):
     """Item token of each class in `class_X`: exemplar 0, or with probability `epsilon` one of
-    exemplars 1..E-1 uniformly; token = L + class * E + exemplar."""
+    exemplars 1..E-1 uniformly (`uniform`: any of the E, epsilon unused); token = L + class * E +
+    exemplar."""
     import jax
     import jax.numpy as jnp
 
     k_vary, k_which = jax.random.split(key)
     shape = class_X.shape
-    if exemplars == 1:
+    if uniform:
+        exemplar = jax.random.randint(k_which, shape, 0, exemplars)
+    elif exemplars == 1:
         exemplar = jnp.zeros(shape, jnp.int32)
     else:
         vary = jax.random.uniform(k_vary, shape) < epsilon
@@ -93,14 +121,14 @@ def interleave(items_BN, labels_BN, query_B):
     return jnp.concatenate([pairs, query_B[:, None]], axis=1).astype(jnp.int32)
 
 
-def query_label_mask(tokens_BT):
-    """`[B, T]` True at the label positions 2i+1 whose item x_i is the query's token (where an
-    induction head reading the query attends)."""
+def query_label_mask(class_BX):
+    """`[B, 2N + 1]` True at the label positions 2i+1 whose item x_i is of the query's class
+    (`class_BX [B, N + 1]`: the class of each item, the query's last; `Bursty.item_classes`): where
+    an induction head reading the query attends."""
     import jax.numpy as jnp
 
-    items = tokens_BT[:, :-1:2]
-    match = items == tokens_BT[:, -1:]
-    mask = jnp.zeros(tokens_BT.shape, bool)
+    match = class_BX[:, :-1] == class_BX[:, -1:]
+    mask = jnp.zeros((class_BX.shape[0], 2 * class_BX.shape[1] - 1), bool)
     return mask.at[:, 1::2].set(match)
 
 
@@ -112,14 +140,15 @@ def label_accuracy(logits_BTV, answer_B, n_labels: int):
 
 
 # ---- reference predictors (known answers for the probes) ------------------------------------------
-def in_context_predictor(key, tokens_BT, n_labels: int, d_vocab: int):
-    """Logits of the ideal in-context learner: one-hot at the label that follows the context item
-    equal to the query token; a uniformly random label where no context item matches."""
+def in_context_predictor(key, tokens_BT, class_BX, n_labels: int, d_vocab: int):
+    """Logits of the ideal in-context learner: one-hot at the label that follows the first context
+    item of the query's class (`class_BX`, as in `query_label_mask`); a uniformly random label
+    where no context item is."""
     import jax
     import jax.numpy as jnp
 
-    items, labels = tokens_BT[:, :-1:2], tokens_BT[:, 1::2]
-    match = items == tokens_BT[:, -1:]
+    labels = tokens_BT[:, 1::2]
+    match = class_BX[:, :-1] == class_BX[:, -1:]
     copied = jnp.take_along_axis(labels, jnp.argmax(match, axis=1)[:, None], axis=1)[:, 0]
     guess = jax.random.randint(key, copied.shape, 0, n_labels)
     pred = jnp.where(match.any(1), copied, guess)
@@ -152,8 +181,8 @@ class Bursty(Task):
                                            "(their tokens are reserved)", lo=2, hi=1_000_000)
     bursty_exemplars: int = config_field(2, "E, exemplar tokens per class (the within-class variation "
                                          "epsilon picks among them)", lo=1, hi=1000)
-    bursty_novel: int = config_field(8, "novel classes (one token each, never in training) the ICL probe "
-                                     "draws from", lo=1, hi=1_000_000)
+    bursty_novel: int = config_field(8, "novel classes (one token each, E with gaussian items; never in "
+                                     "training) the ICL probe draws from", lo=1, hi=1_000_000)
     bursty_probe_copies: int = config_field(2, "copies of each class in the ICL probes' contexts (the same "
                                             "for every member; must divide N)", lo=1, hi=10_000)
     bursty_copies: int = config_field(2, "B, copies of the query's class in a bursty context (0 = none "
@@ -161,14 +190,18 @@ class Bursty(Task):
     bursty_fraction: float = config_field(1.0, "fraction of training sequences that are bursty; per member: "
                                           "--task-param p_bursty=...", lo=0.0, hi=1.0)
     bursty_epsilon: float = config_field(0.0, "within-class variation: probability that an item is one of "
-                                         "its class's other exemplars; per member: --task-param epsilon=...",
-                                         lo=0.0, hi=1.0)
+                                         "its class's other exemplars (gaussian items: the noise scale epsilon, "
+                                         "up to 10); per member: --task-param epsilon=...", lo=0.0, hi=10.0)
     bursty_zipf: float = config_field(0.0, "Zipf exponent of the class frequencies, P(k) ~ (k+1)^-a; per "
                                       "member: --task-param zipf=...", lo=0.0, hi=10.0)
     bursty_classes: int = config_field(24, "K, training classes; per member: --task-param n_classes=...",
                                        lo=2, hi=1_000_000)
     bursty_context_loss: bool = config_field(False, "train on every label of the sequence (each context label "
                                              "predicted from its item, and the query's), not only the query's")
+    bursty_items: str = config_field("tokens", "what an item is: 'tokens' (exemplar tokens with learnt "
+                                     "embeddings) or 'gaussian' (Reddy's form: W_E fixed per member to Gaussian "
+                                     "class prototypes plus epsilon-scaled noise, not trained)",
+                                     choices=("tokens", "gaussian"))
 
     step_metrics = (Metric("loss", "cross-entropy of the query's label over the L label logits (with "
                            "bursty_context_loss: mean over every label of the sequence)", -1, 0.5, "nats"),
@@ -208,6 +241,9 @@ class Bursty(Task):
             raise ConfigError(f"bursty_probe_copies={self.bursty_probe_copies}: the ICL probe's N/copies={groups} "
                               f"classes need as many distinct labels and novel classes; allowed: "
                               f"N/copies <= min(bursty_labels={self.bursty_labels}, bursty_novel={self.bursty_novel})")
+        if self.bursty_items == "tokens" and self.bursty_epsilon > 1:
+            raise ConfigError(f"bursty_epsilon={self.bursty_epsilon}: with token items it is a probability; "
+                              f"allowed: 0..1 (up to 10 with --bursty-items gaussian)")
         if self.bursty_classes > self.bursty_max_classes:
             raise ConfigError(f"bursty_classes={self.bursty_classes}: must be <= bursty_max_classes="
                               f"{self.bursty_max_classes}")
@@ -217,9 +253,35 @@ class Bursty(Task):
         return 2 * self.bursty_pairs + 1
 
     @property
+    def loss_vocab(self) -> int:
+        """The loss reads the L label logits only (`losses`), so training computes no others."""
+        return self.bursty_labels
+
+    @property
+    def gaussian(self) -> bool:
+        return self.bursty_items == "gaussian"
+
+    @property
+    def novel_exemplars(self) -> int:
+        """Tokens per novel class: E with Gaussian items (noisy copies of a new prototype), else 1."""
+        return self.bursty_exemplars if self.gaussian else 1
+
+    @property
+    def first_novel(self) -> int:
+        return self.bursty_labels + self.bursty_max_classes * self.bursty_exemplars
+
+    @property
     def vocab_needed(self) -> int:
-        """Tokens used: L labels, K_max * E exemplars, the novel classes."""
-        return self.bursty_labels + self.bursty_max_classes * self.bursty_exemplars + self.bursty_novel
+        """Tokens used: L labels, K_max * E exemplars, the novel classes' tokens."""
+        return self.first_novel + self.bursty_novel * self.novel_exemplars
+
+    def item_classes(self, tokens_BT):
+        """`[B, N + 1]` the class of each item (context items, then the query): k for a training
+        class, K_max + j for novel class j."""
+        items = tokens_BT[:, 0::2]
+        trained = (items - self.bursty_labels) // self.bursty_exemplars
+        novel = self.bursty_max_classes + (items - self.first_novel) // self.novel_exemplars
+        return (items < self.first_novel) * trained + (items >= self.first_novel) * novel
 
     def check(self, model) -> None:
         if self.seq_len > model.n_ctx:
@@ -228,15 +290,18 @@ class Bursty(Task):
         if self.vocab_needed > model.d_vocab:
             raise ConfigError(f"bursty_labels={self.bursty_labels}, bursty_max_classes={self.bursty_max_classes}, "
                               f"bursty_exemplars={self.bursty_exemplars}, bursty_novel={self.bursty_novel}: labels + "
-                              f"classes x exemplars + novel = {self.vocab_needed} tokens must fit d_vocab={model.d_vocab}")
+                              f"classes x exemplars + novel{' x exemplars' if self.gaussian else ''} = "
+                              f"{self.vocab_needed} tokens must fit d_vocab={model.d_vocab}")
 
     def member_params(self) -> tuple[MemberParam, ...]:
         N = self.bursty_pairs
         return (DivisorParam("burstiness", "B, copies of the query's class in a bursty context (0: none bursty)",
                              int, self.bursty_copies, 0, N - 1, n=N),
                 MemberParam("p_bursty", "fraction of bursty training sequences", float, self.bursty_fraction, 0.0, 1.0),
-                MemberParam("epsilon", "within-class variation (probability of a non-canonical exemplar)", float,
-                            self.bursty_epsilon, 0.0, 1.0),
+                (MemberParam("epsilon", "within-class noise scale (Gaussian items)", float, self.bursty_epsilon,
+                             0.0, 10.0) if self.gaussian else
+                 MemberParam("epsilon", "within-class variation (probability of a non-canonical exemplar)", float,
+                             self.bursty_epsilon, 0.0, 1.0)),
                 MemberParam("zipf", "Zipf exponent of the class frequencies", float, self.bursty_zipf, 0.0, 10.0),
                 MemberParam("n_classes", "K, training classes", int, self.bursty_classes, 2, self.bursty_max_classes))
 
@@ -256,6 +321,33 @@ class Bursty(Task):
         sigma = jax.random.permutation(key, self.bursty_labels)
         return {"class_label": sigma[jnp.arange(self.bursty_max_classes) % self.bursty_labels].astype(jnp.int32)}
 
+    @property
+    def fixed_param_names(self) -> tuple[str, ...]:
+        return ("W_E",) if self.gaussian else ()
+
+    def fixed_params(self, key, params, model) -> dict:
+        """Gaussian items: `W_E [d_vocab, D]` (D = d_model), rows: the L labels ~ N(0, I/D); exemplar e
+        of class k (training classes, then the novel ones) (mu_k + eps eta_{k,e}) / sqrt(1 + eps^2),
+        mu_k, eta_{k,e} ~ N(0, I/D), eps the member's epsilon; unused tokens ~ N(0, I/D)."""
+        if not self.gaussian:
+            return {}
+        import jax
+        import jax.numpy as jnp
+
+        D, E = model.d_model, self.bursty_exemplars
+        n_classes = self.bursty_max_classes + self.bursty_novel
+        k_label, k_proto, k_noise, k_rest = jax.random.split(key, 4)
+        scale = 1.0 / jnp.sqrt(D)
+        eps = jnp.asarray(self._param(params, "epsilon"), jnp.float32)
+        proto = scale * jax.random.normal(k_proto, (n_classes, 1, D))
+        noise = scale * jax.random.normal(k_noise, (n_classes, E, D))
+        items = ((proto + eps * noise) / jnp.sqrt(1 + eps ** 2)).reshape(n_classes * E, D)
+        trained, novel = items[:self.bursty_max_classes * E], items[self.bursty_max_classes * E:]
+        novel = novel.reshape(self.bursty_novel, E, D)[:, :self.novel_exemplars].reshape(-1, D)
+        labels = scale * jax.random.normal(k_label, (self.bursty_labels, D))
+        rest = scale * jax.random.normal(k_rest, (model.d_vocab - self.vocab_needed, D))
+        return {"W_E": jnp.concatenate([labels, trained, novel, rest])}
+
     def _class_label(self, params):
         if "class_label" in params:
             return params["class_label"]
@@ -273,19 +365,19 @@ class Bursty(Task):
         class_label = self._class_label(params)
         k_groups, k_layout, k_iid, k_query, k_which, k_items, k_qitem = jax.random.split(key, 7)
 
-        group_class = jax.random.categorical(k_groups, logits, shape=(batch_size, N))
+        group_class = draw_classes(k_groups, logits, (batch_size, N))
         group_BN, qpos_B = burst_layout(k_layout, batch_size, N, B_copies)
         bursty_ctx = jnp.take_along_axis(group_class, group_BN, axis=1)
         bursty_q = jnp.take_along_axis(bursty_ctx, qpos_B[:, None], axis=1)[:, 0]
-        iid_ctx = jax.random.categorical(k_iid, logits, shape=(batch_size, N))
-        iid_q = jax.random.categorical(k_query, logits, shape=(batch_size,))
+        iid_ctx = draw_classes(k_iid, logits, (batch_size, N))
+        iid_q = draw_classes(k_query, logits, (batch_size,))
         bursty_B = (jax.random.uniform(k_which, (batch_size,)) < p_b) & (B_copies >= 1)
         ctx = jnp.where(bursty_B[:, None], bursty_ctx, iid_ctx)
         q = jnp.where(bursty_B, bursty_q, iid_q)
 
-        eps = self._param(params, "epsilon")
-        tokens = interleave(item_tokens(k_items, ctx, eps, L, E), class_label[ctx],
-                            item_tokens(k_qitem, q, eps, L, E))
+        eps, u = self._param(params, "epsilon"), self.gaussian
+        tokens = interleave(item_tokens(k_items, ctx, eps, L, E, u), class_label[ctx],
+                            item_tokens(k_qitem, q, eps, L, E, u))
         return {"tokens": tokens, "answer": class_label[q], "bursty": bursty_B, "query_class": q,
                 "context_class": ctx}
 
@@ -326,30 +418,38 @@ class Bursty(Task):
         group_BN, qpos_B = burst_layout(ks[0], n_novel, N, C)
         novel_BG = jnp.argsort(jax.random.uniform(ks[1], (n_novel, self.bursty_novel)), axis=-1)[:, :G]
         label_BG = jnp.argsort(jax.random.uniform(ks[2], (n_novel, L)), axis=-1)[:, :G]
-        first_novel = L + self.bursty_max_classes * E
-        items = first_novel + jnp.take_along_axis(novel_BG, group_BN, axis=1)
+        novel_BN = jnp.take_along_axis(novel_BG, group_BN, axis=1)
+        if self.gaussian:           # each item one of its novel class's E noisy exemplars
+            items = item_tokens(jax.random.fold_in(ks[1], 1), self.bursty_max_classes + novel_BN, eps, L, E, True)
+        else:
+            items = self.first_novel + novel_BN
         labels = jnp.take_along_axis(label_BG, group_BN, axis=1)
-        q_items = jnp.take_along_axis(items, qpos_B[:, None], axis=1)[:, 0]
+        if self.gaussian:           # the query: a fresh exemplar of the class at the chosen position
+            q_items = item_tokens(jax.random.fold_in(ks[1], 2), self.bursty_max_classes
+                                  + jnp.take_along_axis(novel_BN, qpos_B[:, None], axis=1)[:, 0], eps, L, E, True)
+        else:
+            q_items = jnp.take_along_axis(items, qpos_B[:, None], axis=1)[:, 0]
         novel = {"tokens": interleave(items, labels, q_items),
                  "answer": jnp.take_along_axis(labels, qpos_B[:, None], axis=1)[:, 0]}
         novel["true_label"] = novel["answer"]
 
         # swapped labels: training classes, every label shifted by one s in 1..L-1 per sequence
         group_BN, qpos_B = burst_layout(ks[3], n_swap, N, C)
-        cls = jnp.take_along_axis(jax.random.categorical(ks[4], logits, shape=(n_swap, N)), group_BN, axis=1)
+        cls = jnp.take_along_axis(draw_classes(ks[4], logits, (n_swap, N)), group_BN, axis=1)
         q_cls = jnp.take_along_axis(cls, qpos_B[:, None], axis=1)[:, 0]
         shift = jax.random.randint(ks[5], (n_swap, 1), 1, L)
-        swap = {"tokens": interleave(item_tokens(ks[6], cls, eps, L, E), (class_label[cls] + shift) % L,
-                                     item_tokens(ks[7], q_cls, eps, L, E)),
+        u = self.gaussian
+        swap = {"tokens": interleave(item_tokens(ks[6], cls, eps, L, E, u), (class_label[cls] + shift) % L,
+                                     item_tokens(ks[7], q_cls, eps, L, E, u)),
                 "answer": (class_label[q_cls] + shift[:, 0]) % L, "true_label": class_label[q_cls]}
 
         # IWL: the query's class from the member's distribution, no item of it in the context
-        q_cls = jax.random.categorical(ks[8], logits, shape=(n_iwl,))
+        q_cls = draw_classes(ks[8], logits, (n_iwl,))
         k_ctx, k_items, k_q = jax.random.split(ks[9], 3)
         without_q = jnp.where(jnp.arange(self.bursty_max_classes)[None, :] == q_cls[:, None], -jnp.inf, logits)
-        cls = jax.random.categorical(k_ctx, without_q[:, None, :], shape=(n_iwl, N))
-        iwl = {"tokens": interleave(item_tokens(k_items, cls, eps, L, E), class_label[cls],
-                                    item_tokens(k_q, q_cls, eps, L, E)),
+        cls = draw_classes(k_ctx, without_q[:, None, :], (n_iwl, N))
+        iwl = {"tokens": interleave(item_tokens(k_items, cls, eps, L, E, u), class_label[cls],
+                                    item_tokens(k_q, q_cls, eps, L, E, u)),
                "answer": class_label[q_cls], "true_label": class_label[q_cls]}
 
         parts = (novel, swap, iwl)
@@ -373,7 +473,8 @@ class Bursty(Task):
         own = label_accuracy(logits_BTV, batch["true_label"], L)
         nll = self.losses(logits_BTV, batch)["nll"]
         pattern = acts.pattern_BLHTS
-        to_label_BLH = (pattern[:, :, :, -1, :] * query_label_mask(batch["tokens"])[:, None, None, :]).sum(-1)
+        mask_BT = query_label_mask(self.item_classes(batch["tokens"]))
+        to_label_BLH = (pattern[:, :, :, -1, :] * mask_BT[:, None, None, :]).sum(-1)
         head_LH = (to_label_BLH * novel[:, None, None]).sum(0) / jnp.maximum(novel.sum(), 1)
         T = batch["tokens"].shape[1]
         label_pos = jnp.arange(1, T - 1, 2)
