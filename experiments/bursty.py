@@ -10,6 +10,12 @@ the ICL midpoint minus the induction-score midpoint. About 20 minutes on a loade
 
     python experiments/bursty.py [--seeds 8] [--steps 500] [--out runs/bursty] [--b-values 1,4] [--k-values 32,512]
 
+Gaussian items (Reddy's form; docs/studies/bursty.md, "Gaussian items"), about 25 minutes here:
+
+    python experiments/bursty.py --items gaussian --seeds 8 --steps 24000 --b-values 1,4 \
+        --k-values 512,2048 --out runs/bursty-gaussian --figure docs/figures/bursty-gaussian.png \
+        --phase-from-step 2000 --phase-smooth-steps 1000
+
 Writes the run directory `--out` (with `bursty_study.json`) and docs/figures/bursty-curves.png.
 """
 
@@ -44,9 +50,20 @@ def t_interval(x) -> tuple[float, float, float]:
 
 
 def config(args):
-    """The study's configuration: 2-layer attention-only, one head per layer (as Reddy), d_model 32."""
+    """The study's configuration: 2-layer attention-only, one head per layer (as Reddy). Token
+    items: d_model 32, L = 16, K <= 512, lr 1e-2 (the first study). Gaussian items (`--items
+    gaussian`, Reddy's form and defaults L = 32, N = 8, eps = 0.1): d_model 64 (Reddy's D = 63),
+    E = 2 noise draws per class, 64 novel classes, lr 1e-3, probes on 192 sequences."""
     from induction_jax.config import RunConfig
     from induction_jax.tasks.bursty import Bursty
+
+    if args.items == "gaussian":
+        task = Bursty(bursty_items="gaussian", bursty_pairs=8, bursty_labels=32, bursty_max_classes=max(K_VALUES),
+                      bursty_classes=max(K_VALUES), bursty_exemplars=2, bursty_novel=64, bursty_probe_copies=2,
+                      bursty_fraction=1.0, bursty_epsilon=args.epsilon)
+        return RunConfig().replace(task=task, d_vocab=task.vocab_needed, n_ctx=task.seq_len, n_layers=2, n_heads=1,
+                                   d_model=64, batch_size=32, probe_batch_size=192, lr=1e-3, eval_every=200,
+                                   seeds=args.seeds, steps=args.steps)
 
     task = Bursty(bursty_pairs=8, bursty_labels=16, bursty_max_classes=512, bursty_classes=512,
                   bursty_exemplars=1, bursty_novel=32, bursty_probe_copies=2, bursty_fraction=1.0)
@@ -133,7 +150,8 @@ def figure(out: Path, path: Path) -> None:
             ax.plot(mean.index, mean.values, color=colour, lw=2, label=f"B={B}, K={K}")
         ax.set_title(name)
         ax.set_xlabel("step")
-    axes[0].axhline(1 / 16, color="k", ls=":", lw=1)
+    n_labels = json.loads((out / "config.json").read_text())["config"]["task"]["bursty_labels"]
+    axes[0].axhline(1 / n_labels, color="k", ls=":", lw=1)
     axes[0].axhline(1 / 4, color="k", ls="--", lw=1)          # a random label of the 4 in the probe's context
     axes[0].legend(fontsize=8)
     fig.suptitle("bursty task: 8 seeds per setting (thin: members, thick: mean); dotted: chance 1/L, "
@@ -150,7 +168,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bursty"))
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/bursty-curves.png"))
     parser.add_argument("--b-values", default="1,4", help="burstiness values B")
-    parser.add_argument("--k-values", default="32,512", help="numbers of classes K (at most 512)")
+    parser.add_argument("--k-values", default="32,512", help="numbers of classes K (token items: at most 512)")
+    parser.add_argument("--items", choices=("tokens", "gaussian"), default="tokens",
+                        help="token items (the first study) or Gaussian items (Reddy's form)")
+    parser.add_argument("--epsilon", type=float, default=0.1, help="Gaussian items: within-class noise (Reddy: 0.1)")
+    parser.add_argument("--phase-from-step", type=float, default=0,
+                        help="time transitions after this step (phase --from-step: past the fast first rise)")
+    parser.add_argument("--phase-smooth-steps", type=float, default=10, help="phase --smooth-steps")
     args = parser.parse_args()
     global B_VALUES, K_VALUES
     B_VALUES = tuple(int(v) for v in args.b_values.split(","))
@@ -160,13 +184,13 @@ def main() -> None:
 
     start = time.time()
     if not (args.out / "phase" / "timings.csv").is_file():
-        # the Python API: `sweep --task-param n_classes=...` checks its range against the default task,
-        # before --bursty-max-classes applies (the CLI's sweep takes task fields as lists)
         run = ij.sweep(config(args), args.out, task_params={"burstiness": list(B_VALUES), "n_classes": list(K_VALUES)},
-                       progress=False, overwrite=True)
-        run.phase()
+                       progress=True, overwrite=True)
+        run.phase(from_step=args.phase_from_step, smooth_steps=args.phase_smooth_steps)
     summary = summarise(args.out) | {"command": "python experiments/bursty.py --seeds %d --steps %d --out %s --b-values %s "
-                                     "--k-values %s" % (args.seeds, args.steps, args.out, args.b_values, args.k_values),
+                                     "--k-values %s --items %s --epsilon %g --phase-from-step %g --phase-smooth-steps %g"
+                                     % (args.seeds, args.steps, args.out, args.b_values, args.k_values, args.items,
+                                        args.epsilon, args.phase_from_step, args.phase_smooth_steps),
                                      "wall_s": round(time.time() - start, 1)}
     summary["trained_class_attention"] = trained_class_attention(args.out)
     (args.out / "bursty_study.json").write_text(json.dumps(summary, indent=1))

@@ -233,10 +233,10 @@ class Run:
 
     def phase(self, **options) -> dict:
         """Time the phase change in every member (writes phase/ and the report); returns stats.json.
-        Options: `smooth_steps`, `loss_smooth_steps`, `variance`."""
+        Options: `smooth_steps`, `loss_smooth_steps`, `variance`, `from_step`."""
         from induction_jax.phase.run import phase_run
 
-        allowed = {"smooth_steps": "number", "loss_smooth_steps": "number", "variance": "bool"}
+        allowed = {"smooth_steps": "number", "loss_smooth_steps": "number", "variance": "bool", "from_step": "number"}
         for key, value in options.items():
             if key not in allowed:
                 raise TypeError(f"{key}: not an option of Run.phase; allowed: {', '.join(allowed)}")

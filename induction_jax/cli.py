@@ -300,7 +300,7 @@ def cmd_phase(args: argparse.Namespace) -> int:
     from induction_jax.phase.run import phase_run
 
     out = phase_run(args.run_dir, smooth_steps=args.smooth_steps, loss_smooth_steps=args.loss_smooth_steps,
-                    variance=args.variance, progress=True)
+                    variance=args.variance, progress=True, from_step=args.from_step)
     _print_phase(out)
     print(f"phase: {out}")
     print(f"report: {_write_report(args.run_dir)}")
@@ -663,6 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "probes every 10 steps: none; chosen by measurement, see docs/studies/phase-timing.md)")
     phase.add_argument("--loss-smooth-steps", type=float, default=25, metavar="S",
                        help="centred moving average of the per-step training loss over at most S steps")
+    phase.add_argument("--from-step", type=float, default=0, metavar="S",
+                       help="time the transitions after step S only, for curves with stages (e.g. the bursty "
+                            "task's fast rise to a context-label strategy, then the jump to in-context learning)")
     phase.add_argument("--variance", action="store_true",
                        help="require the init x data variance decomposition (an error if no arm of the run "
                             "crosses init and data seeds; crossed arms get it without this flag)")

@@ -225,10 +225,13 @@ def phase_stats(cfg, members, timings: dict[str, Timing], table: dict, last_step
 
 
 def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smooth_steps: float = LOSS_SMOOTH_STEPS,
-              variance: bool = False, progress: bool = False) -> Path:
+              variance: bool = False, progress: bool = False, from_step: float = 0.0) -> Path:
     """Time every member of a run. `variance` demands the init x data decomposition (an error
     if no arm of the run is a crossed design); without it, crossed arms get it anyway.
-    `progress`: say up front what the decompositions will do, then their progress (stdout)."""
+    `progress`: say up front what the decompositions will do, then their progress (stdout).
+    `from_step`: time the transitions after this step only (a curve with stages, e.g. a fast
+    first rise then a later jump: the curves start there, so s0 is their level at that step;
+    the initial-quantity predictors still read the first probe)."""
     run = RunDir(Path(run_dir))
     cfg = run.read_config()
     members = run.members()
@@ -247,12 +250,18 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
     with run.lock():
         run.check_config()
         table = read_metrics(run.metrics_csv)
+        last = int(np.nanmax(table["step"])) if len(table["step"]) else 0
+        _, init_primary = metric_matrix(table, cfg.task.primary_curve, E)
+        if from_step:
+            if not 0 < from_step < last:
+                raise PhaseError(f"--from-step {from_step:g}: must be a step inside the run; allowed: 0 to "
+                                 f"{last - 1} (its last probe is at step {last})")
+            keep = table["step"] >= from_step
+            table = {k: v[keep] for k, v in table.items()}
         summary = json.loads(run.summary_json.read_text()) if run.summary_json.is_file() else None
         diverged = (np.array([m["diverged_step"] if m["diverged_step"] is not None else -1
                               for m in summary["members"]]) if summary else None)
         timings = time_curves(table, cfg.task, E, smooth_steps, loss_smooth_steps, diverged)
-        last = int(np.nanmax(table["step"])) if len(table["step"]) else 0
-        _, init_primary = metric_matrix(table, cfg.task.primary_curve, E)
         predictors = init_quantities(cfg, members, init_primary[:, 0])
         out = run.output_dir("phase")
         rows = [r for t in timings.values() for r in t.as_rows(members)]
@@ -274,6 +283,7 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
                              for name, t in timings.items()}
         stats["last_step"], stats["steps"] = last, cfg.train.steps
         stats["smooth_steps"], stats["loss_smooth_steps"] = smooth_steps, loss_smooth_steps
+        stats["from_step"] = from_step
         figs = write_phase_figures(cfg.task, table, timings, members, stats, out)
         stats["figures"] = [Path(f).stem for f in figs.values()]
         write_json_atomic(out / "stats.json", json_safe(stats))
