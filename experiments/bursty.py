@@ -32,6 +32,24 @@ import numpy as np
 from induction_jax import use_cpu_cores
 
 B_VALUES, K_VALUES = (1, 4), (32, 512)
+# the member parameters crossed (name -> values; `--zipf-values` / `--eps-values` add theirs)
+GRID: dict[str, tuple] = {"burstiness": B_VALUES, "n_classes": K_VALUES}
+SHORT = {"burstiness": "B", "n_classes": "K", "zipf": "zipf", "epsilon": "eps"}
+
+
+def settings():
+    """Every crossed setting, as {name: value}."""
+    import itertools
+
+    return [dict(zip(GRID, combo)) for combo in itertools.product(*GRID.values())]
+
+
+def label(setting: dict) -> str:
+    return " ".join(f"{SHORT[k]}={v:g}" for k, v in setting.items())
+
+
+def members_of(members: dict, setting: dict) -> list[int]:
+    return [i for i in range(len(members["init_seed"])) if all(members[k][i] == v for k, v in setting.items())]
 FINAL = ("icl_accuracy", "icl_swap_accuracy", "swap_iwl_fraction", "iwl_accuracy", "induction_score")
 
 
@@ -80,22 +98,21 @@ def summarise(out: Path) -> dict:
     last = m[m.step == m.step.max()].set_index("member")
     timings = pd.read_csv(out / "phase" / "timings.csv")
     rows = []
-    for B in B_VALUES:
-        for K in K_VALUES:
-            idx = [i for i in range(len(members["init_seed"])) if members["burstiness"][i] == B and members["n_classes"][i] == K]
-            row = {"burstiness": B, "n_classes": K, "n": len(idx)}
-            for name in FINAL:
-                row[name] = t_interval(last.loc[idx, name])
-            for curve in ("icl_accuracy", "iwl_accuracy", "induction_score"):
-                t = timings[(timings.metric == curve) & timings.member.isin(idx)]
-                rose = int((~t.censored.astype(bool)).sum())
-                row[f"{curve}_rose"] = [rose, len(idx), *wilson(rose, len(idx))]
-                row[f"{curve}_midpoints"] = t.midpoint.round(1).tolist()
-            icl = timings[(timings.metric == "icl_accuracy") & timings.member.isin(idx)].set_index("member").midpoint
-            ind = timings[(timings.metric == "induction_score") & timings.member.isin(idx)].set_index("member").midpoint
-            lag = (icl - ind).dropna()
-            row["icl_minus_induction_midpoint"] = lag.round(1).tolist()
-            rows.append(row)
+    for setting in settings():
+        idx = members_of(members, setting)
+        row = {**setting, "n": len(idx)}
+        for name in FINAL:
+            row[name] = t_interval(last.loc[idx, name])
+        for curve in ("icl_accuracy", "iwl_accuracy", "induction_score"):
+            t = timings[(timings.metric == curve) & timings.member.isin(idx)]
+            rose = int((~t.censored.astype(bool)).sum())
+            row[f"{curve}_rose"] = [rose, len(idx), *wilson(rose, len(idx))]
+            row[f"{curve}_midpoints"] = t.midpoint.round(1).tolist()
+        icl = timings[(timings.metric == "icl_accuracy") & timings.member.isin(idx)].set_index("member").midpoint
+        ind = timings[(timings.metric == "induction_score") & timings.member.isin(idx)].set_index("member").midpoint
+        lag = (icl - ind).dropna()
+        row["icl_minus_induction_midpoint"] = lag.round(1).tolist()
+        rows.append(row)
     return {"settings": rows}
 
 
@@ -115,7 +132,7 @@ def trained_class_attention(out: Path, n: int = 200) -> dict:
     cfg, table = run.config, run.members.table()
     task, rows = cfg.task, {}
     for i in range(len(table["init_seed"])):
-        given = {"burstiness": jnp.int32(table["burstiness"][i]), "n_classes": jnp.int32(table["n_classes"][i])}
+        given = {k: (jnp.int32 if k in ("burstiness", "n_classes") else jnp.float32)(table[k][i]) for k in GRID}
         _, data_key, _ = training.member_keys(cfg, jnp.uint32(table["init_seed"][i]), jnp.uint32(table["data_seed"][i]))
         tp = training.member_task_params(cfg, data_key, given)
         params = {k: jnp.asarray(v) for k, v in run.params(member=i).items()}
@@ -126,7 +143,7 @@ def trained_class_attention(out: Path, n: int = 200) -> dict:
             att_BH = (acts.pattern_BLHTS[:, -1, :, -1, :] * bt.query_label_mask(task.item_classes(batch["tokens"]))[:, None, :]).sum(-1)
             keep = batch["kind"] == bt.NOVEL if "kind" in batch else jnp.ones(len(att_BH), bool)
             row += [float(att_BH[keep].mean(0).max()), float(bt.label_accuracy(logits, batch["answer"], task.bursty_labels)[keep].mean())]
-        rows.setdefault(f"B={table['burstiness'][i]} K={table['n_classes'][i]}", []).append(row)
+        rows.setdefault(label({k: table[k][i] for k in GRID}), []).append(row)
     names = ("training_attention", "training_accuracy", "novel_attention", "novel_accuracy")
     return {k: {name: [round(x, 3) for x in col] for name, col in zip(names, np.asarray(v).T)} for k, v in rows.items()}
 
@@ -139,15 +156,14 @@ def figure(out: Path, path: Path) -> None:
 
     m = pd.read_csv(out / "metrics.csv").dropna(subset=["icl_accuracy"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharex=True)
-    palette = iter(["tab:blue", "tab:cyan", "tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink"])
-    colours = {(B, K): next(palette) for B in B_VALUES for K in K_VALUES}
+    palette = (["tab:blue", "tab:cyan", "tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink"])
     for ax, name in zip(axes, ("icl_accuracy", "iwl_accuracy", "induction_score")):
-        for (B, K), colour in colours.items():
-            g = m[(m.burstiness == B) & (m.n_classes == K)]
+        for setting, colour in zip(settings(), palette):
+            g = m[np.logical_and.reduce([np.isclose(m[k], v) for k, v in setting.items()])]
             for _, member in g.groupby("member"):
                 ax.plot(member.step, member[name], color=colour, alpha=0.2, lw=0.7)
             mean = g.groupby("step")[name].mean()
-            ax.plot(mean.index, mean.values, color=colour, lw=2, label=f"B={B}, K={K}")
+            ax.plot(mean.index, mean.values, color=colour, lw=2, label=label(setting).replace(" ", ", "))
         ax.set_title(name)
         ax.set_xlabel("step")
     n_labels = json.loads((out / "config.json").read_text())["config"]["task"]["bursty_labels"]
@@ -172,6 +188,8 @@ def main() -> None:
     parser.add_argument("--items", choices=("tokens", "gaussian"), default="tokens",
                         help="token items (the first study) or Gaussian items (Reddy's form)")
     parser.add_argument("--epsilon", type=float, default=0.1, help="Gaussian items: within-class noise (Reddy: 0.1)")
+    parser.add_argument("--zipf-values", default="", help="Zipf exponents crossed in as well (none: the task's 0)")
+    parser.add_argument("--eps-values", default="", help="epsilon values crossed in as well (none: --epsilon)")
     parser.add_argument("--phase-from-step", type=float, default=0,
                         help="time transitions after this step (phase --from-step: past the fast first rise)")
     parser.add_argument("--phase-smooth-steps", type=float, default=10, help="phase --smooth-steps")
@@ -179,18 +197,25 @@ def main() -> None:
     global B_VALUES, K_VALUES
     B_VALUES = tuple(int(v) for v in args.b_values.split(","))
     K_VALUES = tuple(int(v) for v in args.k_values.split(","))
+    GRID.update(burstiness=B_VALUES, n_classes=K_VALUES)
+    if args.zipf_values:
+        GRID["zipf"] = tuple(float(v) for v in args.zipf_values.split(","))
+    if args.eps_values:
+        GRID["epsilon"] = tuple(float(v) for v in args.eps_values.split(","))
     use_cpu_cores()
     import induction_jax as ij
 
     start = time.time()
     if not (args.out / "phase" / "timings.csv").is_file():
-        run = ij.sweep(config(args), args.out, task_params={"burstiness": list(B_VALUES), "n_classes": list(K_VALUES)},
+        run = ij.sweep(config(args), args.out, task_params={k: list(v) for k, v in GRID.items()},
                        progress=True, overwrite=True)
         run.phase(from_step=args.phase_from_step, smooth_steps=args.phase_smooth_steps)
     summary = summarise(args.out) | {"command": "python experiments/bursty.py --seeds %d --steps %d --out %s --b-values %s "
-                                     "--k-values %s --items %s --epsilon %g --phase-from-step %g --phase-smooth-steps %g"
+                                     "--k-values %s --items %s --epsilon %g --phase-from-step %g --phase-smooth-steps %g%s%s"
                                      % (args.seeds, args.steps, args.out, args.b_values, args.k_values, args.items,
-                                        args.epsilon, args.phase_from_step, args.phase_smooth_steps),
+                                        args.epsilon, args.phase_from_step, args.phase_smooth_steps,
+                                        f" --zipf-values {args.zipf_values}" if args.zipf_values else "",
+                                        f" --eps-values {args.eps_values}" if args.eps_values else ""),
                                      "wall_s": round(time.time() - start, 1)}
     summary["trained_class_attention"] = trained_class_attention(args.out)
     (args.out / "bursty_study.json").write_text(json.dumps(summary, indent=1))
