@@ -15,6 +15,8 @@ import gc
 import logging
 import os
 import sys
+import threading
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -49,10 +51,18 @@ class _DropUnretrievedOrbaxFailures(logging.Filter):
             mark in text for mark in ("orbax", "RESOURCE_EXHAUSTED", "No space left on device"))
 
 
+def _is_orbax_write_failure(args) -> bool:
+    """An Orbax background-save thread dying of a full disk: the save's caller reports it in one
+    line (`_writing`), so the thread's own traceback would only repeat it (after that line)."""
+    text = f"{getattr(args.exc_type, '__name__', '')}: {args.exc_value}"
+    where = "".join(traceback.format_tb(args.exc_traceback)) if args.exc_traceback is not None else ""
+    return "orbax" in where and any(m in text for m in ("RESOURCE_EXHAUSTED", "No space left on device"))
+
+
 def _filter_orbax_noise() -> None:
-    """Drop only `_is_orbax_noise` unraisables and `_DropUnretrievedOrbaxFailures` log records,
-    process-wide (they can fire after any close); everything else still reaches its hook or
-    handler. Idempotent."""
+    """Drop only `_is_orbax_noise` unraisables, `_is_orbax_write_failure` thread deaths and
+    `_DropUnretrievedOrbaxFailures` log records, process-wide (they can fire after any close);
+    everything else still reaches its hook or handler. Idempotent."""
     previous = sys.unraisablehook
     if getattr(previous, "_induction_jax", False):
         return
@@ -61,8 +71,15 @@ def _filter_orbax_noise() -> None:
         if not _is_orbax_noise(unraisable):
             previous(unraisable)
 
+    previous_thread = threading.excepthook
+
+    def thread_hook(args):
+        if not _is_orbax_write_failure(args):
+            previous_thread(args)
+
     hook._induction_jax = True
     sys.unraisablehook = hook
+    threading.excepthook = thread_hook
     logging.getLogger("asyncio").addFilter(_DropUnretrievedOrbaxFailures())
 
 

@@ -445,3 +445,42 @@ def test_members_are_named_by_their_settings_and_lists_refuse_duplicates(capsys,
     assert m.label(3) == "member 3 (seed 2147483647, lr 0.01)"
     crossed = Members.grid(RunConfig(), init_seeds=[0, 1], data_seeds=[5])
     assert crossed.label(1) == "member 1 (init seed 1, data seed 5)"
+
+
+def test_an_orbax_save_thread_dying_of_a_full_disk_prints_no_traceback():
+    """Orbax's background save raises ENOSPC in its own thread, whose traceback Python prints
+    (after the one-line message `_writing` gives); only that is silenced, any other thread's
+    death still reaches the previous hook (soak seed 5 saw the traceback)."""
+    import threading
+
+    from induction_jax import checkpoint
+
+    namespace = {}
+    exec(compile("def save():\n    raise ValueError('RESOURCE_EXHAUSTED: Error writing \"opt_state.count/0\": "
+                 "No space left on device')\n", "/site-packages/orbax/checkpoint/_src/futures/future.py", "exec"),
+         namespace)
+
+    def other():
+        raise ValueError("RESOURCE_EXHAUSTED, but not in Orbax")
+
+    seen, reached = [], []
+    saved = threading.excepthook
+    try:
+        threading.excepthook = seen.append               # the thread deaths, as Python hands them over
+        for target in (namespace["save"], other):
+            t = threading.Thread(target=target)
+            t.start()
+            t.join()
+        threading.excepthook = reached.append            # the hook the filter wraps
+        unraisable = sys.unraisablehook
+        sys.unraisablehook = lambda u: None              # so the filter installs afresh
+        try:
+            checkpoint._filter_orbax_noise()
+            for args in seen:
+                threading.excepthook(args)
+        finally:
+            sys.unraisablehook = unraisable
+    finally:
+        threading.excepthook = saved
+    assert [checkpoint._is_orbax_write_failure(a) for a in seen] == [True, False]
+    assert [str(a.exc_value) for a in reached] == ["RESOURCE_EXHAUSTED, but not in Orbax"]

@@ -251,7 +251,7 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
         run.check_config()
         table = read_metrics(run.metrics_csv)
         last = int(np.nanmax(table["step"])) if len(table["step"]) else 0
-        _, init_primary = metric_matrix(table, cfg.task.primary_curve, E)
+        full = table
         if from_step:
             if not 0 < from_step < last:
                 raise PhaseError(f"--from-step {from_step:g}: must be a step inside the run; allowed: 0 to "
@@ -262,6 +262,7 @@ def phase_run(run_dir: str | Path, smooth_steps: float = SMOOTH_STEPS, loss_smoo
         diverged = (np.array([m["diverged_step"] if m["diverged_step"] is not None else -1
                               for m in summary["members"]]) if summary else None)
         timings = time_curves(table, cfg.task, E, smooth_steps, loss_smooth_steps, diverged)
+        _, init_primary = metric_matrix(full, cfg.task.primary_curve, E)     # the first probe, whatever from_step
         predictors = init_quantities(cfg, members, init_primary[:, 0])
         out = run.output_dir("phase")
         rows = [r for t in timings.values() for r in t.as_rows(members)]
