@@ -66,8 +66,8 @@ def class_logits(zipf, n_classes, max_classes: int):
 def draw_classes(key, logits, shape):
     """Classes drawn from `softmax(logits)` (`[K]`, or `[..., K]` broadcasting against `shape`)
     by inverting the CDF at one uniform number per draw: the law of `jax.random.categorical`,
-    without its K Gumbel numbers per draw (at K = 2048 those made the sampler 30 times the cost
-    of this, and most of a training step)."""
+    without its K Gumbel numbers per draw (at K = 2048 those made a batch draw 300 times the cost
+    of this, and most of a training step: benchmarks/bursty_sampler.py)."""
     import jax
     import jax.numpy as jnp
 
