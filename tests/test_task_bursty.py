@@ -194,23 +194,24 @@ def test_member_of_a_per_member_sweep_is_the_single_run(tmp_path):
 
 def test_a_sweep_is_timed_by_phase(tmp_path, capsys):
     run = ij.sweep(_cfg(steps=60), tmp_path / "sweep", task_params={"burstiness": [1, 2]}, progress=False)
-    run.phase()
+    assert run.phase()["from_step"] == 0
     timings = (run.path / "phase" / "timings.csv").read_text()
     assert "icl_accuracy" in timings and "induction_score" in timings
     heads = (run.path / "head_metrics.csv").read_text()
     assert ",query_label_attention," in heads
     # --from-step: the curves start there (s0 is their level at that step), nothing before it is timed
+    s0_from_0 = run.timings().set_index(["metric", "member"]).s0
     stats = run.phase(from_step=30)
     assert stats["from_step"] == 30
     t = run.timings()
     timed = t[~t.censored.astype(bool)]
     assert (timed.onset >= 30).all() and (timed.midpoint >= 30).all()
+    assert not np.allclose(t.set_index(["metric", "member"]).s0.loc[s0_from_0.index], s0_from_0)
     from induction_jax.cli import main
     capsys.readouterr()
     code = main(["phase", str(run.path), "--from-step", "60"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--from-step 60: must be a step inside the run; allowed: 0 to 59" in err[0], err
-    assert run.phase()["from_step"] == 0
 
 
 @pytest.mark.parametrize("argv, message", [
