@@ -298,10 +298,9 @@ class Bursty(Task):
         return (DivisorParam("burstiness", "B, copies of the query's class in a bursty context (0: none bursty)",
                              int, self.bursty_copies, 0, N - 1, n=N),
                 MemberParam("p_bursty", "fraction of bursty training sequences", float, self.bursty_fraction, 0.0, 1.0),
-                (MemberParam("epsilon", "within-class noise scale (Gaussian items)", float, self.bursty_epsilon,
-                             0.0, 10.0) if self.gaussian else
-                 MemberParam("epsilon", "within-class variation (probability of a non-canonical exemplar)", float,
-                             self.bursty_epsilon, 0.0, 1.0)),
+                MemberParam("epsilon", "within-class noise scale (Gaussian items)" if self.gaussian else
+                            "within-class variation (probability of a non-canonical exemplar)", float,
+                            self.bursty_epsilon, 0.0, 10.0 if self.gaussian else 1.0),
                 MemberParam("zipf", "Zipf exponent of the class frequencies", float, self.bursty_zipf, 0.0, 10.0),
                 MemberParam("n_classes", "K, training classes", int, self.bursty_classes, 2, self.bursty_max_classes))
 
@@ -341,12 +340,10 @@ class Bursty(Task):
         eps = jnp.asarray(self._param(params, "epsilon"), jnp.float32)
         proto = scale * jax.random.normal(k_proto, (n_classes, 1, D))
         noise = scale * jax.random.normal(k_noise, (n_classes, E, D))
-        items = ((proto + eps * noise) / jnp.sqrt(1 + eps ** 2)).reshape(n_classes * E, D)
-        trained, novel = items[:self.bursty_max_classes * E], items[self.bursty_max_classes * E:]
-        novel = novel.reshape(self.bursty_novel, E, D)[:, :self.novel_exemplars].reshape(-1, D)
+        items = ((proto + eps * noise) / jnp.sqrt(1 + eps ** 2)).reshape(n_classes * E, D)   # trained, then novel
         labels = scale * jax.random.normal(k_label, (self.bursty_labels, D))
         rest = scale * jax.random.normal(k_rest, (model.d_vocab - self.vocab_needed, D))
-        return {"W_E": jnp.concatenate([labels, trained, novel, rest])}
+        return {"W_E": jnp.concatenate([labels, items, rest])}
 
     def _class_label(self, params):
         if "class_label" in params:
@@ -419,16 +416,14 @@ class Bursty(Task):
         novel_BG = jnp.argsort(jax.random.uniform(ks[1], (n_novel, self.bursty_novel)), axis=-1)[:, :G]
         label_BG = jnp.argsort(jax.random.uniform(ks[2], (n_novel, L)), axis=-1)[:, :G]
         novel_BN = jnp.take_along_axis(novel_BG, group_BN, axis=1)
-        if self.gaussian:           # each item one of its novel class's E noisy exemplars
+        if self.gaussian:           # each item, and the query, one of its novel class's E noisy exemplars
             items = item_tokens(jax.random.fold_in(ks[1], 1), self.bursty_max_classes + novel_BN, eps, L, E, True)
-        else:
-            items = self.first_novel + novel_BN
-        labels = jnp.take_along_axis(label_BG, group_BN, axis=1)
-        if self.gaussian:           # the query: a fresh exemplar of the class at the chosen position
             q_items = item_tokens(jax.random.fold_in(ks[1], 2), self.bursty_max_classes
                                   + jnp.take_along_axis(novel_BN, qpos_B[:, None], axis=1)[:, 0], eps, L, E, True)
         else:
+            items = self.first_novel + novel_BN
             q_items = jnp.take_along_axis(items, qpos_B[:, None], axis=1)[:, 0]
+        labels = jnp.take_along_axis(label_BG, group_BN, axis=1)
         novel = {"tokens": interleave(items, labels, q_items),
                  "answer": jnp.take_along_axis(labels, qpos_B[:, None], axis=1)[:, 0]}
         novel["true_label"] = novel["answer"]
