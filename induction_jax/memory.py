@@ -64,7 +64,7 @@ def activation_bytes(cfg: RunConfig) -> int:
     T, L, H, D, V = cfg.task.seq_len, m.n_layers, m.n_heads, m.d_model, m.d_vocab
     per_seq = L * (H * T * T * 3 + T * D * 8 + T * max(m.d_mlp, 1) * 2) + T * V * 3
     train = 2 * F32 * d.batch_size * per_seq
-    probe = F32 * d.probe_batch_size * (L * (H * T * T + T * H * D + T * D * 2) + T * V * 2)
+    probe = F32 * cfg.task.probe_sequences(d.probe_batch_size) * (L * (H * T * T + T * H * D + T * D * 2) + T * V * 2)
     return max(train, probe)
 
 

@@ -116,6 +116,7 @@ def test_traced_member_parameters_draw_what_static_ones_draw():
 
 def _probe_scores(t, params, logits_fn, n=3000):
     batch = t.probe(jax.random.PRNGKey(7), params, n, V)
+    assert len(batch["tokens"]) == t.probe_sequences(n) == n
     logits = logits_fn(jax.random.PRNGKey(8), batch)
     acts = SimpleNamespace(pattern_BLHTS=jnp.zeros((n, 2, 1, 17, 17)))
     return {k: float(v) for k, v in t.probe_metrics(logits, acts, batch).items() if np.ndim(v) == 0}, batch

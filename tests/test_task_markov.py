@@ -116,19 +116,43 @@ def test_bigram_beats_unigram_beats_uniform_on_sampled_chains():
 def test_kl_probes_vanish_for_a_model_that_is_the_strategy():
     task = Markov(chain_length=30)
     batch = task.probe(jax.random.PRNGKey(0), {"n_chains": 0}, 8, 3)
+    assert batch["tokens"].shape == (task.probe_sequences(8), 30) == (16, 30)   # 8 own chains, 8 fresh
     p = task.strategies(batch)["bigram_inference"]
 
     class Acts:
-        pattern_BLHTS = jnp.full((8, 2, 1, 30, 30), 1 / 30)
+        pattern_BLHTS = jnp.full((16, 2, 1, 30, 30), 1 / 30)
 
     out = task.probe_metrics(jnp.log(p), Acts, batch)
     assert abs(float(out["kl_bigram"])) < 1e-5 and float(out["kl_unigram"]) > 0.01
+    assert abs(float(out["kl_bigram_ood"])) < 1e-5
     # the fitted mixture finds it: EM run long is at the optimum; the probe's 100 steps within 0.06
     # of it (docs/tasks/markov.md: read the weights to about 0.05)
-    P = jnp.stack([task.strategies(batch)[s] for s in mk.STRATEGIES])
+    own, p = task.in_distribution(batch, p)
+    P = jnp.stack([task.strategies(own)[s] for s in mk.STRATEGIES])
     long = mk.mixture_weights(p, P, jnp.array([0.5, 0.5, 0, 0]), task.position_mask(), steps=3000)
     assert float(long[1]) > 0.99
     assert abs(float(out["w_bigram_inference"]) - float(long[1])) < 0.06
+
+
+def test_the_fresh_chain_probe_tells_retrieval_from_inference():
+    """A model that retrieves one of the member's 2 known chains is exact on its own distribution
+    and wrong on chains of fresh matrices; one that infers the chain in context is exact on both.
+    The first half of the probe batch is the member's chains, drawn as without the second."""
+    task = Markov(chain_length=50, max_chains=2)
+    known = task.member_data(jax.random.PRNGKey(3), {})["known_P"]
+    params = {"n_chains": 2, "known_P": known}
+    batch = task.probe(jax.random.PRNGKey(0), params, 32, 3)
+    np.testing.assert_array_equal(batch["tokens"][:32], task._sequences(jax.random.PRNGKey(0), params, 32))
+
+    class Acts:
+        pattern_BLHTS = jnp.full((64, 2, 1, 50, 50), 1 / 50)
+
+    s = task.strategies(batch)
+    retrieve = task.probe_metrics(jnp.log(s["bigram_retrieval"]), Acts, batch)
+    infer = task.probe_metrics(jnp.log(s["bigram_inference"]), Acts, batch)
+    assert abs(float(retrieve["kl_bigram_retrieval"])) < 1e-5 and abs(float(infer["kl_bigram_ood"])) < 1e-5
+    assert float(retrieve["kl_bigram_ood"]) > 0.1
+    assert float(retrieve["probe_loss_ood"]) > float(infer["probe_loss_ood"]) + 0.1
 
 
 def test_statistical_induction_score_on_a_hand_built_pattern():

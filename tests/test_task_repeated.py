@@ -81,6 +81,7 @@ def test_probe_is_the_reference_sequences_and_probe_metrics_are_named():
     task = Repeated(half_length=6)
     batch = task.probe(jax.random.PRNGKey(0), {}, 3, 16)
     x = np.asarray(batch["tokens"])
+    assert len(x) == task.probe_sequences(3) == 3
     np.testing.assert_array_equal(x[:, :6], x[:, 6:])
     assert task.probe_metric_names() == ("in_context_score", "probe_loss_second_half", "prev_token_score",
                                          "induction_score")

@@ -55,6 +55,7 @@ def test_windows_are_the_corpus_and_the_split_is_disjoint(text_file):
     assert len(shared["text_train"]) + len(shared["text_heldout"]) == len(text)
     train = cfg.task.sample(jax.random.PRNGKey(0), shared, 64, 256)["tokens"]
     probe = cfg.task.probe(jax.random.PRNGKey(1), shared, 64, 256)["tokens"]
+    assert len(probe) == cfg.task.probe_sequences(64) == 128     # what memory.py sizes the probe by
     n_train, T = len(shared["text_train"]), 16
     placed = {"train": [], "probe": []}
     for part, rows in (("train", train), ("probe", probe[:64])):

@@ -198,6 +198,11 @@ class Task:
     def probe(self, key, params: Mapping[str, Any], batch_size: int, d_vocab: int) -> Batch:
         raise NotImplementedError
 
+    def probe_sequences(self, batch_size: int) -> int:
+        """How many sequences `probe(..., batch_size, ...)` returns (what its forward pass holds);
+        a task whose probe appends a second part of its own says so here."""
+        return batch_size
+
     def probe_metrics(self, logits_BTV, acts, batch: Batch) -> dict:
         return {}
 

@@ -16,6 +16,9 @@ Probes compare the model's next-state distribution with the in-context strategie
 model) per position, as Edelman et al. plot it, to the uniform, in-context unigram (posterior
 mean of i.i.d. tokens), in-context bigram and n-gram (posterior means of the Dirichlet chain),
 and, for finite diversity, the two retrieval predictors (posterior over the member's known set).
+The probe batch ends with as many chains of fresh matrices from the member's prior (out of
+distribution when n_chains > 0: Park et al.'s OOD probe), where a model that infers the chain
+in context keeps its KL to the bigram predictor and one that retrieves a known chain does not.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ STATIONARY_STEPS = 256     # power-iteration steps of the lazy context chain
 MIXTURE_EM_STEPS = 100     # EM steps fitting the mixture weights of the four strategies
 DENSE_CONTEXTS = 64        # up to this many contexts the stationary distribution squares the dense chain
 MAX_CONTEXTS = 4096        # k^m, the rows of one transition matrix
+OOD_PROBE = 1              # fold_in of the probe key that draws the probe's fresh-matrix chains
 STRATEGIES = ("unigram_inference", "bigram_inference", "unigram_retrieval", "bigram_retrieval")
 
 
@@ -279,6 +283,9 @@ class Markov(Task):
                "statistics", 1, 0.02, "nats"),
         Metric("bigram_lead", "kl_unigram - kl_bigram: rises as the model moves to bigram statistics",
                1, 0.05, "nats"),
+        Metric("kl_bigram_ood", "mean KL(in-context bigram || model) on chains of fresh matrices from "
+               "the member's prior (unseen when n_chains > 0)", -1, 0.05, "nats"),
+        Metric("probe_loss_ood", "next-state loss on those fresh chains", -1, 0.05, "nats"),
         Metric("kl_unigram_retrieval", "mean KL(unigram retrieval || model); NaN when n_chains = 0",
                -1, 0.02, "nats"),
         Metric("kl_bigram_retrieval", "mean KL(bigram retrieval || model); NaN when n_chains = 0",
@@ -375,17 +382,32 @@ class Markov(Task):
 
         return {"loss": token_losses(logits_BTV, batch["tokens"]).mean()}
 
+    def probe_sequences(self, batch_size: int) -> int:
+        return 2 * batch_size           # its own chains, then as many of fresh matrices
+
     def probe(self, key, params, batch_size: int, d_vocab: int):
-        """Sequences of the member's own training distribution, with what the strategies need: its
-        alpha, its known set and how many of it are used."""
+        """`batch_size` sequences of the member's own training distribution, then as many chains of
+        fresh matrices from its prior (out of distribution when n_chains > 0; the first part is
+        the same with or without them), with what the strategies need: its alpha, its known set
+        and how many of it are used."""
+        import jax
         import jax.numpy as jnp
 
         alpha, _, n_chains = self._params(params)
         known = params.get("known_P")
         if known is None:
             known = jnp.full((1, self.n_contexts, self.n_states), 1.0 / self.n_states)
-        return {"tokens": self._sequences(key, params, batch_size), "alpha": jnp.asarray(alpha, jnp.float32),
-                "n_chains": jnp.asarray(n_chains, jnp.int32), "known_P": known}
+        fresh = self._sequences(jax.random.fold_in(key, OOD_PROBE), dict(params, n_chains=0), batch_size)
+        return {"tokens": jnp.concatenate([self._sequences(key, params, batch_size), fresh]),
+                "alpha": jnp.asarray(alpha, jnp.float32), "n_chains": jnp.asarray(n_chains, jnp.int32),
+                "known_P": known}
+
+    @staticmethod
+    def in_distribution(batch, *arrays):
+        """The probe batch's first half (the member's own distribution): `batch` with its tokens cut
+        there, then each of `arrays` (batch-major) cut the same way."""
+        n = batch["tokens"].shape[0] // 2
+        return (dict(batch, tokens=batch["tokens"][:n]), *(a[:n] for a in arrays))
 
     # -- what is measured --------------------------------------------------------------------------------
     def strategies(self, batch) -> dict:
@@ -416,9 +438,15 @@ class Markov(Task):
 
         from induction_jax.losses import token_losses
 
-        x = batch["tokens"]
-        logq = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), -1)
         mask = self.position_mask()
+        logits_all = logits_BTV
+        logq_all = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), -1)
+        n = logq_all.shape[0] // 2
+        fresh = batch["tokens"][n:]
+        kl_ood = kl_to_model(ngram_predictor(fresh, self.n_states, 1, batch.get("alpha", self.markov_alpha)),
+                             logq_all[n:], mask)
+        batch, logq, logits_BTV, pattern = self.in_distribution(batch, logq_all, logits_BTV, acts.pattern_BLHTS)
+        x = batch["tokens"]
         p = self.strategies(batch)
         finite = batch["n_chains"] > 0
         kl = {name: kl_to_model(p[name], logq, mask) for name in p}
@@ -426,14 +454,15 @@ class Markov(Task):
         q = jax.nn.softmax(logq[..., :self.n_states], -1)
         w0 = jnp.where(finite, jnp.full(4, 0.25), jnp.array([0.5, 0.5, 0.0, 0.0]))
         w = mixture_weights(q, jnp.stack([p[s] for s in STRATEGIES]), w0, mask)
-        heads = {"statistical_induction_score": statistical_induction_score(acts.pattern_BLHTS, x),
-                 "prev_token_attention": prev_token_attention(acts.pattern_BLHTS)}
+        heads = {"statistical_induction_score": statistical_induction_score(pattern, x),
+                 "prev_token_attention": prev_token_attention(pattern)}
         return {
             "probe_loss": token_losses(logits_BTV, x).mean(),
             "kl_uniform": kl["uniform"], "kl_unigram": kl["unigram_inference"],
             "kl_bigram": kl["bigram_inference"], "kl_ngram": kl["ngram_inference"],
             "unigram_lead": kl["uniform"] - kl["unigram_inference"],
             "bigram_lead": kl["unigram_inference"] - kl["bigram_inference"],
+            "kl_bigram_ood": kl_ood, "probe_loss_ood": token_losses(logits_all[n:], fresh).mean(),
             "kl_unigram_retrieval": jnp.where(finite, kl["unigram_retrieval"], nan),
             "kl_bigram_retrieval": jnp.where(finite, kl["bigram_retrieval"], nan),
             **{f"w_{s}": w[i] for i, s in enumerate(STRATEGIES)},
@@ -452,12 +481,13 @@ class Markov(Task):
         return {"prev_token": prev}
 
     def baselines(self, batch) -> dict:
-        """Next-state loss of each strategy on these sequences (nats, positions t >= m - 1)."""
+        """Next-state loss of each strategy on a probe batch's own-distribution sequences (nats,
+        positions t >= m - 1)."""
         import jax.numpy as jnp
         import numpy as np
 
-        x = jnp.asarray(batch["tokens"])
-        b = dict(batch, tokens=x)
+        b, = self.in_distribution(dict(batch, tokens=jnp.asarray(batch["tokens"])))
+        x = b["tokens"]
         b.setdefault("n_chains", jnp.int32(0))
         p = self.strategies(b)
         if int(b["n_chains"]) == 0:         # no known set: the retrieval entries are placeholders

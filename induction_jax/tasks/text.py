@@ -157,6 +157,9 @@ class Text(Task):
 
         return {"loss": token_losses(logits_BTV, batch["tokens"]).mean()}
 
+    def probe_sequences(self, batch_size: int) -> int:
+        return 2 * batch_size           # held-out windows, then as many repeated random sequences
+
     def probe(self, key, params, batch_size: int, d_vocab: int):
         """`probe_batch_size` held-out windows, then as many repeated random sequences (x[t] =
         x[t mod P], P = T // 2, tokens uniform over the task's vocabulary)."""
