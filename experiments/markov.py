@@ -9,12 +9,16 @@ k = 3 states, T = 100, batch 64), each a sweep crossing a setting with 8 seeds:
   statistical-induction and previous-token attention, `analyze`'s composition scores), and the
   bigram midpoint of each seed under the two priors (paired difference with a 95% CI).
 - `diversity`: n_chains = 4 (Park et al.'s finite task diversity; the same 8 seeds), whose
-  fitted mixture weights show whether retrieval takes over from inference.
+  fitted mixture weights show whether retrieval takes over from inference. `--diversity-values
+  4,16,64,256 --diversity-steps 2000` crosses several diversities with the seeds in one
+  ensemble instead, trained longer, and times Park et al.'s transience: the fresh-matrix KL
+  (`kl_bigram_ood`) falling while the model infers the chain, then rising as it retrieves.
 
 Writes runs/markov/{prior,diversity}/ (each a run directory), runs/markov/results.json and
 docs/figures/markov-*.png. About 20 minutes on a shared 2-core CPU.
 
     python experiments/markov.py [--seeds 8] [--steps 600] [--out runs/markov]
+        [--diversity-values 4] [--diversity-steps 600] [--diversity-eval-every 10] [--only diversity]
 """
 
 from __future__ import annotations
@@ -50,13 +54,18 @@ def t_interval(x: np.ndarray) -> tuple[float, float, float]:
     return m, m - h, m + h
 
 
-def run_sweeps(out: Path, seeds: int, steps: int) -> None:
+def run_sweeps(out: Path, seeds: int, steps: int, diversity: list[int], diversity_steps: int,
+               diversity_eval_every: int, only: str | None) -> None:
     from induction_jax.cli import main as cli
 
-    common = [*MODEL, "--seeds", str(seeds), "--steps", str(steps), "--no-progress"]
-    for name, param in (("prior", "doubly_stochastic=0,1"), ("diversity", "n_chains=4")):
-        if not (out / name / "phase" / "stats.json").is_file():
-            code = cli(["sweep", *common, "--task-param", param, "--out", str(out / name)])
+    common = [*MODEL, "--seeds", str(seeds), "--no-progress"]
+    values = ",".join(map(str, diversity))
+    sweeps = {"prior": ["--steps", str(steps), "--task-param", "doubly_stochastic=0,1"],
+              "diversity": ["--steps", str(diversity_steps), "--task-param", f"n_chains={values}",
+                            "--max-chains", str(max(64, *diversity)), "--eval-every", str(diversity_eval_every)]}
+    for name, flags in sweeps.items():
+        if only in (None, name) and not (out / name / "phase" / "stats.json").is_file():
+            code = cli(["sweep", *common, *flags, "--out", str(out / name)])
             if code not in (0, 3):
                 raise SystemExit(code)
 
@@ -194,39 +203,93 @@ def per_member_heads(run: Path) -> list[dict]:
     return rows
 
 
+OOD_SMOOTH = 5          # probes in the running median of kl_bigram_ood (its probe noise is ~0.01 nats)
+OOD_RISE = 0.05         # nats: kl_bigram_ood's smallest change (docs/tasks/markov.md)
+
+
+def unigram_level(n: int = 1024) -> float:
+    """KL(in-context bigram || in-context unigram) on fresh chains (k = 3, T = 100, Dirichlet(1)):
+    the fresh-matrix KL of a model that has the unigram strategy exactly. A model below it on
+    unseen chains uses their transitions, which only in-context inference can do."""
+    import jax
+    import jax.numpy as jnp
+
+    from induction_jax.tasks.markov import Markov, kl_to_model
+
+    task = Markov(chain_length=100)
+    own, = task.in_distribution(task.probe(jax.random.PRNGKey(2), {"n_chains": 0}, n, 3))
+    p = task.strategies(own)
+    return float(kl_to_model(p["bigram_inference"], jnp.log(p["unigram_inference"]), task.position_mask()))
+
+
 def transience(run: Path) -> dict:
+    """Per diversity: whether retrieval takes over from inference. Per member, from the fitted
+    mixture weights (bigram inference's peak against its final value, the final leader) and from
+    the fresh-matrix KL, Park et al.'s OOD curve: its running median's minimum, the step of it,
+    and its rise from there to the end. A member *infers* when that minimum falls below the
+    unigram strategy's fresh-matrix KL (`unigram_level`), and is *transient* when it infers and
+    then rises by more than OOD_RISE by the end (it had learned to infer unseen chains, then
+    lost it): both rules fixed before the diversity sweep was run."""
     import pandas as pd
 
     m = pd.read_csv(run / "metrics.csv").dropna(subset=["w_bigram_retrieval"])
-    out = {"per_member": []}
-    for member, g in m.groupby("member"):
-        g = g.sort_values("step")
-        inf, ret = g.w_bigram_inference.to_numpy(), g.w_bigram_retrieval.to_numpy()
-        steps = g.step.to_numpy()
-        peak = int(np.argmax(inf))
-        over = np.nonzero(ret > inf)[0]
-        out["per_member"].append({"member": int(member), "peak_inference_weight": float(inf[peak]),
-                                  "peak_inference_step": int(steps[peak]),
-                                  "final_inference_weight": float(inf[-1]), "final_retrieval_weight": float(ret[-1]),
-                                  "retrieval_leads_from": int(steps[over[0]]) if len(over) else None,
-                                  "final_kl_bigram": float(g.kl_bigram.iloc[-1]),
-                                  "final_kl_bigram_retrieval": float(g.kl_bigram_retrieval.iloc[-1])})
-    rows = out["per_member"]
-    k = sum(r["final_retrieval_weight"] > r["final_inference_weight"] for r in rows)
-    out["retrieval_wins_final"] = k
-    out["retrieval_wins_wilson"] = wilson(k, len(rows))
-    trans = sum(r["peak_inference_weight"] > r["final_inference_weight"] + 0.1 for r in rows)
-    out["inference_transient"] = trans
-    out["inference_transient_wilson"] = wilson(trans, len(rows))
+    level = unigram_level()
+    out = {"unigram_level": level}
+    for n_chains, gn in m.groupby("n_chains"):
+        rows = []
+        for member, g in gn.groupby("member"):
+            g = g.sort_values("step")
+            inf, ret = g.w_bigram_inference.to_numpy(), g.w_bigram_retrieval.to_numpy()
+            steps = g.step.to_numpy()
+            peak = int(np.argmax(inf))
+            over = np.nonzero(ret > inf)[0]
+            row = {"member": int(member), "seed": int(g.init_seed.iloc[0]), "peak_inference_weight": float(inf[peak]),
+                   "peak_inference_step": int(steps[peak]), "final_inference_weight": float(inf[-1]),
+                   "final_retrieval_weight": float(ret[-1]),
+                   "retrieval_leads_from": int(steps[over[0]]) if len(over) else None,
+                   "final_kl_bigram": float(g.kl_bigram.iloc[-1]),
+                   "final_kl_bigram_retrieval": float(g.kl_bigram_retrieval.iloc[-1])}
+            if "kl_bigram_ood" in g:
+                ood = g.kl_bigram_ood.rolling(OOD_SMOOTH, center=True, min_periods=1).median().to_numpy()
+                lo = int(np.argmin(ood))
+                row |= {"ood_min": float(ood[lo]), "ood_min_step": int(steps[lo]), "ood_final": float(ood[-1]),
+                        "ood_rise": float(ood[-1] - ood[lo]),
+                        "final_kl_bigram_ood": float(g.kl_bigram_ood.iloc[-1])}
+            rows.append(row)
+        res = {"n": len(rows), "per_member": rows}
+        k = sum(r["final_retrieval_weight"] > r["final_inference_weight"] for r in rows)
+        res["retrieval_wins_final"], res["retrieval_wins_wilson"] = k, wilson(k, len(rows))
+        trans = sum(r["peak_inference_weight"] > r["final_inference_weight"] + 0.1 for r in rows)
+        res["inference_transient"], res["inference_transient_wilson"] = trans, wilson(trans, len(rows))
+        if all("ood_rise" in r for r in rows):
+            for r in rows:
+                r["infers"] = r["ood_min"] < level
+                r["transient"] = r["infers"] and r["ood_rise"] > OOD_RISE
+            i = sum(r["infers"] for r in rows)
+            t = sum(r["transient"] for r in rows)
+            res["ood_infers"], res["ood_infers_wilson"] = i, wilson(i, len(rows))
+            res["ood_transient"], res["ood_transient_wilson"] = t, wilson(t, len(rows))
+            for key in ("ood_min", "ood_final", "ood_rise", "ood_min_step", "final_inference_weight",
+                        "final_retrieval_weight"):
+                v = np.array([r[key] for r in rows], float)
+                res[key + "_median_range"] = [float(np.median(v)), float(v.min()), float(v.max())]
+        out[int(n_chains)] = res
     return out
 
 
-def figures(out: Path, figdir: Path) -> None:
+def figures(out: Path, figdir: Path, only: str | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    if only != "diversity":
+        prior_figures(out, figdir, plt, pd)
+    if only != "prior":
+        diversity_figure(out, figdir, plt, pd)
+
+
+def prior_figures(out: Path, figdir: Path, plt, pd) -> None:
     m = pd.read_csv(out / "prior" / "metrics.csv").dropna(subset=["kl_bigram"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, ds in zip(axes, (0, 1)):
@@ -262,18 +325,36 @@ def figures(out: Path, figdir: Path) -> None:
     fig.savefig(figdir / "markov-heads.png", dpi=120)
     plt.close(fig)
 
+
+def diversity_figure(out: Path, figdir: Path, plt, pd) -> None:
     d = pd.read_csv(out / "diversity" / "metrics.csv").dropna(subset=["w_bigram_retrieval"])
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for name, colour in (("w_unigram_inference", "C1"), ("w_bigram_inference", "C2"), ("w_unigram_retrieval", "C5"),
-                         ("w_bigram_retrieval", "C3")):
-        for _, gm in d.groupby("member"):
-            ax.plot(gm.step, gm[name], color=colour, alpha=0.3, lw=0.8)
-        mean = d.groupby("step")[name].mean()
-        ax.plot(mean.index, mean.values, color=colour, lw=2, label=name[2:].replace("_", " "))
-    ax.set_xlabel("step")
-    ax.set_ylabel("fitted mixture weight")
-    ax.set_title(f"n_chains = 4 ({d.member.nunique()} seeds)")
-    ax.legend(fontsize=8)
+    values = sorted(d.n_chains.unique())
+    ood = "kl_bigram_ood" in d
+    fig, axes = plt.subplots(1 + ood, len(values), figsize=(4.2 * len(values), 3.2 * (1 + ood)), squeeze=False,
+                             sharex=True)
+    for j, n_chains in enumerate(values):
+        dn = d[d.n_chains == n_chains]
+        ax = axes[0, j]
+        for name, colour in (("w_unigram_inference", "C1"), ("w_bigram_inference", "C2"),
+                             ("w_unigram_retrieval", "C5"), ("w_bigram_retrieval", "C3")):
+            for _, gm in dn.groupby("member"):
+                ax.plot(gm.step, gm[name], color=colour, alpha=0.3, lw=0.8)
+            mean = dn.groupby("step")[name].mean()
+            ax.plot(mean.index, mean.values, color=colour, lw=2, label=name[2:].replace("_", " "))
+        ax.set_title(f"n_chains = {n_chains} ({dn.member.nunique()} seeds)")
+        ax.set_ylabel("fitted mixture weight") if j == 0 else None
+        if ood:
+            ax = axes[1, j]
+            for _, gm in dn.groupby("member"):
+                ax.plot(gm.step, gm.kl_bigram_ood.rolling(OOD_SMOOTH, center=True, min_periods=1).median(),
+                        color="C0", alpha=0.5, lw=0.8)
+            ax.plot(dn.groupby("step").kl_bigram_ood.mean(), color="C0", lw=2, label="fresh matrices (OOD)")
+            ax.plot(dn.groupby("step").kl_bigram.mean(), color="C2", lw=2, ls="--", label="own chains (ID)")
+            ax.set_ylabel("KL(bigram inference || model)") if j == 0 else None
+            ax.set_xlabel("step")
+    axes[0, 0].legend(fontsize=7)
+    if ood:
+        axes[1, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(figdir / "markov-diversity.png", dpi=120)
     plt.close(fig)
@@ -285,17 +366,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--out", default="runs/markov")
     parser.add_argument("--figures", default="docs/figures")
+    parser.add_argument("--diversity-values", default="4", help="n_chains values crossed with the seeds")
+    parser.add_argument("--diversity-steps", type=int, help="steps of the diversity ensemble (default --steps)")
+    parser.add_argument("--diversity-eval-every", type=int, default=10)
+    parser.add_argument("--only", choices=("prior", "diversity"), help="train and report one ensemble")
     args = parser.parse_args()
     from induction_jax import use_cpu_cores
 
     use_cpu_cores()
     out = Path(args.out)
-    run_sweeps(out, args.seeds, args.steps)
-    results = {"strategy_losses": strategy_losses(), "stages": stage_order(out / "prior"), "prior_effect": prior_effect(out / "prior"),
-               "heads": heads(out / "prior"), "heads_per_member": per_member_heads(out / "prior"),
-               "transience": transience(out / "diversity")}
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    figures(out, Path(args.figures))
+    diversity = [int(v) for v in args.diversity_values.split(",")]
+    run_sweeps(out, args.seeds, args.steps, diversity, args.diversity_steps or args.steps, args.diversity_eval_every,
+               args.only)
+    results = {}
+    if args.only in (None, "prior"):
+        results |= {"strategy_losses": strategy_losses(), "stages": stage_order(out / "prior"),
+                    "prior_effect": prior_effect(out / "prior"), "heads": heads(out / "prior"),
+                    "heads_per_member": per_member_heads(out / "prior")}
+    if args.only in (None, "diversity"):
+        results["transience"] = transience(out / "diversity")
+    name = "results.json" if args.only is None else f"results-{args.only}.json"
+    (out / name).write_text(json.dumps(results, indent=1, default=float))
+    figures(out, Path(args.figures), args.only)
     print(json.dumps({k: v for k, v in results.items() if k != "heads"}, indent=1, default=float)[:6000])
 
 
