@@ -439,12 +439,12 @@ class Markov(Task):
         from induction_jax.losses import token_losses
 
         mask = self.position_mask()
-        logits_all = logits_BTV
         logq_all = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), -1)
-        n = logq_all.shape[0] // 2
+        n = logq_all.shape[0] // 2              # the second half: chains of fresh matrices
         fresh = batch["tokens"][n:]
         kl_ood = kl_to_model(ngram_predictor(fresh, self.n_states, 1, batch.get("alpha", self.markov_alpha)),
                              logq_all[n:], mask)
+        loss_ood = token_losses(logits_BTV[n:], fresh).mean()
         batch, logq, logits_BTV, pattern = self.in_distribution(batch, logq_all, logits_BTV, acts.pattern_BLHTS)
         x = batch["tokens"]
         p = self.strategies(batch)
@@ -462,7 +462,7 @@ class Markov(Task):
             "kl_bigram": kl["bigram_inference"], "kl_ngram": kl["ngram_inference"],
             "unigram_lead": kl["uniform"] - kl["unigram_inference"],
             "bigram_lead": kl["unigram_inference"] - kl["bigram_inference"],
-            "kl_bigram_ood": kl_ood, "probe_loss_ood": token_losses(logits_all[n:], fresh).mean(),
+            "kl_bigram_ood": kl_ood, "probe_loss_ood": loss_ood,
             "kl_unigram_retrieval": jnp.where(finite, kl["unigram_retrieval"], nan),
             "kl_bigram_retrieval": jnp.where(finite, kl["bigram_retrieval"], nan),
             **{f"w_{s}": w[i] for i, s in enumerate(STRATEGIES)},
