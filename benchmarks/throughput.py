@@ -57,9 +57,9 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
         from induction_jax import tasks
 
         seq_len = tasks.task_class(task)().seq_len
+        n_ctx = overrides.pop("n_ctx", max(RunConfig().model.n_ctx, seq_len))
         cfg = RunConfig().replace(task=task, seeds=size, eval_every=every, chunk_steps=steps,
-                                  member_loop=member_loop, n_ctx=max(RunConfig().model.n_ctx, seq_len),
-                                  **overrides)
+                                  member_loop=member_loop, n_ctx=n_ctx, **overrides)
     members = Members.from_config(cfg)
     if arms:                        # interventions: the arms in turn over the members
         from dataclasses import replace
