@@ -222,6 +222,12 @@ def unigram_level(n: int = 1024) -> float:
     return float(kl_to_model(p["bigram_inference"], jnp.log(p["unigram_inference"]), task.position_mask()))
 
 
+def first_below(steps: np.ndarray, y: np.ndarray, level: float) -> float:
+    """The first step at which `y` is below `level` (NaN: never)."""
+    i = np.nonzero(y < level)[0]
+    return float(steps[i[0]]) if len(i) else float("nan")
+
+
 def transience(run: Path) -> dict:
     """Per diversity: whether retrieval takes over from inference. Per member, from the fitted
     mixture weights (bigram inference's peak against its final value, the final leader) and from
@@ -252,9 +258,13 @@ def transience(run: Path) -> dict:
             if "kl_bigram_ood" in g:
                 ood = g.kl_bigram_ood.rolling(OOD_SMOOTH, center=True, min_periods=1).median().to_numpy()
                 lo = int(np.argmin(ood))
+                own = g.kl_bigram.rolling(OOD_SMOOTH, center=True, min_periods=1).median().to_numpy()
                 row |= {"ood_min": float(ood[lo]), "ood_min_step": int(steps[lo]), "ood_final": float(ood[-1]),
                         "ood_rise": float(ood[-1] - ood[lo]),
-                        "final_kl_bigram_ood": float(g.kl_bigram_ood.iloc[-1])}
+                        "final_kl_bigram_ood": float(g.kl_bigram_ood.iloc[-1]),
+                        # first probe below the unigram strategy's level: on unseen chains, on its own
+                        "below_unigram_ood_step": first_below(steps, ood, level),
+                        "below_unigram_own_step": first_below(steps, own, level)}
             rows.append(row)
         res = {"n": len(rows), "per_member": rows}
         k = sum(r["final_retrieval_weight"] > r["final_inference_weight"] for r in rows)
@@ -269,15 +279,20 @@ def transience(run: Path) -> dict:
             t = sum(r["transient"] for r in rows)
             res["ood_infers"], res["ood_infers_wilson"] = i, wilson(i, len(rows))
             res["ood_transient"], res["ood_transient_wilson"] = t, wilson(t, len(rows))
+            for r in rows:
+                r["generalisation_lag"] = r["below_unigram_ood_step"] - r["below_unigram_own_step"]
             for key in ("ood_min", "ood_final", "ood_rise", "ood_min_step", "final_inference_weight",
-                        "final_retrieval_weight"):
+                        "final_retrieval_weight", "below_unigram_own_step", "below_unigram_ood_step",
+                        "generalisation_lag"):
                 v = np.array([r[key] for r in rows], float)
-                res[key + "_median_range"] = [float(np.median(v)), float(v.min()), float(v.max())]
+                v = v[np.isfinite(v)]
+                res[key + "_median_range"] = ([float(np.median(v)), float(v.min()), float(v.max()), len(v)]
+                                              if len(v) else None)
         out[int(n_chains)] = res
     return out
 
 
-def figures(out: Path, figdir: Path, only: str | None = None) -> None:
+def figures(out: Path, figdir: Path, only: str | None = None, diversity_name: str = "markov-diversity.png") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -286,7 +301,7 @@ def figures(out: Path, figdir: Path, only: str | None = None) -> None:
     if only != "diversity":
         prior_figures(out, figdir, plt, pd)
     if only != "prior":
-        diversity_figure(out, figdir, plt, pd)
+        diversity_figure(out, figdir / diversity_name, plt, pd)
 
 
 def prior_figures(out: Path, figdir: Path, plt, pd) -> None:
@@ -326,7 +341,7 @@ def prior_figures(out: Path, figdir: Path, plt, pd) -> None:
     plt.close(fig)
 
 
-def diversity_figure(out: Path, figdir: Path, plt, pd) -> None:
+def diversity_figure(out: Path, path: Path, plt, pd) -> None:
     d = pd.read_csv(out / "diversity" / "metrics.csv").dropna(subset=["w_bigram_retrieval"])
     values = sorted(d.n_chains.unique())
     ood = "kl_bigram_ood" in d
@@ -356,7 +371,7 @@ def diversity_figure(out: Path, figdir: Path, plt, pd) -> None:
     if ood:
         axes[1, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(figdir / "markov-diversity.png", dpi=120)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -370,6 +385,7 @@ def main() -> None:
     parser.add_argument("--diversity-steps", type=int, help="steps of the diversity ensemble (default --steps)")
     parser.add_argument("--diversity-eval-every", type=int, default=10)
     parser.add_argument("--only", choices=("prior", "diversity"), help="train and report one ensemble")
+    parser.add_argument("--diversity-figure", default="markov-diversity.png", help="its file name in --figures")
     args = parser.parse_args()
     from induction_jax import use_cpu_cores
 
@@ -387,7 +403,7 @@ def main() -> None:
         results["transience"] = transience(out / "diversity")
     name = "results.json" if args.only is None else f"results-{args.only}.json"
     (out / name).write_text(json.dumps(results, indent=1, default=float))
-    figures(out, Path(args.figures), args.only)
+    figures(out, Path(args.figures), args.only, args.diversity_figure)
     print(json.dumps({k: v for k, v in results.items() if k != "heads"}, indent=1, default=float)[:6000])
 
 
