@@ -10,7 +10,7 @@ k = 3 states, T = 100, batch 64), each a sweep crossing a setting with 8 seeds:
   bigram midpoint of each seed under the two priors (paired difference with a 95% CI).
 - `diversity`: n_chains = 4 (Park et al.'s finite task diversity; the same 8 seeds), whose
   fitted mixture weights show whether retrieval takes over from inference. `--diversity-values
-  4,16,64,256 --diversity-steps 2000` crosses several diversities with the seeds in one
+  4,16,64,256 --diversity-steps 4000` crosses several diversities with the seeds in one
   ensemble instead, trained longer, and times Park et al.'s transience: the fresh-matrix KL
   (`kl_bigram_ood`) falling while the model infers the chain, then rising as it retrieves.
 
@@ -203,7 +203,7 @@ def per_member_heads(run: Path) -> list[dict]:
     return rows
 
 
-OOD_SMOOTH = 5          # probes in the running median of kl_bigram_ood (its probe noise is ~0.01 nats)
+OOD_SMOOTH = 5          # probes in the running median of kl_bigram_ood (one probe's value is noisy)
 OOD_RISE = 0.05         # nats: kl_bigram_ood's smallest change (docs/tasks/markov.md)
 
 
