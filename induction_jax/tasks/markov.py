@@ -440,15 +440,15 @@ class Markov(Task):
 
         mask = self.position_mask()
         logq_all = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), -1)
-        n = logq_all.shape[0] // 2              # the second half: chains of fresh matrices
+        own, logq, logits_own, pattern = self.in_distribution(batch, logq_all, logits_BTV, acts.pattern_BLHTS)
+        n = own["tokens"].shape[0]              # after them: chains of fresh matrices
         fresh = batch["tokens"][n:]
         kl_ood = kl_to_model(ngram_predictor(fresh, self.n_states, 1, batch.get("alpha", self.markov_alpha)),
                              logq_all[n:], mask)
         loss_ood = token_losses(logits_BTV[n:], fresh).mean()
-        batch, logq, logits_BTV, pattern = self.in_distribution(batch, logq_all, logits_BTV, acts.pattern_BLHTS)
-        x = batch["tokens"]
-        p = self.strategies(batch)
-        finite = batch["n_chains"] > 0
+        x = own["tokens"]
+        p = self.strategies(own)
+        finite = own["n_chains"] > 0
         kl = {name: kl_to_model(p[name], logq, mask) for name in p}
         nan = jnp.float32(jnp.nan)
         q = jax.nn.softmax(logq[..., :self.n_states], -1)
@@ -457,7 +457,7 @@ class Markov(Task):
         heads = {"statistical_induction_score": statistical_induction_score(pattern, x),
                  "prev_token_attention": prev_token_attention(pattern)}
         return {
-            "probe_loss": token_losses(logits_BTV, x).mean(),
+            "probe_loss": token_losses(logits_own, x).mean(),
             "kl_uniform": kl["uniform"], "kl_unigram": kl["unigram_inference"],
             "kl_bigram": kl["bigram_inference"], "kl_ngram": kl["ngram_inference"],
             "unigram_lead": kl["uniform"] - kl["unigram_inference"],
