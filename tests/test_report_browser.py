@@ -73,8 +73,13 @@ def page(driver, report):
 
 
 def center(d, element):
-    """Scroll `element` to the middle of the window (clear of the sticky top bar); returns it."""
+    """Scroll `element` to the middle of the window (clear of the sticky top bar); returns it once
+    the browser has rendered two frames since, so that the scroll's own event (dispatched at the
+    next frame, later on a loaded machine) has fired: the page hides its tooltip on scroll, and a
+    late one would hide the tooltip a hover had just shown."""
     d.execute_script("arguments[0].scrollIntoView({block: 'center', inline: 'center'})", element)
+    d.execute_async_script("const done = arguments[arguments.length - 1];"
+                           "requestAnimationFrame(() => requestAnimationFrame(() => done()));")
     return element
 
 
