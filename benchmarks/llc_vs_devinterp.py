@@ -14,7 +14,7 @@ Printed side by side: each estimate, by our convention (post-burn-in mean) and b
 model gradients per second (chains x steps / wall time; ours with and without its compile).
 
     .venv/bin/pip install devinterp==2.0.1      # torch is already there; nothing pulls a new one
-    .venv/bin/python benchmarks/llc_vs_devinterp.py RUN_DIR [--step S] [--member 0]
+    .venv/bin/python benchmarks/llc_vs_devinterp.py RUN_DIR [--step S] [--member 0] [--snapshots all] [--command]
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -35,12 +38,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import induction_jax
 from induction_jax import snapshots
 from induction_jax.model import forward
 from induction_jax.rundir import RunDir
-from induction_jax.slt.llc import llc_estimate
-from induction_jax.slt.run import DEFAULT_N, TrainingLoss, llc_dataset
-from induction_jax.slt.sampler import SGLDConfig, sample
+from induction_jax.slt.run import DEFAULT_N, estimate, llc_dataset
+from induction_jax.slt.sampler import SGLDConfig, num_items
 
 
 class TorchTwin(nn.Module):
@@ -68,19 +71,37 @@ class TorchTwin(nn.Module):
         return x @ self.W_U
 
 
-def ours(cfg, sgld: SGLDConfig, w_star, data, key):
-    fn = jax.jit(sample, static_argnums=(1, 4))
-    loss = TrainingLoss(cfg.replace(compute_dtype="float32"))
+def ours(cfg, sgld: SGLDConfig, w_N, data, key):
+    """`slt.run.estimate`, the core of `induction-jax llc`: the N snapshots of one member in one
+    compiled call (every chain of every snapshot on one axis over the devices), timed twice."""
+    N = len(jax.tree.leaves(w_N)[0])
+    data_N = jax.tree.map(lambda x: jnp.broadcast_to(x, (N, *x.shape)), data)
+    keys = jax.random.split(key, N)
     tic = time.perf_counter()
-    result = jax.block_until_ready(fn(key, loss, w_star, data, sgld))
+    out = estimate(cfg, sgld, w_N, data_N, keys)
     first = time.perf_counter() - tic
     tic = time.perf_counter()
-    result = jax.block_until_ready(fn(key, loss, w_star, data, sgld))
+    out = estimate(cfg, sgld, w_N, data_N, keys)
     second = time.perf_counter() - tic
-    post = llc_estimate(result, None, sgld.burn_in)
-    every = llc_estimate(result, None, 0)
-    return {"post": np.asarray(post["llc_per_chain"]), "all": np.asarray(every["llc_per_chain"]),
-            "secs": second, "secs_with_compile": first, "init_loss": float(result.init_loss)}
+    n_beta = sgld.n_beta_for(num_items(data))
+    excess = out["loss"] - out["init_loss"][:, None, None]           # [N, chains, draws]
+    return {"post": n_beta * excess[..., sgld.burn_in:].mean(-1), "all": n_beta * excess.mean(-1),
+            "secs": second, "secs_with_compile": first, "init_loss": out["init_loss"]}
+
+
+def command(run_dir: Path, step_spec: str, member: int, sgld: SGLDConfig, n: int) -> float:
+    """Wall time of `induction-jax llc` as a user runs it (a fresh process: start-up, compile,
+    the estimate, its eps check, the figures and the report), on a copy of the run directory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "run"
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("llc", "dynamics"))
+        flags = [f"--{f.name.replace('_', '-')}={getattr(sgld, f.name)}" for f in dataclasses.fields(sgld)
+                 if f.name != "n_beta"]
+        cmd = [sys.executable, "-m", "induction_jax.cli", "llc", str(copy), "--snapshots", step_spec,
+               "--members", str(member), "--n", str(n), *flags]
+        tic = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return time.perf_counter() - tic
 
 
 def devinterp_llc(model, tokens: np.ndarray, sgld: SGLDConfig, n_beta: float, seed: int, device: str = "cpu"):
@@ -121,50 +142,72 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="devinterp's torch device (default: cuda where torch has it; ours runs on JAX's default)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--snapshots", default="last", choices=("last", "all"),
+                    help="last: the one snapshot (--step); all: every snapshot of the member, ours in one call, "
+                         "devinterp in a loop over them")
+    ap.add_argument("--command", action="store_true",
+                    help="also time `induction-jax llc` end to end on a copy of the run (its eps check included)")
     args = ap.parse_args(argv)
+    induction_jax.use_cpu_cores()     # as the command line does: on a CPU, one JAX device per core
     sgld = SGLDConfig(eps=args.eps, gamma=args.gamma, sampler=args.sampler, chains=args.chains, draws=args.draws,
                       burn_in=args.burn_in, batch_size=args.batch_size)
     run = RunDir(Path(args.run_dir))
     cfg = run.read_config()
     steps = snapshots.select(run, "all" if args.step is None else str(args.step))
-    step = steps[-1]
-    _, params = snapshots.load(run, [step])
-    w = {k: np.asarray(v[0, args.member], np.float32) for k, v in params.items()}
+    steps = list(steps) if args.snapshots == "all" else [steps[-1]]
+    _, params = snapshots.load(run, steps)
+    w_N = {k: np.asarray(v[:, args.member], np.float32) for k, v in params.items()}
     data = llc_dataset(cfg, int(run.members().data_seed[args.member]), args.n)
     tokens = np.asarray(data["tokens"])
     n_beta = sgld.n_beta_for(args.n)
 
-    twin = TorchTwin(w).to(args.device)
+    twins = [TorchTwin({k: v[s] for k, v in w_N.items()}).to(args.device) for s in range(len(steps))]
     with torch.no_grad():
-        diff = float(np.max(np.abs(twin(torch.tensor(tokens[:64], dtype=torch.long, device=args.device)).cpu().numpy()
-                                   - np.asarray(forward(cfg.model, jax.tree.map(jnp.asarray, w), tokens[:64])))))
-    print(f"run {args.run_dir}, member {args.member}, step {step}: torch twin max |logit difference| {diff:.2e}")
+        diff = max(float(np.max(np.abs(
+            twin(torch.tensor(tokens[:64], dtype=torch.long, device=args.device)).cpu().numpy()
+            - np.asarray(forward(cfg.model, jax.tree.map(lambda v: jnp.asarray(v[s]), w_N), tokens[:64])))))
+            for s, twin in enumerate(twins))
+    print(f"run {args.run_dir}, member {args.member}, steps {', '.join(map(str, steps))}: torch twin max "
+          f"|logit difference| {diff:.2e}")
     print(f"settings: {sgld.sampler}, eps {sgld.eps:g}, gamma {sgld.gamma:g}, n_beta {n_beta:.2f} (n {args.n}), "
           f"batch {sgld.batch_size}, {sgld.chains} chains x {sgld.draws} SGLD steps ({sgld.burn_in} burn-in); "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads, {args.device})")
+          f"jax {jax.__version__} on {len(jax.devices())} {jax.devices()[0].platform} device(s), torch "
+          f"{torch.__version__} ({torch.get_num_threads()} threads, {args.device})")
 
-    a = ours(cfg, sgld, jax.tree.map(jnp.asarray, w), data, jax.random.PRNGKey(args.seed))
-    b = devinterp_llc(twin, tokens, sgld, n_beta, 100 + args.seed, args.device)
-    grads = sgld.chains * sgld.draws
-    rows = [("induction-jax", a, grads / a["secs"], f" ({grads / a['secs_with_compile']:.0f} with compile)"),
-            ("devinterp 2.0.1", b, grads / b["secs"], "")]
-    print(f"{'':16} {'L_n(w*)':>8} {'llc post-burn-in':>22} {'llc all steps':>20} {'chain std':>9}  gradients/s")
-    for name, r, rate, note in rows:
-        se = r["post"].std(ddof=1) / math.sqrt(len(r["post"]))
-        print(f"{name:16} {r['init_loss']:8.4f} {r['post'].mean():12.3f} +- {se:6.3f} {r['all'].mean():20.3f} "
-              f"{r['post'].std(ddof=1):9.3f}  {rate:8.1f}{note}")
-    print(f"devinterp headline llc_mean {b['headline']:.3f} (every step, burn-in included); "
-          f"speed ratio induction-jax / devinterp: {a['secs'] and (grads / a['secs']) / (grads / b['secs']):.2f}x "
-          f"(with our compile {(grads / a['secs_with_compile']) / (grads / b['secs']):.2f}x)")
-    result = {"step": int(step), "member": args.member, "n": args.n, "sgld": dataclasses.asdict(sgld),
-              "n_beta": n_beta, "max_logit_difference": diff, "jax_platform": jax.devices()[0].platform,
+    a = ours(cfg, sgld, jax.tree.map(jnp.asarray, w_N), data, jax.random.PRNGKey(args.seed))
+    bs = [devinterp_llc(twin, tokens, sgld, n_beta, 100 + args.seed, args.device) for twin in twins]
+    b = {"post": np.stack([r["post"] for r in bs]), "all": np.stack([r["all"] for r in bs]),
+         "headline": np.array([r["headline"] for r in bs]), "secs": sum(r["secs"] for r in bs),
+         "init_loss": np.array([r["init_loss"] for r in bs])}
+    grads = len(steps) * sgld.chains * sgld.draws
+    print(f"{'':16} {'step':>6} {'L_n(w*)':>8} {'llc post-burn-in':>22} {'llc all steps':>14} {'chain std':>9}")
+    for name, r in (("induction-jax", a), ("devinterp 2.0.1", b)):
+        for s, step in enumerate(steps):
+            post = r["post"][s]
+            print(f"{name:16} {step:6d} {r['init_loss'][s]:8.4f} {post.mean():12.3f} +- "
+                  f"{post.std(ddof=1) / math.sqrt(len(post)):6.3f} {r['all'][s].mean():14.3f} {post.std(ddof=1):9.3f}")
+    rate_a, rate_b = grads / a["secs"], grads / b["secs"]
+    print(f"gradients/s: induction-jax {rate_a:.1f} ({grads / a['secs_with_compile']:.1f} with compile), "
+          f"devinterp {rate_b:.1f}{' (a loop over the snapshots)' if len(steps) > 1 else ''}; speed ratio "
+          f"induction-jax / devinterp: {rate_a / rate_b:.2f}x (with our compile "
+          f"{(grads / a['secs_with_compile']) / rate_b:.2f}x)")
+    if len(steps) == 1:
+        print(f"devinterp headline llc_mean {b['headline'][0]:.3f} (every step, burn-in included)")
+    result = {"step": int(steps[-1]), "steps": [int(s) for s in steps], "member": args.member, "n": args.n,
+              "sgld": dataclasses.asdict(sgld), "n_beta": n_beta, "max_logit_difference": diff,
+              "jax_platform": jax.devices()[0].platform, "jax_devices": len(jax.devices()),
               "torch_device": args.device, "gradients": grads,
               **{f"{name}_{k}": v for name, r in (("ours", a), ("devinterp", b)) for k, v in
-                 (("llc", float(r["post"].mean())), ("llc_chain_std", float(r["post"].std(ddof=1))),
-                  ("init_loss", r["init_loss"]), ("seconds", r["secs"]))},
-              "ours_seconds_with_compile": a["secs_with_compile"], "devinterp_headline_llc": b["headline"],
+                 (("llc", float(r["post"][-1].mean())), ("llc_chain_std", float(r["post"][-1].std(ddof=1))),
+                  ("init_loss", float(r["init_loss"][-1])), ("seconds", r["secs"]))},
+              "ours_llc_per_step": a["post"].mean(1).tolist(), "devinterp_llc_per_step": b["post"].mean(1).tolist(),
+              "ours_seconds_with_compile": a["secs_with_compile"], "devinterp_headline_llc": float(b["headline"][-1]),
               "speed_ratio": b["secs"] / a["secs"], "speed_ratio_with_compile": b["secs"] / a["secs_with_compile"]}
+    if args.command:
+        secs = command(Path(args.run_dir), ",".join(map(str, steps)), args.member, sgld, args.n)
+        result |= {"command_seconds": secs, "command_ratio": b["secs"] / secs}
+        print(f"induction-jax llc, end to end (a fresh process, its eps check at 5 step sizes included): {secs:.1f} s "
+              f"against devinterp's {b['secs']:.1f} s for its estimates alone: {b['secs'] / secs:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return result

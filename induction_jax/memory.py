@@ -24,9 +24,11 @@ class ResourceError(RuntimeError):
     """A device count, member group or ensemble that cannot work (one line, with the estimate)."""
 
 
-def member_loop(cfg: RunConfig) -> str:
-    """'map' or 'vmap': how the members placed on one device share it (`TrainConfig.member_loop`)."""
-    loop = cfg.train.member_loop
+def member_loop(cfg: RunConfig | None = None) -> str:
+    """'map' or 'vmap': how the members placed on one device share it (`TrainConfig.member_loop`;
+    `auto`, or no config: `map` on a CPU, `vmap` on an accelerator). Every batched axis of
+    independent models (members, LLC chains and step sizes) follows this one rule."""
+    loop = "auto" if cfg is None else cfg.train.member_loop
     if loop == "auto":
         return "map" if jax.default_backend() == "cpu" else "vmap"
     return loop

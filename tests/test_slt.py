@@ -24,7 +24,7 @@ import pytest
 from induction_jax.config import ConfigError
 from induction_jax.slt.diagnostics import CHAIN_FLAGS
 from induction_jax.slt import (SGLDConfig, chain_diagnostics, eps_figure, eps_sensitivity, llc_estimate, sample,
-                               sgld_chain, stability, trace_figure)
+                               sample_batch, sgld_chain, stability, trace_figure)
 
 N, M, GAMMA, SIGMA = 256, 32, 20.0, 0.2
 N_BETA = N / math.log(N)
@@ -151,6 +151,26 @@ def test_member_of_a_vmap_over_snapshots_equals_its_own_estimate():
         alone = llc_estimate(run(quad_loss, w, d, CFG_S), None, CFG_S.burn_in)
         for k in ("llc_mean", "llc_std", "llc_per_chain", "init_loss"):
             np.testing.assert_allclose(est_E[k][i], alone[k], rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+@pytest.mark.parametrize("loop", ["map", "vmap"])
+def test_sample_batch_equals_sample_per_setting(loop):
+    """The commands' compiled entry: 3 settings (two models, one of them at a second step size
+    and gamma) x 4 chains = 12 chains on one axis over the devices (padded where the device
+    count does not divide it), each setting equal to `sample` on its own."""
+    problems = [problem(curv, seed) for curv, seed in ((STIFF, 1), (FLAT, 2))]
+    w_N, data_N = jax.tree.map(lambda *xs: jnp.stack(xs), *[(w, d) for w, d, _ in problems])
+    keys = jax.random.split(KEY, 3)
+    model, eps, gamma = [0, 1, 0], [EPS, EPS, EPS / 2], [GAMMA, GAMMA, 2 * GAMMA]
+    cfg = dataclasses.replace(CFG_S, chains=3 if loop == "map" else 4)     # 9 chains: padded on 2 devices
+    batch = sample_batch(keys, quad_loss, w_N, data_N, cfg, model_M=model, eps_M=eps, gamma_M=gamma, loop=loop)
+    for i in range(3):
+        w, d, _ = problems[model[i]]
+        alone = sample(keys[i], quad_loss, w, d, cfg, eps=jnp.float32(eps[i]), gamma=jnp.float32(gamma[i]))
+        np.testing.assert_allclose(batch.chains.loss[i], alone.chains.loss, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(batch.chains.sq_dist[i], alone.chains.sq_dist, rtol=1e-5, atol=1e-6)
+        for k in ("init_loss", "n_beta", "gamma", "eps", "n_free"):
+            np.testing.assert_allclose(getattr(batch, k)[i], getattr(alone, k), rtol=1e-6, err_msg=k)
 
 
 def test_refined_llc_with_mask_of_ones_equals_plain_llc():

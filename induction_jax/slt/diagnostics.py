@@ -52,7 +52,7 @@ from jax.scipy.special import betainc
 from induction_jax.config import ConfigError
 from induction_jax.plots import plt, save
 from induction_jax.slt.llc import check_burn_in, llc_estimate
-from induction_jax.slt.sampler import SampleResult, SGLDConfig, sample
+from induction_jax.slt.sampler import SampleResult, SGLDConfig, sample, sample_batch
 
 CHAIN_FLAGS = ("nonfinite", "moved_far", "escaped")
 EPS_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -108,14 +108,22 @@ def sweep_eps(key, loss_fn, w_star, dataset, cfg: SGLDConfig, eps_G, mask=None) 
     return jax.vmap(lambda e: sample(key, loss_fn, w_star, dataset, cfg, mask, eps=e))(eps_G)
 
 
-def _sweep_stats(key, loss_fn, w_star, dataset, cfg: SGLDConfig, eps_G, mask):
-    results = sweep_eps(key, loss_fn, w_star, dataset, cfg, eps_G, mask)
-    estimates = jax.vmap(lambda r: llc_estimate(r, None, cfg.burn_in))(results)
-    flags = jax.vmap(lambda r: chain_diagnostics(r, cfg.burn_in))(results)
-    return results, estimates, flags
+def _stats(burn_in: int, result: SampleResult):
+    return llc_estimate(result, None, burn_in), chain_diagnostics(result, burn_in)
 
 
-_compiled_sweep = jax.jit(_sweep_stats, static_argnames=("loss_fn", "cfg"))
+_batched_stats = jax.jit(jax.vmap(_stats, in_axes=(None, 0)), static_argnums=0)
+
+
+def _settings(key, loss_fn, w_star, dataset, cfg: SGLDConfig, eps_M, gamma_M, mask, loop):
+    """One model at M (eps, gamma) settings, every setting with the same key (common random
+    numbers), all chains one compiled call (`sample_batch`); results, estimates and flags [M]."""
+    M = len(eps_M)
+    results = sample_batch(jnp.broadcast_to(key, (M, *jnp.shape(key))), loss_fn,
+                           jax.tree.map(lambda x: jnp.asarray(x)[None], w_star),
+                           jax.tree.map(lambda x: jnp.asarray(x)[None], dataset), cfg,
+                           model_M=jnp.zeros(M, jnp.int32), eps_M=eps_M, gamma_M=gamma_M, mask=mask, loop=loop)
+    return (results, *_batched_stats(cfg.burn_in, results))
 
 
 @dataclass
@@ -174,8 +182,9 @@ def stability(eps_G, llc_mean_G, llc_se_G, flag_counts: dict, drifting_G, chains
 
 
 def eps_sensitivity(key, loss_fn, w_star, dataset, cfg: SGLDConfig, factors=EPS_FACTORS, mask=None,
-                    rel_tol: float = 0.1) -> EpsSweep:
-    """The estimate at eps * each factor, in one compiled, vmapped call, and its `stability` verdict.
+                    rel_tol: float = 0.1, loop: str | None = None) -> EpsSweep:
+    """The estimate at eps * each factor, in one compiled call (`sample_batch`, `loop` as
+    there), and its `stability` verdict.
 
     `factors` must contain 0.5, 1 and 2 next to each other (sorted ascending)."""
     factors = tuple(float(f) for f in factors)
@@ -183,7 +192,8 @@ def eps_sensitivity(key, loss_fn, w_star, dataset, cfg: SGLDConfig, factors=EPS_
     if list(factors) != sorted(factors) or center < 1 or factors[center - 1:center + 2] != CENTRAL:
         raise ConfigError(f"factors={factors}: must be ascending and contain 0.5, 1, 2 consecutively")
     eps_G = jnp.asarray([cfg.eps * f for f in factors], jnp.float32)
-    results, estimates, flags = jax.device_get(_compiled_sweep(key, loss_fn, w_star, dataset, cfg, eps_G, mask))
+    results, estimates, flags = jax.device_get(_settings(key, loss_fn, w_star, dataset, cfg, eps_G,
+                                                         jnp.full(len(factors), cfg.gamma, jnp.float32), mask, loop))
     counts = {f: np.asarray(flags[f]).sum(-1) for f in CHAIN_FLAGS}
     drifting = np.asarray(flags["drifting"])
     eps_np = np.asarray(eps_G, float)
@@ -199,17 +209,6 @@ def sweep_gamma_eps(key, loss_fn, w_star, dataset, cfg: SGLDConfig, gamma_G, eps
     all with the same key (common random numbers, as `sweep_eps`)."""
     return jax.vmap(lambda g: jax.vmap(lambda e: sample(key, loss_fn, w_star, dataset, cfg, mask, eps=e, gamma=g))(
         eps_E))(gamma_G)
-
-
-def _grid_stats(key, loss_fn, w_star, dataset, cfg: SGLDConfig, gamma_G, eps_E, mask):
-    results = sweep_gamma_eps(key, loss_fn, w_star, dataset, cfg, gamma_G, eps_E, mask)
-    over_grid = lambda f: jax.vmap(jax.vmap(f))   # noqa: E731
-    estimates = over_grid(lambda r: llc_estimate(r, None, cfg.burn_in))(results)
-    flags = over_grid(lambda r: chain_diagnostics(r, cfg.burn_in))(results)
-    return results, estimates, flags
-
-
-_compiled_grid = jax.jit(_grid_stats, static_argnames=("loss_fn", "cfg"))
 
 
 @dataclass
@@ -268,7 +267,7 @@ def pick_gamma(gamma_G, stable_G, fallback: int) -> tuple[int, str]:
 
 
 def gamma_sensitivity(key, loss_fn, w_star, dataset, cfg: SGLDConfig, factors=GAMMA_FACTORS, mask=None,
-                      rel_tol: float = 0.1) -> GammaSweep:
+                      rel_tol: float = 0.1, loop: str | None = None) -> GammaSweep:
     """The estimate at cfg.gamma x each factor, each at eps/2, eps, 2 eps, in one compiled call;
     each gamma's `stability` verdict and the gamma `pick_gamma` picks (cfg.gamma x 1 when none
     is stable, so `factors` must contain 1)."""
@@ -277,7 +276,10 @@ def gamma_sensitivity(key, loss_fn, w_star, dataset, cfg: SGLDConfig, factors=GA
         raise ConfigError(f"gamma factors={factors}: must be distinct, > 0 and contain 1")
     gamma_G = jnp.asarray([cfg.gamma * f for f in factors], jnp.float32)
     eps_E = jnp.asarray([cfg.eps * f for f in CENTRAL], jnp.float32)
-    results, est, flags = jax.device_get(_compiled_grid(key, loss_fn, w_star, dataset, cfg, gamma_G, eps_E, mask))
+    G, E = len(gamma_G), len(eps_E)
+    grid = lambda x: x.reshape(G, E, *x.shape[1:])      # noqa: E731
+    results, est, flags = jax.tree.map(grid, jax.device_get(_settings(
+        key, loss_fn, w_star, dataset, cfg, jnp.tile(eps_E, G), jnp.repeat(gamma_G, E), mask, loop)))
     counts = {f: np.asarray(flags[f]).sum(-1) for f in CHAIN_FLAGS}
     drifting = np.asarray(flags["drifting"])
     gamma_np, eps_np = np.asarray(gamma_G, float), np.asarray(eps_E, float)

@@ -4,8 +4,9 @@ diagnostics; writes RUN_DIR/llc/ (llc.csv, traces.npz, stats.json, figures) and 
 Each (snapshot, member) pair is one model: w* its snapshot, its dataset `n` sequences drawn
 from the member's training distribution with a fixed key (the same for all its snapshots),
 its loss the training loss. The models of one snapshot are one chunk (`chunks.run_chunks`): one
-compiled call, sharded over the devices as training is (`vmap`, or `lax.map` per device on a
-CPU), each model with its chains vmapped, kept under llc/chunks/ the moment it finishes, so an
+compiled call whose every chain of every model is one axis sharded over the devices and run as
+training runs its members (`vmap`, or `lax.map` per device on a CPU: `sampler.sample_batch`),
+kept under llc/chunks/ the moment it finishes, so an
 interrupted run continues where it stopped. Model (s, j)'s key is the (s * E + j)-th of
 `split(PRNGKey(seed), S * E)`, as when all S * E models were one call.
 """
@@ -32,7 +33,8 @@ from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atom
 from induction_jax.slt import figures
 from induction_jax.slt.diagnostics import CHAIN_FLAGS, chain_diagnostics, eps_sensitivity
 from induction_jax.slt.llc import llc_estimate
-from induction_jax.slt.sampler import SGLDConfig, sample
+from induction_jax.memory import member_loop
+from induction_jax.slt.sampler import SGLDConfig, sample_batch
 from induction_jax.slt.stages import stage_boundaries
 from induction_jax.training import DATA, loss_fn, member_task_params, seed_key, task_inputs
 
@@ -80,25 +82,26 @@ def restriction_mask(params: dict, where: str | None, cfg: RunConfig):
     return {k: (jnp.asarray(heads) if k in ("W_Q", "W_K", "W_V", "W_O") else jnp.zeros(())) for k in params}
 
 
-def _model(cfg: RunConfig, sgld: SGLDConfig, mask, args):
-    """One model's chains, estimate and diagnostics."""
-    key, w_star, data = args
-    result = sample(key, TrainingLoss(cfg), w_star, data, sgld, mask)
-    est = llc_estimate(result, None, sgld.burn_in)
-    flags = chain_diagnostics(result, sgld.burn_in)
+def _summary(burn_in: int, result) -> dict:
+    """One model's estimate and chain diagnostics, from its `SampleResult`."""
+    est = llc_estimate(result, None, burn_in)
+    flags = chain_diagnostics(result, burn_in)
     return {"llc_mean": est["llc_mean"], "llc_std": est["llc_std"], "llc_se": est["llc_se"],
             "llc_per_chain": est["llc_per_chain"], "init_loss": est["init_loss"], "loss": result.chains.loss,
             **{f: flags[f] for f in CHAIN_FLAGS}, "drifting": flags["drifting"]}
 
 
+_summaries = jax.jit(jax.vmap(_summary, in_axes=(None, 0)), static_argnums=0)
+
+
 def estimate(cfg: RunConfig, sgld: SGLDConfig, params_N: dict, data_N, keys_N, mask=None) -> dict:
-    """The LLC of N models at once: `params_N` and `data_N` stacked `[N, ...]`, one key each."""
+    """The LLC of N models at once: `params_N` and `data_N` stacked `[N, ...]`, one key each.
+    Their N x chains chains are one axis of one compiled call (`sample_batch`), run over the
+    devices as the run's members train (`memory.member_loop`)."""
     cfg = cfg.replace(compute_dtype="float32")
-    N = len(keys_N)
-    sharding = ensemble.ensemble_sharding(N)
-    fn = ensemble.over_members(cfg, lambda a: _model(cfg, sgld, mask, a), sharding.mesh, donate=False)
-    out = fn(jax.device_put((keys_N, params_N, data_N), sharding))
-    return jax.tree.map(np.asarray, jax.device_get(out))
+    result = sample_batch(jnp.asarray(keys_N), TrainingLoss(cfg), params_N, data_N, sgld, mask=mask,
+                          loop=member_loop(cfg))
+    return jax.tree.map(np.asarray, jax.device_get(_summaries(sgld.burn_in, result)))
 
 
 def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_steps: str = "all",
@@ -135,7 +138,8 @@ def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_ste
             gamma_sweep = signals.run(gamma_sensitivity, jax.random.PRNGKey(seed + 2),
                                       TrainingLoss(cfg.replace(compute_dtype="float32")),
                                       {k: jnp.asarray(v[(S - 1) * E]) for k, v in params.items()},
-                                      jax.tree.map(lambda x: x[0], data), sgld, mask=mask, what=interrupted)
+                                      jax.tree.map(lambda x: x[0], data), sgld, mask=mask, loop=member_loop(cfg),
+                                      what=interrupted)
             sgld = dataclasses.replace(sgld, gamma=gamma_sweep.chosen_gamma)
         signals.check(interrupted)
         llc = _chunked(run, cfg, sgld, n, head, seed, gamma_auto, members_idx, steps, params, data, keys, mask,
@@ -145,7 +149,7 @@ def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_ste
         d_first = jax.tree.map(lambda x: x[0], data)
         sweep = signals.run(eps_sensitivity, jax.random.PRNGKey(seed + 1),
                             TrainingLoss(cfg.replace(compute_dtype="float32")), w_last, d_first, sgld, mask=mask,
-                            what=interrupted)
+                            loop=member_loop(cfg), what=interrupted)
         stats = _stats(run, cfg, members, members_idx, steps, llc, sgld, n, head, sweep, curves)
         stats["missing_snapshot_steps"] = gap
         stats["gamma_rule"] = None if gamma_sweep is None else gamma_sweep.summary()

@@ -5,9 +5,12 @@ of m of the n items:
 
     w <- w - (eps / 2) (n_beta grad L_m(w) + gamma (w - w*)) + N(0, eps)
 
-A chain is a pure function of its key (one `lax.scan`); `sample` is `vmap` of it over chains.
-Nothing here is jitted: the caller composes `jit`/`vmap` over members, snapshots or step
-sizes, so a whole grid of estimates is one compiled program with no per-chain Python loop.
+A chain is a pure function of its key (one `lax.scan`); `sample` is `vmap` of it over chains,
+and composes with `jit`/`vmap` over members, snapshots or step sizes. `sample_batch` is the
+compiled entry the commands use: every chain of many settings (model, step size, gamma) on
+one axis, sharded over the devices and run as training runs its members (`lax.map` on a
+CPU, `vmap` on an accelerator: `memory.member_loop`), so a whole grid of estimates is one
+compiled program with no per-chain Python loop, and one estimate's chains use every core.
 
 With `sampler="rmsprop-sgld"` the step is preconditioned per weight, as devinterp 2.0.1's
 `SGMCMC.rmsprop_sgld` does it (its defaults alpha 0.99, stability constant 0.1):
@@ -40,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from induction_jax import ensemble
 from induction_jax.config import ConfigError, check_fields, config_field
 
 LossFn = Callable[[Any, Any], jax.Array]
@@ -229,3 +233,71 @@ def sample(key, loss_fn: LossFn, w_star, dataset, cfg: SGLDConfig, mask=None, ep
     return SampleResult(chains, full_loss(loss_fn, w_star, dataset, cfg.batch_size),
                         jnp.float32(cfg.n_beta_for(n)), jnp.asarray(gamma, jnp.float32),
                         jnp.asarray(eps, jnp.float32), n_free(w_star, mask))
+
+
+class Unit(NamedTuple):
+    """One chain of `sample_batch`: model `model` of the stacked models, its key, eps and gamma."""
+
+    key: jax.Array
+    model: jax.Array
+    eps: jax.Array
+    gamma: jax.Array
+
+
+def _take(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+@dataclass(frozen=True)
+class _UnitChain:
+    """`sgld_chain` of one `Unit` (hashable, so `ensemble.map_axis` reuses its compiled program)."""
+
+    loss_fn: LossFn
+    cfg: SGLDConfig
+
+    def __call__(self, u: Unit, params_N, data_N, mask):
+        return sgld_chain(u.key, self.loss_fn, _take(params_N, u.model), _take(data_N, u.model), self.cfg, mask,
+                          u.eps, u.gamma)
+
+
+@dataclass(frozen=True)
+class _ModelLoss:
+    """L_n of one stacked model (hashable, as `_UnitChain`)."""
+
+    loss_fn: LossFn
+    chunk: int
+
+    def __call__(self, j, params_N, data_N):
+        return full_loss(self.loss_fn, _take(params_N, j), _take(data_N, j), self.chunk)
+
+
+def sample_batch(key_M, loss_fn: LossFn, params_N, data_N, cfg: SGLDConfig, model_M=None, eps_M=None,
+                 gamma_M=None, mask=None, loop: str | None = None) -> SampleResult:
+    """`sample` for M settings at once; leaves of the result get a leading [M].
+
+    Setting i samples model `model_M[i]` of the stacked `params_N` and `data_N` (default: model
+    i) with key `key_M[i]` (chain c uses `split(key_M[i], chains)[c]`, as `sample`) at
+    `eps_M[i]` and `gamma_M[i]` (default: the config's). All M x chains chains are one axis
+    of one compiled call (`ensemble.map_axis`, `loop` as `memory.member_loop`, default its
+    rule for this backend); L_n(w*) is computed once per model. The same numbers as `sample`
+    per setting, to float rounding."""
+    from induction_jax.memory import member_loop
+
+    loop = loop or member_loop()
+    M, C = len(key_M), cfg.chains
+    n_models = jax.tree.leaves(params_N)[0].shape[0]
+    n = jax.tree.leaves(data_N)[0].shape[1]
+    cfg.check_items(n)
+    model_M = jnp.arange(M, dtype=jnp.int32) if model_M is None else jnp.asarray(model_M, jnp.int32)
+    eps_M = jnp.full((M,), cfg.eps, jnp.float32) if eps_M is None else jnp.asarray(eps_M, jnp.float32)
+    gamma_M = jnp.full((M,), cfg.gamma, jnp.float32) if gamma_M is None else jnp.asarray(gamma_M, jnp.float32)
+    rep = lambda x: jnp.repeat(x, C, 0)      # noqa: E731
+    units = Unit(jax.vmap(lambda k: jax.random.split(k, C))(jnp.asarray(key_M)).reshape(M * C, -1),
+                 rep(model_M), rep(eps_M), rep(gamma_M))
+    chains = ensemble.map_axis(loop, _UnitChain(loss_fn, cfg), units, params_N, data_N, mask)
+    chains = jax.tree.map(lambda x: x.reshape(M, C, *x.shape[1:]), chains)
+    init_N = ensemble.map_axis(loop, _ModelLoss(loss_fn, cfg.batch_size), jnp.arange(n_models, dtype=jnp.int32),
+                               params_N, data_N)
+    free = n_free(_take(params_N, 0), mask)
+    return SampleResult(chains, init_N[model_M], jnp.full((M,), cfg.n_beta_for(n), jnp.float32), gamma_M, eps_M,
+                        jnp.full((M,), free, jnp.float32))
