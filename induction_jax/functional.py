@@ -225,9 +225,17 @@ class HeadAdd(Edit):
 
 # ---- The pass ---------------------------------------------------------------------------------
 
+def _mlp(params: dict, layer: int, x_BTD: jax.Array, layer_norm_on: bool) -> jax.Array:
+    """The residual stream after layer `layer`'s MLP (unchanged in a model without MLPs)."""
+    if "W_in" not in params:
+        return x_BTD
+    h_BTD = layer_norm(x_BTD, params["ln2_w"][layer], params["ln2_b"][layer]) if layer_norm_on else x_BTD
+    return x_BTD + jax.nn.gelu(h_BTD @ params["W_in"][layer]) @ params["W_out"][layer]
+
+
 def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None = None,
           head_replace_LBTHD: jax.Array | None = None, return_activations: bool = False, edits=(),
-          logit_vocab: int | None = None):
+          logit_vocab: int | None = None, resume_at: tuple[int, jax.Array] | None = None):
     """Logits `[B,T,V]` (and `Activations`). `tokens_BT` is int `[B,T]`, or float `[B,T,V]`
     (soft) one-hot token vectors, so gradients with respect to the input exist.
     `logit_vocab`: only the logits of tokens `0..logit_vocab-1` (`[B,T,logit_vocab]`), for a loss
@@ -235,17 +243,32 @@ def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None 
 
     `edits`: `Edit`s applied at their sites (an intervention during training); `head_mask_LH`
     and `head_replace_LBTHD` are the analysis' ablations, `HeadScale` and `HeadAdd` edits.
+
+    `resume_at=(layer, resid_BTD)` (static layer): the pass from the residual stream just after
+    that layer's attention (before its MLP), as an edit of that layer's heads leaves it; the
+    layers before it, unchanged by such an edit, are not computed again (the analysis' one-head
+    ablations). No activations or edits then (edits may read the skipped layers' writes).
     """
+    if resume_at is not None and (return_activations or edits or head_mask_LH is not None
+                                  or head_replace_LBTHD is not None):
+        raise ValueError("apply: resume_at takes no activations or edits (the layers it skips are not computed)")
+    start = -1 if resume_at is None else resume_at[0]
     edits = (*(edits or ()), *(() if head_mask_LH is None else (HeadScale(head_mask_LH),)),
              *(() if head_replace_LBTHD is None else (HeadAdd(head_replace_LBTHD),)))
     n_layers = params["W_Q"].shape[0]
     layer_norm_on = "ln1_w" in params
     T = tokens_BT.shape[1]
-    embed_BTD = (tokens_BT @ params["W_E"] if jnp.issubdtype(tokens_BT.dtype, jnp.floating)
-                 else params["W_E"][tokens_BT])
-    x_BTD = embed_BTD + params["W_pos"][:T]
+    if resume_at is None:
+        embed_BTD = (tokens_BT @ params["W_E"] if jnp.issubdtype(tokens_BT.dtype, jnp.floating)
+                     else params["W_E"][tokens_BT])
+        x_BTD = embed_BTD + params["W_pos"][:T]
+    else:
+        x_BTD = resume_at[1]
     patterns, heads, resids, writes = [], [], [], []
-    for layer in range(n_layers):
+    for layer in range(max(start, 0), n_layers):
+        if layer == start:      # resumed after this layer's attention
+            x_BTD = _mlp(params, layer, x_BTD, layer_norm_on)
+            continue
         resids.append(x_BTD)
         norm = ((lambda x, layer=layer: layer_norm(x, params["ln1_w"][layer], params["ln1_b"][layer]))
                 if layer_norm_on else (lambda x: x))
@@ -270,9 +293,7 @@ def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None 
         patterns.append(pattern_BHTS)
         heads.append(heads_BTHD)
         writes.append(Write(z_BHTK, heads_BTHD if edited else None))
-        if "W_in" in params:
-            h_BTD = layer_norm(x_BTD, params["ln2_w"][layer], params["ln2_b"][layer]) if layer_norm_on else x_BTD
-            x_BTD = x_BTD + jax.nn.gelu(h_BTD @ params["W_in"][layer]) @ params["W_out"][layer]
+        x_BTD = _mlp(params, layer, x_BTD, layer_norm_on)
     final_BTD = layer_norm(x_BTD, params["lnf_w"], params["lnf_b"]) if layer_norm_on else x_BTD
     logits_BTV = final_BTD @ (params["W_U"] if logit_vocab is None else params["W_U"][:, :logit_vocab])
     if not return_activations:

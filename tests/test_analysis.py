@@ -166,3 +166,37 @@ def test_one_layer_model_is_analysed_and_has_no_circuit(tmp_path):
     assert row["checks"]["two_layers"] is False and not row["clean_circuit"] and not row["induction_circuit"]
     figs = write_figures(result, params, 0, tmp_path)
     assert "k_composition" not in figs and all(p.stat().st_size > 1000 for p in figs.values())
+
+
+@pytest.mark.parametrize("mlp", [False, True])
+def test_one_head_ablations_equal_the_whole_masked_pass(mlp):
+    """`behaviour.ablations` resumes each ablated pass after the head's layer (`apply(resume_at=
+    ...)`); it must give what the whole pass with that head masked (zero) or replaced by its
+    mean gives, at every layer of a 3-layer model, with MLPs and LayerNorm and without, for
+    3 models (an odd count: padded over the devices on a CPU)."""
+    from induction_jax.config import ModelConfig
+    from induction_jax.model import init_params
+    cfg = ModelConfig(d_vocab=16, n_ctx=12, n_layers=3, n_heads=2, d_model=16, d_mlp=32 if mlp else 0,
+                      layer_norm=mlp)
+    models = [init_params(cfg, jax.random.PRNGKey(i)) for i in range(3)]
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *models)
+    tokens = repeated_sequences(jax.random.PRNGKey(7), 8, 6, 16, True)
+    got = behaviour.ablations(params, tokens, 6, None)
+
+    def second_half(p, **kw):
+        return split_losses(token_losses(apply(p, tokens, **kw), tokens), 6)["loss_second_half"]
+
+    for i, p in enumerate(models):
+        clean = second_half(p)
+        mean_LHD = apply(p, tokens, return_activations=True)[1].head_out_BLTHD.mean((0, 2))
+        np.testing.assert_allclose(got["clean_loss_second_half"][i], clean, rtol=1e-5)
+        for layer in range(3):
+            for h in range(2):
+                onehot = jnp.zeros((3, 2)).at[layer, h].set(1.0)
+                zero = second_half(p, head_mask_LH=1 - onehot)
+                add = jnp.broadcast_to((onehot[..., None] * mean_LHD)[:, None, None], (3, 8, 12, 2, 16))
+                mean = second_half(p, head_mask_LH=1 - onehot, head_replace_LBTHD=add)
+                np.testing.assert_allclose(got["zero_ablation_delta"][i, layer, h], zero - clean, atol=2e-5)
+                np.testing.assert_allclose(got["mean_ablation_delta"][i, layer, h], mean - clean, atol=2e-5)
+    with pytest.raises(ValueError, match="resume_at"):
+        apply(models[0], tokens, resume_at=(1, jnp.zeros((8, 12, 16))), return_activations=True)

@@ -1,9 +1,10 @@
 """Scores that run the model: attention-pattern scores on probe batches, head ablations,
 direct logit attribution. Every function takes stacked params `[E, ...]` (any number of
 models: members, or members x snapshots) and maps over them inside one `jit` (and, for
-ablations, over the heads): no Python loop over models or heads. `batch` bounds memory: the
-models run `batch` at a time (`vmap` within a batch, `lax.map` across batches); None = all
-at once."""
+ablations, over the heads): no Python loop over models or heads. The models are mapped as
+an ensemble's members train (`memory.member_loop`'s rule): on a CPU sharded over the cores,
+each core scoring its models one after another (`ensemble.map_traced`); on an accelerator
+`vmap`ped, `batch` at a time (`lax.map` across batches) to bound memory, None = all at once."""
 
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from induction_jax.analysis import attention as att
+from induction_jax.ensemble import map_traced
 from induction_jax.functional import apply
 from induction_jax.losses import token_losses
+from induction_jax.memory import member_loop
 from induction_jax.tasks.repeated import repeated_sequences, split_losses
 
 
 def over_models(fn, xs, batch: int | None):
-    """`fn` mapped over the leading axis of the pytree `xs`: `vmap`, or `batch` models at a time."""
+    """`fn` mapped over the leading axis of the pytree `xs`: one model at a time per device
+    (`map`, the CPU rule), or `vmap`, `batch` models at a time."""
+    if member_loop() == "map" and jax.process_count() == 1:
+        return map_traced("map", fn, xs)
     if batch is None or batch >= jax.tree.leaves(xs)[0].shape[0]:
         return jax.vmap(fn)(xs)
     return jax.lax.map(fn, xs, batch_size=batch)
@@ -90,22 +96,34 @@ def _mean_head_outputs(p, tokens_BT):
 @functools.partial(jax.jit, static_argnames=("period", "batch"))
 def ablations(params: dict, tokens_BT: jax.Array, period: int, batch: int | None = None) -> dict[str, jax.Array]:
     """Increase of loss_second_half when one head's output is replaced by zero, or by its mean
-    over batch and positions, `[E, L, H]`; plus the clean loss `[E]`."""
+    over batch and positions, `[E, L, H]`; plus the clean loss `[E]`.
+
+    One clean pass gives the loss, every head's output and the residual stream entering each
+    layer; an ablation of a head of layer l changes nothing before it, so the ablated pass
+    resumes from that layer's residual stream with the head's write removed (or replaced by
+    its mean) and runs only the layers after it (`apply(resume_at=...)`): the same numbers as
+    running the whole pass with the head masked, to float rounding."""
 
     def member(p):
-        clean = _second_half_loss(p, tokens_BT, period)
-        mean_LHD = _mean_head_outputs(p, tokens_BT)
+        logits, acts = apply(p, tokens_BT, return_activations=True)
+        clean = split_losses(token_losses(logits, tokens_BT), period)["loss_second_half"]
+        heads_BLTHD = acts.head_out_BLTHD
+        mean_LHD = heads_BLTHD.mean((0, 2))
         L, H = mean_LHD.shape[:2]
-        eye = jnp.eye(L * H).reshape(L * H, L, H)
 
-        def ablate(onehot_LH):
-            zero = _second_half_loss(p, tokens_BT, period, head_mask_LH=1.0 - onehot_LH)
-            mean = _mean_ablated_loss(p, tokens_BT, period, onehot_LH, mean_LHD)
-            return zero - clean, mean - clean
+        def layer_deltas(layer):
+            pre_BTD, heads_BTHD = acts.resid_pre_BLTD[:, layer], heads_BLTHD[:, layer]
 
-        zero, mean = jax.lax.map(ablate, eye)
-        return {"zero_ablation_delta": zero.reshape(L, H), "mean_ablation_delta": mean.reshape(L, H),
-                "clean_loss_second_half": clean}
+            def ablate(onehot_H):
+                zero_BTD = pre_BTD + jnp.sum(heads_BTHD * (1.0 - onehot_H)[:, None], 2)
+                mean_BTD = zero_BTD + onehot_H @ mean_LHD[layer]
+                loss = lambda x: _second_half_loss(p, tokens_BT, period, resume_at=(layer, x))   # noqa: E731
+                return loss(zero_BTD) - clean, loss(mean_BTD) - clean
+
+            return jax.lax.map(ablate, jnp.eye(H))
+
+        zero, mean = (jnp.stack(d) for d in zip(*[layer_deltas(layer) for layer in range(L)]))
+        return {"zero_ablation_delta": zero, "mean_ablation_delta": mean, "clean_loss_second_half": clean}
 
     return over_models(member, params, batch)
 
@@ -138,7 +156,8 @@ def joint_mean_ablation(params: dict, tokens_BT: jax.Array, period: int, heads_E
 
     def member(args):
         p, heads_LH = args
-        clean = _second_half_loss(p, tokens_BT, period)
-        return _mean_ablated_loss(p, tokens_BT, period, heads_LH, _mean_head_outputs(p, tokens_BT)) - clean
+        logits, acts = apply(p, tokens_BT, return_activations=True)     # the clean loss and mean outputs at once
+        clean = split_losses(token_losses(logits, tokens_BT), period)["loss_second_half"]
+        return _mean_ablated_loss(p, tokens_BT, period, heads_LH, acts.head_out_BLTHD.mean((0, 2))) - clean
 
     return over_models(member, (params, heads_ELH), batch)
