@@ -31,8 +31,9 @@ HERE = Path(__file__).resolve().parent
 
 def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None = None,
            compile_only: bool = False, member_loop: str = "auto", overrides: dict | None = None,
-           arms: list[str] | None = None) -> dict:
-    """Runs in its own process: compile and time one ensemble size."""
+           arms: list[str] | None = None, chunks: int = 5) -> dict:
+    """Runs in its own process: compile and time one ensemble size (the median of `chunks`
+    timed chunks of `steps` steps, after a warm-up chunk)."""
     import functools
 
     import jax
@@ -81,7 +82,7 @@ def worker(size: int, steps: int, cache_dir: str | None, eval_every: int | None 
     state, _, _, _ = compiled(state, n_active, shared)         # warm-up
     jax.block_until_ready(state)
     times = []
-    for _ in range(5):
+    for _ in range(chunks):
         tic = time.perf_counter()
         state, metrics, _, _ = compiled(state, n_active, shared)
         jax.block_until_ready(state)
@@ -128,15 +129,16 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
     return {"n": n, "seconds": t, "flops_per_s": 2.0 * n ** 3 / t}
 
 
-def torch_worker(way: str, steps: int, members: int) -> dict:
+def torch_worker(way: str, steps: int, members: int, shape: dict | None = None) -> dict:
     """Runs in its own process: one PyTorch way (torch_reference.WAYS) on torch's default
-    device, warm-up and compile timed apart from steady state."""
+    device, warm-up and compile timed apart from steady state; `shape`: another model than
+    the reference (torch_reference.make_model's arguments)."""
     sys.path.insert(0, str(HERE))
     import torch
     import torch_reference
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    row = torch_reference.time_way(way, steps, members, device)
+    row = torch_reference.time_way(way, steps, members, device, **(shape or {}))
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
     return row | {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
                   "flops_per_model_step_hand_count": torch_reference.flops_per_step(),
@@ -174,8 +176,9 @@ def run_json(args: list[str], what: str, env: dict | None = None, timeout: float
 
 def run_worker(size: int, steps: int, cache_dir: str, eval_every: int | None = None,
                compile_only: bool = False, member_loop: str = "auto", overrides: dict | None = None,
-               arms: list[str] | None = None, timeout: float | None = None) -> dict:
+               arms: list[str] | None = None, timeout: float | None = None, chunks: int = 5) -> dict:
     extra = (["--eval-every", str(eval_every)] if eval_every else []) + (["--compile-only"] if compile_only else [])
+    extra += ["--chunks", str(chunks)]
     extra += ["--member-loop", member_loop, "--overrides", json.dumps(overrides or {})]
     extra += ["--arms", ";".join(arms)] if arms else []
     return run_json([__file__, "--worker", str(size), "--steps", str(steps), "--cache-dir", cache_dir, *extra],
@@ -234,6 +237,7 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--arms", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--chunks", type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument("--member-loop", default="auto", choices=("auto", "vmap", "map"),
                         help="how members share a device (TrainConfig.member_loop); the other loop is "
                              "measured too, at one size, for the ratio")
@@ -246,12 +250,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     if args.torch_worker is not None:
-        print(json.dumps(torch_worker(args.torch_worker, args.steps, args.worker)))
+        print(json.dumps(torch_worker(args.torch_worker, args.steps, args.worker, json.loads(args.overrides))))
         return
     if args.worker is not None:
         print(json.dumps(worker(args.worker, args.steps, args.cache_dir, args.eval_every, args.compile_only,
                                 args.member_loop, json.loads(args.overrides),
-                                [a for a in args.arms.split(";") if a])))
+                                [a for a in args.arms.split(";") if a], args.chunks)))
         return
     import tempfile
 

@@ -68,9 +68,11 @@ def next_token_loss(logits, tokens):
     return F.cross_entropy(logits[..., :-1, :].reshape(-1, logits.shape[-1]), tokens[..., 1:].reshape(-1))
 
 
-def make_model(seed: int, device: str = "cpu") -> AttnOnlyTransformer:
+def make_model(seed: int, device: str = "cpu", **shape) -> AttnOnlyTransformer:
+    """The reference model, or another `shape` (AttnOnlyTransformer's arguments: d_vocab,
+    n_ctx, d_model, n_heads, n_layers)."""
     torch.manual_seed(seed)
-    return AttnOnlyTransformer().to(device)
+    return AttnOnlyTransformer(**shape).to(device)
 
 
 def module_step(model: nn.Module):
@@ -111,12 +113,12 @@ def ensemble_step(models: list[nn.Module]):
     return step
 
 
-def make_way(way: str, seeds: list[int], device: str = "cpu"):
+def make_way(way: str, seeds: list[int], device: str = "cpu", **shape):
     """The training step of one PyTorch way: eager and compile train seeds[0] alone, vmap
     every seed at once (tokens [len(seeds), B, T])."""
     if way == "vmap":
-        return ensemble_step([make_model(s, device) for s in seeds])
-    step = module_step(make_model(seeds[0], device))
+        return ensemble_step([make_model(s, device, **shape) for s in seeds])
+    step = module_step(make_model(seeds[0], device, **shape))
     return torch.compile(step) if way == "compile" else step
 
 
@@ -126,14 +128,16 @@ def synchronize(device: str) -> None:
 
 
 def time_way(way: str, steps: int, members: int = 8, device: str = "cpu", warmup: int = 5,
-             chunks: int = 5, batch_size: int = 64) -> dict:
+             chunks: int = 5, batch_size: int = 64, **shape) -> dict:
     """Warm-up (and compile) timed apart, then the median of `chunks` chunks of `steps` steps,
-    a fresh batch drawn on the device every step."""
+    a fresh batch drawn on the device every step. `shape`: another model than the reference
+    (`make_model`); its sequences are repeated halves of n_ctx // 2 tokens."""
     m = members if way == "vmap" else 1
-    step = make_way(way, list(range(m)), device)
+    step = make_way(way, list(range(m)), device, **shape)
+    half, vocab = shape.get("n_ctx", 50) // 2, shape.get("d_vocab", 64)
 
     def batch():
-        tokens = make_batch(batch_size * m, device=device)
+        tokens = make_batch(batch_size * m, half=half, vocab=vocab, device=device)
         return tokens.view(m, batch_size, -1) if way == "vmap" else tokens
 
     synchronize(device)
