@@ -717,7 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
     dynamics.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with snapshots")
     dynamics.add_argument("--member", type=int, default=0, metavar="K", help="the member animated over training")
     dynamics.add_argument("--batch", type=int, default=32, metavar="N",
-                          help="models (member x snapshot) analysed at a time inside each compiled call: memory")
+                          help="models (member x snapshot) a chunk, each kept as it finishes; on an accelerator "
+                               "also how many are vmapped at once (memory; a CPU scores one per core at a time)")
     dynamics.set_defaults(func=cmd_dynamics)
 
     llc = sub.add_parser("llc", help="the local learning coefficient of every member at every snapshot",
