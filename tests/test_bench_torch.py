@@ -57,3 +57,28 @@ def test_time_way_reports_steady_state_apart_from_warm_up():
     assert row["members"] == 2 and row["warmup_steps"] == 1
     assert row["model_steps_per_s"] == pytest.approx(2 * 2 / row["seconds_per_chunk"])
     assert row["warmup_s"] > 0 and row["tokens_per_s"] == pytest.approx(row["model_steps_per_s"] * 4 * 50)
+
+
+def test_time_way_trains_another_shape():
+    """The cost curves' PyTorch points: the eager loop on a shape other than the reference."""
+    row = tr.time_way("eager", steps=1, members=1, warmup=1, chunks=1, batch_size=2, n_ctx=20, d_model=32,
+                      d_vocab=128)
+    assert row["tokens_per_s"] == pytest.approx(row["model_steps_per_s"] * 2 * 20)
+    model = tr.make_model(0, d_model=32, d_vocab=128, n_ctx=20)
+    assert model.embed.weight.shape == (128, 32) and model.pos.shape == (20, 32)
+
+
+def test_cost_curves_quick_writes_every_point(tmp_path):
+    """`benchmarks/cost_curves.py --quick`: each axis' points measured (or their error recorded),
+    the JSON and the figure written."""
+    import json
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    out = subprocess.run([sys.executable, str(bench / "cost_curves.py"), "--quick", "--axes", "members,d_model",
+                          "--no-torch", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (result,) = [json.loads(p.read_text()) for p in tmp_path.glob("cost-curves-*.json")]
+    rows = result["rows"]
+    assert [(r["axis"], r["value"]) for r in rows] == [("members", 1), ("members", 8), ("d_model", 32),
+                                                         ("d_model", 64)]
+    assert all(r["model_steps_per_s"] > 0 and r["peak_rss_bytes"] > 0 for r in rows), rows
+    assert list(tmp_path.glob("cost-curves-*.png"))
