@@ -112,7 +112,8 @@ def _stats(burn_in: int, result: SampleResult):
     return llc_estimate(result, None, burn_in), chain_diagnostics(result, burn_in)
 
 
-_batched_stats = jax.jit(jax.vmap(_stats, in_axes=(None, 0)), static_argnums=0)
+# (estimates, chain flags) of each setting of a `sample_batch` result, leaves [M, ...].
+batched_stats = jax.jit(jax.vmap(_stats, in_axes=(None, 0)), static_argnums=0)
 
 
 def _settings(key, loss_fn, w_star, dataset, cfg: SGLDConfig, eps_M, gamma_M, mask, loop):
@@ -123,7 +124,7 @@ def _settings(key, loss_fn, w_star, dataset, cfg: SGLDConfig, eps_M, gamma_M, ma
                            jax.tree.map(lambda x: jnp.asarray(x)[None], w_star),
                            jax.tree.map(lambda x: jnp.asarray(x)[None], dataset), cfg,
                            model_M=jnp.zeros(M, jnp.int32), eps_M=eps_M, gamma_M=gamma_M, mask=mask, loop=loop)
-    return (results, *_batched_stats(cfg.burn_in, results))
+    return (results, *batched_stats(cfg.burn_in, results))
 
 
 @dataclass

@@ -28,12 +28,11 @@ import numpy as np
 from induction_jax import chunks, ensemble, signals, snapshots
 from induction_jax.arrays import save_arrays, tree_digest
 from induction_jax.config import ConfigError, RunConfig
+from induction_jax.memory import member_loop
 from induction_jax.phase.run import phase_window
 from induction_jax.rundir import RunDir, RunDirError, json_safe, write_json_atomic, write_text_atomic
 from induction_jax.slt import figures
-from induction_jax.slt.diagnostics import CHAIN_FLAGS, chain_diagnostics, eps_sensitivity
-from induction_jax.slt.llc import llc_estimate
-from induction_jax.memory import member_loop
+from induction_jax.slt.diagnostics import CHAIN_FLAGS, batched_stats, eps_sensitivity
 from induction_jax.slt.sampler import SGLDConfig, sample_batch
 from induction_jax.slt.stages import stage_boundaries
 from induction_jax.training import DATA, loss_fn, member_task_params, seed_key, task_inputs
@@ -82,18 +81,6 @@ def restriction_mask(params: dict, where: str | None, cfg: RunConfig):
     return {k: (jnp.asarray(heads) if k in ("W_Q", "W_K", "W_V", "W_O") else jnp.zeros(())) for k in params}
 
 
-def _summary(burn_in: int, result) -> dict:
-    """One model's estimate and chain diagnostics, from its `SampleResult`."""
-    est = llc_estimate(result, None, burn_in)
-    flags = chain_diagnostics(result, burn_in)
-    return {"llc_mean": est["llc_mean"], "llc_std": est["llc_std"], "llc_se": est["llc_se"],
-            "llc_per_chain": est["llc_per_chain"], "init_loss": est["init_loss"], "loss": result.chains.loss,
-            **{f: flags[f] for f in CHAIN_FLAGS}, "drifting": flags["drifting"]}
-
-
-_summaries = jax.jit(jax.vmap(_summary, in_axes=(None, 0)), static_argnums=0)
-
-
 def estimate(cfg: RunConfig, sgld: SGLDConfig, params_N: dict, data_N, keys_N, mask=None) -> dict:
     """The LLC of N models at once: `params_N` and `data_N` stacked `[N, ...]`, one key each.
     Their N x chains chains are one axis of one compiled call (`sample_batch`), run over the
@@ -101,7 +88,10 @@ def estimate(cfg: RunConfig, sgld: SGLDConfig, params_N: dict, data_N, keys_N, m
     cfg = cfg.replace(compute_dtype="float32")
     result = sample_batch(jnp.asarray(keys_N), TrainingLoss(cfg), params_N, data_N, sgld, mask=mask,
                           loop=member_loop(cfg))
-    return jax.tree.map(np.asarray, jax.device_get(_summaries(sgld.burn_in, result)))
+    est, flags = jax.device_get(batched_stats(sgld.burn_in, result))
+    return jax.tree.map(np.asarray, {
+        **{k: est[k] for k in ("llc_mean", "llc_std", "llc_se", "llc_per_chain", "init_loss")},
+        "loss": result.chains.loss, **{f: flags[f] for f in (*CHAIN_FLAGS, "drifting")}})
 
 
 def llc_run(run_dir: str | Path, sgld: SGLDConfig, n: int = DEFAULT_N, which_steps: str = "all",
