@@ -74,9 +74,19 @@ def mean_patterns(params: dict, tokens_BT: jax.Array, batch: int | None = None) 
                        params, batch)
 
 
+def _second_half(logits_BTV, tokens_BT, period):
+    return split_losses(token_losses(logits_BTV, tokens_BT), period)["loss_second_half"]
+
+
 def _second_half_loss(p, tokens_BT, period, **kwargs):
-    logits = apply(p, tokens_BT, **kwargs)
-    return split_losses(token_losses(logits, tokens_BT), period)["loss_second_half"]
+    return _second_half(apply(p, tokens_BT, **kwargs), tokens_BT, period)
+
+
+def _clean_pass(p, tokens_BT, period):
+    """One clean pass: loss_second_half and the activations (every head's output, the residual
+    stream entering each layer), for the ablations that compare against it."""
+    logits, acts = apply(p, tokens_BT, return_activations=True)
+    return _second_half(logits, tokens_BT, period), acts
 
 
 def _mean_ablated_loss(p, tokens_BT, period, heads_LH, mean_LHD):
@@ -105,8 +115,7 @@ def ablations(params: dict, tokens_BT: jax.Array, period: int, batch: int | None
     running the whole pass with the head masked, to float rounding."""
 
     def member(p):
-        logits, acts = apply(p, tokens_BT, return_activations=True)
-        clean = split_losses(token_losses(logits, tokens_BT), period)["loss_second_half"]
+        clean, acts = _clean_pass(p, tokens_BT, period)
         heads_BLTHD = acts.head_out_BLTHD
         mean_LHD = heads_BLTHD.mean((0, 2))
         L, H = mean_LHD.shape[:2]
@@ -156,8 +165,7 @@ def joint_mean_ablation(params: dict, tokens_BT: jax.Array, period: int, heads_E
 
     def member(args):
         p, heads_LH = args
-        logits, acts = apply(p, tokens_BT, return_activations=True)     # the clean loss and mean outputs at once
-        clean = split_losses(token_losses(logits, tokens_BT), period)["loss_second_half"]
+        clean, acts = _clean_pass(p, tokens_BT, period)     # the clean loss and mean outputs at once
         return _mean_ablated_loss(p, tokens_BT, period, heads_LH, acts.head_out_BLTHD.mean((0, 2))) - clean
 
     return over_models(member, (params, heads_ELH), batch)

@@ -7,11 +7,10 @@ into the estimate; `diagnostics` says whether to trust it.
 """
 
 from induction_jax.slt.diagnostics import (EpsSweep, GammaSweep, chain_diagnostics, eps_figure, eps_sensitivity,
-                                           gamma_sensitivity, pick_gamma, stability, sweep_eps, sweep_gamma_eps,
-                                           trace_figure)
+                                           gamma_sensitivity, pick_gamma, stability, trace_figure)
 from induction_jax.slt.llc import llc_estimate
 from induction_jax.slt.sampler import ChainResult, SampleResult, SGLDConfig, sample, sample_batch, sgld_chain
 
 __all__ = ["ChainResult", "EpsSweep", "GammaSweep", "SGLDConfig", "SampleResult", "chain_diagnostics", "eps_figure",
            "eps_sensitivity", "gamma_sensitivity", "llc_estimate", "pick_gamma", "sample", "sample_batch", "sgld_chain",
-           "stability", "sweep_eps", "sweep_gamma_eps", "trace_figure"]
+           "stability", "trace_figure"]

@@ -52,7 +52,7 @@ from jax.scipy.special import betainc
 from induction_jax.config import ConfigError
 from induction_jax.plots import plt, save
 from induction_jax.slt.llc import check_burn_in, llc_estimate
-from induction_jax.slt.sampler import SampleResult, SGLDConfig, sample, sample_batch
+from induction_jax.slt.sampler import SampleResult, SGLDConfig, sample_batch
 
 CHAIN_FLAGS = ("nonfinite", "moved_far", "escaped")
 EPS_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -100,12 +100,6 @@ def chain_diagnostics(result: SampleResult, burn_in: int, *, far_rel: float = 1.
             "llc_per_chain": llc_C, "excess_loss": excess_C, "far_bound": far_bound,
             "mean_sq_dist": mean_sq_dist_C, "dist_bound": dist_bound,
             "drift_llc": n_beta * drift_C, "drift_t": drift_t, "drift_p": drift_p}
-
-
-def sweep_eps(key, loss_fn, w_star, dataset, cfg: SGLDConfig, eps_G, mask=None) -> SampleResult:
-    """`sample` at every step size in `eps_G` (leaves get a leading [G]), all with the same key:
-    common random numbers, so the estimates differ by the step size more than by chance."""
-    return jax.vmap(lambda e: sample(key, loss_fn, w_star, dataset, cfg, mask, eps=e))(eps_G)
 
 
 def _stats(burn_in: int, result: SampleResult):
@@ -203,13 +197,6 @@ def eps_sensitivity(key, loss_fn, w_star, dataset, cfg: SGLDConfig, factors=EPS_
     return EpsSweep(eps_np, np.asarray(estimates["llc_mean"]), np.asarray(estimates["llc_std"]),
                     np.asarray(estimates["llc_se"]), counts, drifting, cfg.chains, center, stable, warning,
                     np.asarray(results.chains.loss), float(results.init_loss[center]), cfg.burn_in)
-
-
-def sweep_gamma_eps(key, loss_fn, w_star, dataset, cfg: SGLDConfig, gamma_G, eps_E, mask=None) -> SampleResult:
-    """`sample` at every (gamma, eps) of the grid `gamma_G` x `eps_E` (leaves get leading [G, E]),
-    all with the same key (common random numbers, as `sweep_eps`)."""
-    return jax.vmap(lambda g: jax.vmap(lambda e: sample(key, loss_fn, w_star, dataset, cfg, mask, eps=e, gamma=g))(
-        eps_E))(gamma_G)
 
 
 @dataclass

@@ -45,6 +45,7 @@ import numpy as np
 
 from induction_jax import ensemble
 from induction_jax.config import ConfigError, check_fields, config_field
+from induction_jax.memory import member_loop
 
 LossFn = Callable[[Any, Any], jax.Array]
 SAMPLERS = ("sgld", "rmsprop-sgld")
@@ -281,8 +282,6 @@ def sample_batch(key_M, loss_fn: LossFn, params_N, data_N, cfg: SGLDConfig, mode
     of one compiled call (`ensemble.map_axis`, `loop` as `memory.member_loop`, default its
     rule for this backend); L_n(w*) is computed once per model. The same numbers as `sample`
     per setting, to float rounding."""
-    from induction_jax.memory import member_loop
-
     loop = loop or member_loop()
     M, C = len(key_M), cfg.chains
     n_models = jax.tree.leaves(params_N)[0].shape[0]
