@@ -143,13 +143,15 @@ def train_step(cfg: RunConfig, state: MemberState, shared=None) -> tuple[MemberS
     batch = cfg.task.sample(jax.random.fold_in(state.data_key, state.step), task_inputs(cfg, state.task_params, shared),
                             cfg.data.batch_size, cfg.model.d_vocab)
     grads, metrics = jax.grad(functools.partial(loss_fn, cfg), has_aux=True)(state.params, batch, edits)
-    updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
+    with jax.named_scope("optimiser"):      # names only (benchmarks/step_profile.py reads them)
+        updates, opt_state = optimizer(cfg).update(grads, state.opt_state, state.params)
     if freeze is not None:      # a frozen weight is not updated at all: no gradient step, no weight decay
         updates = {k: jnp.where(_expand(freeze[k], u) > 0, jnp.zeros_like(u), u) if k in freeze else u
                    for k, u in updates.items()}
     # what the task fixes (its `fixed_params`) is never updated either
     updates = {k: jnp.zeros_like(u) if k in cfg.task.fixed_param_names else u for k, u in updates.items()}
-    params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("optimiser"):
+        params = optax.apply_updates(state.params, updates)
     finite = (jnp.isfinite(metrics["loss"]) & (metrics["loss"] <= divergence_limit(cfg))
               & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])))
     alive = state.diverged_step < 0
@@ -170,9 +172,10 @@ def member_probes(cfg: RunConfig, state: MemberState, shared=None):
     """The probes of one member as it is at its step, under its intervention: behaviour on the
     probe batch, and the per-head weight probes."""
     edits, _ = active(state.intervention, state.step)
-    probes, task_heads = probe_metrics(cfg, state.params, state.probe_key, edits,
-                                       task_inputs(cfg, state.task_params, shared))
-    return probes, head_probe_metrics(cfg, state.params) | task_heads
+    with jax.named_scope("probes"):         # names only (benchmarks/step_profile.py reads them)
+        probes, task_heads = probe_metrics(cfg, state.params, state.probe_key, edits,
+                                           task_inputs(cfg, state.task_params, shared))
+        return probes, head_probe_metrics(cfg, state.params) | task_heads
 
 
 def run_steps(cfg: RunConfig, state: MemberState, n_steps: int, shared=None) -> tuple[MemberState, dict]:
