@@ -14,10 +14,12 @@ Reports per task and curve: the midpoints, their mean and standard deviation of 
 with bootstrap 95% CIs, the ratio text / repeated of that standard deviation (bootstrap over
 members, each task resampled on its own), and the Spearman correlation of the members' timings
 across the two tasks (is a member that is early on one early on the other?), with a
-permutation p-value. docs/studies/text-phase-change.md ("Variance of the timing").
+permutation p-value; and, for the repeated members at their last checkpoint, where the last
+layer's sharpest head and layer 0 attend (is it the textbook induction attention?).
+docs/studies/text-phase-change.md ("Variance of the timing").
 
     python experiments/text_timing_variance.py --text runs/text-knockout/2-layer_MLPLN \\
-        --repeated runs/repeated-text-model
+        --repeated runs/repeated-text-model-p25 --out runs/timing_variance_p25.json
 """
 
 from __future__ import annotations
@@ -50,6 +52,51 @@ def repeated_midpoints(run_path: Path, curve: str) -> np.ndarray:
         v = r["midpoint"]
         out[int(r["member"])] = float(v) if v and r["censored"] != "True" else np.nan
     return out
+
+
+def attention_offsets(params: dict, P: int, n_seq: int = 64, key: int = 12345) -> list[dict]:
+    """Where each member's heads attend (`params` stacked `[E, ...]`), on `n_seq` fixed-period
+    sequences of period `P` (tokens uniform over the vocabulary): the last layer's best
+    induction score (mass on i-P+1, the textbook target), its sharpest head (largest mean top
+    weight over second-half queries), the key offset that head's top weight falls on most often
+    and in what share of queries, layer 0's strongest offset (mean mass on i-o, best head), and
+    the second-half loss."""
+    import jax
+    import jax.numpy as jnp
+
+    from induction_jax import functional
+    from induction_jax.losses import token_losses
+    from induction_jax.tasks.repeated import repeated_sequences
+
+    tokens = repeated_sequences(jax.random.PRNGKey(key), n_seq, P, params["W_E"].shape[-2], True)
+    i = np.arange(P, 2 * P - 1)
+    out = []
+    for m in range(len(params["W_E"])):
+        p = {k: jnp.asarray(v[m]) for k, v in params.items()}
+        logits, acts = functional.apply(p, tokens, return_activations=True)
+        A = np.asarray(acts.pattern_BLHTS)                                  # [B, L, H, T, S]
+        last, first = A[:, -1][:, :, i], A[:, 0].mean(0)
+        top = last.max(-1).mean((0, 2))                                     # per last-layer head
+        h = int(top.argmax())
+        offsets, counts = np.unique(i[None] - last[:, h].argmax(-1), return_counts=True)
+        layer0 = {o: float(first[:, i, i - o].mean(-1).max()) for o in range(1, P + 1)}
+        o0 = max(layer0, key=layer0.get)
+        out.append({"member": m,
+                    "second_half_loss": float(np.asarray(token_losses(logits, tokens))[:, P:].mean()),
+                    "induction_score": float(last[:, :, np.arange(len(i)), i - (P - 1)].mean((0, 2)).max()),
+                    "sharpest_head": h, "top_weight": float(top[h]), "mode_offset": int(offsets[counts.argmax()]),
+                    "mode_share": float(counts.max() / counts.sum()), "layer0_offset": o0,
+                    "layer0_mass": layer0[o0]})
+    return out
+
+
+def run_attention_offsets(run_path: Path) -> list[dict]:
+    """`attention_offsets` of a repeated-task run's members at its last good checkpoint."""
+    from induction_jax.analysis.weights import load_run_checkpoint
+
+    params, meta = load_run_checkpoint(run_path, None)
+    rows = attention_offsets(params, RunDir(run_path).read_config().task.half_length)
+    return [r | {"step": int(meta["step"])} for r in rows]
 
 
 def log_spread(mid: np.ndarray, rng, n_boot: int = 10000) -> dict:
@@ -114,6 +161,14 @@ def main() -> None:
         if corr["rho"] is not None:
             print(f"  Spearman rho over {corr['n']} members: {corr['rho']:.2f} (permutation p = "
                   f"{corr['p_two_sided']:.2f})")
+    offsets = run_attention_offsets(Path(args.repeated))
+    summary["repeated_attention"] = offsets
+    print("\nrepeated members at the end: where the last layer's sharpest head and layer 0 attend")
+    for r in offsets:
+        print(f"  member {r['member']} (step {r['step']}): second-half loss {r['second_half_loss']:.3f}, induction "
+              f"score {r['induction_score']:.3f}; last-layer head {r['sharpest_head']} top weight "
+              f"{r['top_weight']:.2f}, at offset {r['mode_offset']} in {r['mode_share']:.0%} of queries; layer 0 "
+              f"strongest offset {r['layer0_offset']} ({r['layer0_mass']:.2f})")
     out = Path(args.out) if args.out else Path(args.text).parent / "timing_variance.json"
     write_json_atomic(out, json_safe(summary))
     print(f"\nwrote {out}")

@@ -127,3 +127,21 @@ def test_split_with_periods_masks_each_sequence_at_its_own_repeat():
     out = split_losses(losses, 4, jnp.array([3, 4]))
     np.testing.assert_allclose(float(out["loss_first_half"]), (1 + 2 + 1 + 1 + 1) / 5)  # 1..P_b-1
     np.testing.assert_allclose(float(out["loss_second_half"]), (3 * 4 + 5 * 3) / 7)      # P_b+1..7
+
+
+def test_probe_scores_equal_the_mean_patterns_scores():
+    """The probe scores each sequence's diagonal and then averages: the same numbers as scoring
+    the batch-mean pattern (what the definitions state), to float rounding."""
+    from types import SimpleNamespace
+
+    from induction_jax.analysis.attention import induction_score, previous_token_score
+
+    task = Repeated(half_length=6)
+    tokens = task.probe(jax.random.PRNGKey(0), {}, 5, 16)["tokens"]
+    pattern = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(1), (5, 2, 3, 12, 12)) * 3
+                             + jnp.where(jnp.tril(jnp.ones((12, 12), bool)), 0.0, -1e9), -1)
+    logits = jax.random.normal(jax.random.PRNGKey(2), (5, 12, 16))
+    out = task.probe_metrics(logits, SimpleNamespace(pattern_BLHTS=pattern), {"tokens": tokens})
+    mean = pattern.mean(0)
+    np.testing.assert_allclose(out["prev_token_score"], previous_token_score(mean[0]).max(), rtol=1e-6)
+    np.testing.assert_allclose(out["induction_score"], induction_score(mean[-1], 6).max(), rtol=1e-6)

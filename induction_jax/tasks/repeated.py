@@ -212,12 +212,12 @@ class Repeated(Task):
         from induction_jax.analysis.attention import induction_score, previous_token_score
 
         losses = self.losses(logits_BTV, batch)
-        pattern_LHTS = acts.pattern_BLHTS.mean(0)
-        return {
+        pattern = acts.pattern_BLHTS       # each score on its diagonal per sequence, then the mean over
+        return {                           # them: the same number as the mean pattern's, without its pass
             "in_context_score": losses["loss_first_half"] - losses["loss_second_half"],
             "probe_loss_second_half": losses["loss_second_half"],
-            "prev_token_score": previous_token_score(pattern_LHTS[0]).max(),
-            "induction_score": induction_score(pattern_LHTS[-1], self.half_length).max(),
+            "prev_token_score": previous_token_score(pattern[:, 0]).mean(0).max(),
+            "induction_score": induction_score(pattern[:, -1], self.half_length).mean(0).max(),
         }
 
     def ideal_patterns(self, T: int) -> dict:
