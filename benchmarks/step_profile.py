@@ -23,7 +23,7 @@ Prints the table (share of op time, ms per member-step) and the wall time per me
 and writes it as JSON (`--out`). The classes are read off XLA's op names and fused bodies, so
 they move when XLA's fusion decisions do; the shares, not the exact split, are the result.
 
-    python benchmarks/step_profile.py [--members 8] [--steps 50] [--chunks 2] [--eval-every 50]
+    python benchmarks/step_profile.py [--members 8] [--steps 50] [--chunks 2] [--eval-every 50] [--task markov]
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ CLASSES = ("matmul: projections, embedding, unembedding, weight gradients",
            "other elementwise and reductions")
 
 
+CONTAINERS = ("while", "conditional", "call")
+
+
 def hlo_index(text: str) -> tuple[dict, dict]:
     """The compiled module's instructions `{name: (shape, opcode, line)}` and computations
     `{name: [lines]}`."""
@@ -57,18 +60,39 @@ def hlo_index(text: str) -> tuple[dict, dict]:
             comps[cur].append(line)
     inst = {}
     for line in text.splitlines():
-        m = re.match(r"\s+(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(", line)
-        if m:
-            inst[m.group(1)] = (m.group(2), m.group(3), line)
+        parsed = parse_instruction(line)
+        if parsed:
+            name, shape, opcode = parsed
+            inst[name] = (shape, opcode, line)
     return inst, comps
+
+
+def parse_instruction(line: str) -> tuple[str, str, str] | None:
+    """`(name, shape, opcode)` of an HLO instruction line, tuple shapes (multi-output fusions,
+    loops) included; None for other lines."""
+    m = re.match(r"\s+(?:ROOT )?%([\w.\-]+) = ", line)
+    if not m:
+        return None
+    rest = line[m.end():]
+    if rest.startswith("("):                 # a tuple shape: up to its matching parenthesis
+        depth = 0
+        for end, ch in enumerate(rest):
+            depth += (ch == "(") - (ch == ")")
+            if depth == 0:
+                break
+        shape, rest = rest[:end + 1], rest[end + 1:].lstrip()
+    else:
+        shape, _, rest = rest.partition(" ")
+    op = re.match(r"([\w\-]+)\(", rest)
+    return (m.group(1), shape, op.group(1)) if op else None
 
 
 def body(line: str, comps: dict, seen=None) -> tuple[set, set]:
     """The opcodes and the `op_name`s of `line` and of every instruction inside the
     computations it calls (fusions), recursively."""
     seen = set() if seen is None else seen
-    m = re.match(r"\s+(?:ROOT )?%[\w.\-]+ = \S+ ([\w\-]+)\(", line)
-    ops = {m.group(1)} if m else set()
+    parsed = parse_instruction(line)
+    ops = {parsed[2]} if parsed else set()
     names = set(re.findall(r'op_name="([^"]*)"', line))
     for called in re.findall(r"calls=%([\w.\-]+)", line):
         if called in seen:
@@ -96,7 +120,7 @@ def classify(shape: str, line: str, comps: dict, attention_shapes: tuple[str, ..
     return CLASSES[6]
 
 
-def profile(members: int, steps: int, chunks: int, eval_every: int) -> dict:
+def profile(members: int, steps: int, chunks: int, eval_every: int, task: str | None = None) -> dict:
     import jax
 
     from induction_jax import ensemble, memory, training as train_lib, use_cpu_cores
@@ -106,7 +130,14 @@ def profile(members: int, steps: int, chunks: int, eval_every: int) -> dict:
     from induction_jax.members import Members
     from induction_jax.runner import device_description
 
-    cfg = RunConfig().replace(seeds=members, min_half_length=25, eval_every=eval_every, chunk_steps=steps)
+    if task is None:                # the reference configuration: the fixed-period repeated task
+        cfg = RunConfig().replace(seeds=members, min_half_length=25, eval_every=eval_every, chunk_steps=steps)
+    else:                           # a task at its own defaults, in a context that fits (as the bench does)
+        from induction_jax import tasks
+
+        seq_len = tasks.task_class(task)().seq_len
+        cfg = RunConfig().replace(task=task, seeds=members, eval_every=eval_every, chunk_steps=steps,
+                                  n_ctx=max(RunConfig().model.n_ctx, seq_len))
     state = ensemble.init_ensemble(cfg, Members.from_config(cfg))
     n_evals = steps // eval_every
     chunk = ensemble.compiled_chunk(cfg, n_evals, eval_every, state)
@@ -133,7 +164,9 @@ def profile(members: int, steps: int, chunks: int, eval_every: int) -> dict:
     for e in events:
         if e.get("ph") != "X" or e["name"] not in inst:
             continue
-        shape, _, line = inst[e["name"]]
+        shape, opcode, line = inst[e["name"]]
+        if opcode in CONTAINERS:            # its time is its body's ops, traced on their own
+            continue
         c = classify(shape, line, comps, attention_shapes)
         by_class[c] += e["dur"]
         top[c][f"{e['name']} {shape.split('{')[0]}"] += e["dur"]
@@ -143,7 +176,7 @@ def profile(members: int, steps: int, chunks: int, eval_every: int) -> dict:
              "ms_per_member_step": by_class[c] / 1e3 / member_steps,
              "largest_ops": [[k, round(v / 1e3 / member_steps, 4)] for k, v in top[c].most_common(4)]}
             for c in CLASSES]
-    return {"members": members, "steps_per_chunk": steps, "chunks": chunks, "eval_every": eval_every,
+    return {"task": cfg.task.name, "members": members, "steps_per_chunk": steps, "chunks": chunks, "eval_every": eval_every,
             "member_loop": memory.member_loop(cfg), "devices": len(jax.devices()), "device": device_description(),
             "wall_s": wall, "op_ms_per_member_step": total / 1e3 / member_steps,
             "wall_ms_per_member_step": wall * 1e3 / member_steps,
@@ -156,14 +189,20 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=50, help="steps per chunk")
     parser.add_argument("--chunks", type=int, default=2, help="chunks traced (after one warm-up chunk)")
     parser.add_argument("--eval-every", type=int, default=50, help="probe cadence (training's default is 10)")
+    parser.add_argument("--task", default=None, help="a task family at its defaults (default: the reference "
+                        "configuration, the fixed-period repeated task)")
     parser.add_argument("--out", default=None, help="write the table as JSON here")
     args = parser.parse_args(argv)
     if args.steps % args.eval_every:
         parser.error(f"--steps {args.steps}: allowed: a multiple of --eval-every {args.eval_every}")
-    out = profile(args.members, args.steps, args.chunks, args.eval_every)
-    print(f"{out['members']} members, {out['device']['platform']}, member loop {out['member_loop']}, probes every "
+    out = profile(args.members, args.steps, args.chunks, args.eval_every, args.task)
+    print(f"{out['task']}: {out['members']} members, {out['device']['platform']}, member loop {out['member_loop']}, probes every "
           f"{out['eval_every']} steps: {out['wall_ms_per_member_step']:.2f} ms wall per member-step on "
           f"{out['devices']} devices, ops busy {out['busy_fraction']:.0%} of the devices' time")
+    if out["busy_fraction"] < 0.8:
+        print(f"warning: the traced ops fill {out['busy_fraction']:.0%} of the devices' time: the profiler "
+              f"drops events past its buffer (tasks with a scan over positions emit many); trace fewer "
+              f"(--members 2 --steps 10 --chunks 1)")
     print(f"{'share':>6} {'ms/member-step':>15}  class")
     for r in out["classes"]:
         print(f"{r['share']:6.1%} {r['ms_per_member_step']:15.3f}  {r['class']}")

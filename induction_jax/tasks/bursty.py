@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from induction_jax.config import ConfigError, config_field
 from induction_jax.tasks.base import Metric, MemberParam, Task, register
+from induction_jax.tasks.sampling import draw_classes
 
 NOVEL, SWAP, IWL = 0, 1, 2          # the three parts of the probe batch ("kind")
 CONFIDENT = 30.0                    # logit of a reference predictor's answer (loss ~ L e^-30)
@@ -61,24 +62,6 @@ def class_logits(zipf, n_classes, max_classes: int):
 
     k = jnp.arange(max_classes)
     return jnp.where(k < n_classes, -zipf * jnp.log1p(k.astype(jnp.float32)), -jnp.inf)
-
-
-def draw_classes(key, logits, shape):
-    """Classes drawn from `softmax(logits)` (`[K]`, or `[..., K]` broadcasting against `shape`)
-    by inverting the CDF at one uniform number per draw: the law of `jax.random.categorical`,
-    without its K Gumbel numbers per draw (at K = 2048 those made a batch draw 300 times the cost
-    of this, and most of a training step: benchmarks/bursty_sampler.py)."""
-    import jax
-    import jax.numpy as jnp
-
-    cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
-    u = jax.random.uniform(key, shape) * cdf[..., -1]
-    if cdf.ndim == 1:
-        idx = jnp.searchsorted(cdf, u, side="right")
-    else:                           # a distribution per row: count the CDF entries at or below u
-        idx = (cdf <= u[..., None]).sum(-1)
-    last = jnp.max(jnp.where(jnp.isfinite(logits), jnp.arange(logits.shape[-1]), 0), axis=-1)
-    return jnp.minimum(idx, last).astype(jnp.int32)   # u within rounding of the total: the last class
 
 
 def burst_layout(key, batch_size: int, n_pairs: int, copies):

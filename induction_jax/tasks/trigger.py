@@ -33,6 +33,7 @@ import numpy as np
 
 from induction_jax.config import ConfigError, config_field
 from induction_jax.tasks.base import Metric, MemberParam, Task, register
+from induction_jax.tasks.sampling import cdf_table, invert_cdf
 
 SCALING_STEPS = 500            # rescalings of w until pi's stationary distribution is the Zipf unigram
 SCALING_TOL = 1e-12
@@ -168,17 +169,19 @@ def trigger_sequences(key, bigram: Bigram, batch_size: int, length: int, k, fixe
     forced_BV = jnp.full((B, V), -1, jnp.int32).at[rows[:, None], q_BK].set(jnp.where(active_BK, o_BK, -1))
     x0 = jax.random.categorical(k_first, log_u, shape=(B,)).astype(jnp.int32)
 
-    def step(carry, key_t):
+    cdf_VV, last_V = cdf_table(log_pi)          # each token's next-token CDF, inverted at one uniform
+
+    def step(carry, u_B):
         x, counts_BV = carry
         forced = forced_BV[rows, x]
         is_trigger = forced >= 0
         counts_BV = counts_BV.at[rows, x].add(is_trigger.astype(jnp.int32))
         count = jnp.where(is_trigger, counts_BV[rows, x], 0)
-        nxt = jnp.where(is_trigger, forced, jax.random.categorical(key_t, log_pi[x]).astype(jnp.int32))
+        nxt = jnp.where(is_trigger, forced, invert_cdf(cdf_VV[x], last_V[x], u_B))
         return (nxt, counts_BV), (nxt, count)
 
     _, (rest_TB, count_TB) = jax.lax.scan(step, (x0, jnp.zeros((B, V), jnp.int32)),
-                                          jax.random.split(k_steps, length - 1))
+                                          jax.random.uniform(k_steps, (length - 1, B)))
     tokens = jnp.concatenate([x0[:, None], rest_TB.T], 1)
     bigram_logp = log_pi[tokens[:, :-1], tokens[:, 1:]]        # log pi(x_{t+1} | x_t), for the floors
     return {"tokens": tokens, "trigger_count": count_TB.T,
