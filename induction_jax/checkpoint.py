@@ -43,10 +43,16 @@ def _is_orbax_noise(unraisable) -> bool:
 
 class _DropUnretrievedOrbaxFailures(logging.Filter):
     """asyncio's 'Task/Future exception was never retrieved' for Orbax's own failed writes,
-    logged when those tasks are collected (often at exit): the failure was already reported."""
+    logged when those tasks are collected (often at exit), and Orbax's background-save threads
+    logging their own failure through absl ('_SignalingThread.run() raised an exception', a
+    traceback each, possibly after the checkpoints were closed and absl's level restored): the
+    failure reaches the caller as one line (`_writing`, when it waits or closes), or the command
+    is already stopping on an earlier error; the traceback would only repeat it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
+        if "_SignalingThread.run() raised an exception" in text:
+            return False
         return "exception was never retrieved" not in text or not any(
             mark in text for mark in ("orbax", "RESOURCE_EXHAUSTED", "No space left on device"))
 
@@ -80,7 +86,8 @@ def _filter_orbax_noise() -> None:
     hook._induction_jax = True
     sys.unraisablehook = hook
     threading.excepthook = thread_hook
-    logging.getLogger("asyncio").addFilter(_DropUnretrievedOrbaxFailures())
+    for logger in ("asyncio", "absl"):
+        logging.getLogger(logger).addFilter(_DropUnretrievedOrbaxFailures())
 
 
 _failed_since_collect = False

@@ -484,3 +484,22 @@ def test_an_orbax_save_thread_dying_of_a_full_disk_prints_no_traceback():
         threading.excepthook = saved
     assert [checkpoint._is_orbax_write_failure(a) for a in seen] == [True, False]
     assert [str(a.exc_value) for a in reached] == ["RESOURCE_EXHAUSTED, but not in Orbax"]
+
+
+def test_orbax_background_thread_failure_logs_are_dropped_and_other_absl_errors_kept():
+    """Orbax's background-save threads log their own failure through absl (a traceback each),
+    sometimes after the checkpoints were closed: the filter drops exactly those records."""
+    import logging
+
+    from induction_jax import checkpoint
+
+    filt = checkpoint._DropUnretrievedOrbaxFailures()
+
+    def record(msg):
+        return logging.LogRecord("absl", logging.ERROR, __file__, 1, msg, None, None)
+
+    assert not filt.filter(record("[process=0][thread=save][operation_id=1] _SignalingThread.run() raised an "
+                                  "exception: [Errno 28] No space left on device"))
+    assert filt.filter(record("some other absl error"))
+    checkpoint._filter_orbax_noise()
+    assert any(isinstance(f, checkpoint._DropUnretrievedOrbaxFailures) for f in logging.getLogger("absl").filters)
