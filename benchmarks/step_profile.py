@@ -160,16 +160,16 @@ def profile(members: int, steps: int, chunks: int, eval_every: int, task: str | 
         jax.profiler.stop_trace()
         trace = sorted(glob.glob(f"{trace_dir}/plugins/profile/*/perfetto_trace.json.gz"))[-1]
         events = json.load(gzip.open(trace))["traceEvents"]
-    by_class, top = collections.Counter(), collections.defaultdict(collections.Counter)
+    per_op = collections.Counter()          # each op's time over all its executions, then one class per op
     for e in events:
-        if e.get("ph") != "X" or e["name"] not in inst:
-            continue
-        shape, opcode, line = inst[e["name"]]
-        if opcode in CONTAINERS:            # its time is its body's ops, traced on their own
-            continue
+        if e.get("ph") == "X" and e["name"] in inst and inst[e["name"]][1] not in CONTAINERS:
+            per_op[e["name"]] += e["dur"]     # (a container's time is its body's ops, traced on their own)
+    by_class, top = collections.Counter(), collections.defaultdict(collections.Counter)
+    for name, dur in per_op.items():
+        shape, _, line = inst[name]
         c = classify(shape, line, comps, attention_shapes)
-        by_class[c] += e["dur"]
-        top[c][f"{e['name']} {shape.split('{')[0]}"] += e["dur"]
+        by_class[c] += dur
+        top[c][f"{name} {shape.split('{')[0]}"] += dur
     total = sum(by_class.values())
     member_steps = members * steps * chunks
     rows = [{"class": c, "share": by_class[c] / total if total else 0.0,

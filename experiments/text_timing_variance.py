@@ -65,8 +65,9 @@ def attention_offsets(params: dict, P: int, n_seq: int = 64, key: int = 12345) -
     import jax.numpy as jnp
 
     from induction_jax import functional
+    from induction_jax.analysis.attention import induction_score
     from induction_jax.losses import token_losses
-    from induction_jax.tasks.repeated import repeated_sequences
+    from induction_jax.tasks.repeated import repeated_sequences, split_losses
 
     tokens = repeated_sequences(jax.random.PRNGKey(key), n_seq, P, params["W_E"].shape[-2], True)
     i = np.arange(P, 2 * P - 1)
@@ -82,8 +83,8 @@ def attention_offsets(params: dict, P: int, n_seq: int = 64, key: int = 12345) -
         layer0 = {o: float(first[:, i, i - o].mean(-1).max()) for o in range(1, P + 1)}
         o0 = max(layer0, key=layer0.get)
         out.append({"member": m,
-                    "second_half_loss": float(np.asarray(token_losses(logits, tokens))[:, P:].mean()),
-                    "induction_score": float(last[:, :, np.arange(len(i)), i - (P - 1)].mean((0, 2)).max()),
+                    "second_half_loss": float(split_losses(token_losses(logits, tokens), P)["loss_second_half"]),
+                    "induction_score": float(induction_score(A[:, -1], P).mean(0).max()),
                     "sharpest_head": h, "top_weight": float(top[h]), "mode_offset": int(offsets[counts.argmax()]),
                     "mode_share": float(counts.max() / counts.sum()), "layer0_offset": o0,
                     "layer0_mass": layer0[o0]})

@@ -284,15 +284,15 @@ def apply(params: dict, tokens_BT: jax.Array, *, head_mask_LH: jax.Array | None 
         z_BHTK, pattern_BHTS = hook(edits, at("pattern", v_BHSK=v_BHSK), attention_core(q_BHTK, k_BHSK, v_BHSK))
         z_BHTK = hook(edits, at("z"), z_BHTK)
         edited = any(e.site == "head_out" and e.acts_at(layer) for e in edits)
+        heads_BTHD = jnp.einsum("bhtk,hkd->bthd", z_BHTK, W_O) if edited or return_activations else None
         if edited:
-            heads_BTHD = hook(edits, at("head_out"), jnp.einsum("bhtk,hkd->bthd", z_BHTK, W_O))
+            heads_BTHD = hook(edits, at("head_out"), heads_BTHD)
             out_BTD = heads_BTHD.sum(2)
         else:
             # one product into the residual stream, also when the heads' outputs are returned:
             # XLA:CPU runs the sum over heads of [B,T,H,D] as a slow strided reduction (10x the
-            # product's time in the probes: benchmarks/step_profile.py); unused heads are dropped
+            # product's time in the probes: benchmarks/step_profile.py); unread heads are dropped
             out_BTD = jnp.einsum("bhtk,hkd->btd", z_BHTK, W_O)
-            heads_BTHD = jnp.einsum("bhtk,hkd->bthd", z_BHTK, W_O) if return_activations else None
         x_BTD = x_BTD + out_BTD
         patterns.append(pattern_BHTS)
         heads.append(heads_BTHD)
