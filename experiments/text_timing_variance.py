@@ -15,7 +15,9 @@ with bootstrap 95% CIs, the ratio text / repeated of that standard deviation (bo
 members, each task resampled on its own), and the Spearman correlation of the members' timings
 across the two tasks (is a member that is early on one early on the other?), with a
 permutation p-value; and, for the repeated members at their last checkpoint, where the last
-layer's sharpest head and layer 0 attend (is it the textbook induction attention?).
+layer's sharpest head and layer 0 attend (is it the textbook induction attention?), and
+through which input (queries, keys, values) the earlier layers' heads carry the copy (does it
+K-compose, as the textbook circuit does?).
 docs/studies/text-phase-change.md ("Variance of the timing").
 
     python experiments/text_timing_variance.py --text runs/text-knockout/2-layer_MLPLN \\
@@ -91,13 +93,50 @@ def attention_offsets(params: dict, P: int, n_seq: int = 64, key: int = 12345) -
     return out
 
 
+def path_cuts(params: dict, P: int, n_seq: int = 64, key: int = 12345) -> list[dict]:
+    """Which input of the last layer the earlier layers' heads reach it through, per member
+    (`params` stacked `[E, ...]`), on `n_seq` fixed-period sequences of period `P`: the
+    second-half loss clean, and with every earlier layer's heads' writes cut from the last
+    layer's queries, keys or values (the `cut` intervention's `CutWrite`, at test time; an
+    MLP's own write is not cut, so a path through an earlier MLP stays). The textbook circuit
+    K-composes: cutting its keys' path loses the copy, its values' path does not."""
+    import jax
+    import jax.numpy as jnp
+
+    from induction_jax import functional
+    from induction_jax.interventions.kinds import PATHS, CutWrite
+    from induction_jax.losses import token_losses
+    from induction_jax.tasks.repeated import repeated_sequences, split_losses
+
+    tokens = repeated_sequences(jax.random.PRNGKey(key), n_seq, P, params["W_E"].shape[-2], True)
+    L, H = params["W_Q"].shape[1:3]
+    cuts = {}
+    for c, name in enumerate(PATHS):
+        cut = np.zeros((L, H, L, len(PATHS)), np.float32)
+        cut[:L - 1, :, L - 1, c] = 1.0
+        cuts[name] = (CutWrite(jnp.asarray(cut)),)
+    out = []
+    for m in range(len(params["W_E"])):
+        p = {k: jnp.asarray(v[m]) for k, v in params.items()}
+
+        def second_half(edits=()):
+            logits = functional.apply(p, tokens, edits=edits)
+            return float(split_losses(token_losses(logits, tokens), P)["loss_second_half"])
+
+        out.append({"member": m, "clean": second_half(),
+                    **{f"cut_{name}": second_half(edits) for name, edits in cuts.items()}})
+    return out
+
+
 def run_attention_offsets(run_path: Path) -> list[dict]:
-    """`attention_offsets` of a repeated-task run's members at its last good checkpoint."""
+    """`attention_offsets` and `path_cuts` of a repeated-task run's members at its last good
+    checkpoint."""
     from induction_jax.analysis.weights import load_run_checkpoint
 
     params, meta = load_run_checkpoint(run_path, None)
-    rows = attention_offsets(params, RunDir(run_path).read_config().task.half_length)
-    return [r | {"step": int(meta["step"])} for r in rows]
+    P = RunDir(run_path).read_config().task.half_length
+    cuts = path_cuts(params, P)
+    return [r | {"cuts": c, "step": int(meta["step"])} for r, c in zip(attention_offsets(params, P), cuts)]
 
 
 def log_spread(mid: np.ndarray, rng, n_boot: int = 10000) -> dict:
@@ -170,6 +209,9 @@ def main() -> None:
               f"score {r['induction_score']:.3f}; last-layer head {r['sharpest_head']} top weight "
               f"{r['top_weight']:.2f}, at offset {r['mode_offset']} in {r['mode_share']:.0%} of queries; layer 0 "
               f"strongest offset {r['layer0_offset']} ({r['layer0_mass']:.2f})")
+        c = r["cuts"]
+        print(f"    second-half loss with the earlier layers' heads cut from the last layer's queries "
+              f"{c['cut_Q']:.2f}, keys {c['cut_K']:.2f}, values {c['cut_V']:.2f} (clean {c['clean']:.2f})")
     out = Path(args.out) if args.out else Path(args.text).parent / "timing_variance.json"
     write_json_atomic(out, json_safe(summary))
     print(f"\nwrote {out}")
