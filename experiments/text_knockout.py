@@ -13,6 +13,9 @@ control (exact 95% interval), and a figure of every head's loss against its pref
 score. docs/studies/text-knockout.md.
 
     python experiments/text_knockout.py [--runs runs/text-knockout] [--batch 512] [--heads 2]
+
+A run whose analysis already holds these knock-outs (the same checkpoint step, batch and k) is
+read, not analysed again (`--reanalyse` to force it).
 """
 
 from __future__ import annotations
@@ -60,6 +63,25 @@ def read_knockouts(analysis: Path) -> dict:
         out["named"][1].append((f"L{layer}H{head}", lost))
         out["controls"][1].append([s[3] for i, s in enumerate(out["single"][e]) if i != best])
     return out
+
+
+def done_analysis(run_path: Path, batch: int, k: int) -> Path | None:
+    """The run's analysis directory if it already holds the knock-outs asked for: its circuit.json
+    describes the run's latest checkpoint, with knock-outs on `batch` windows up to `k` heads."""
+    from induction_jax.checkpoint import Checkpoints
+
+    circuit_path = run_path / "analysis" / "circuit.json"
+    if not circuit_path.is_file() or not (run_path / "analysis" / "knockout.csv").is_file():
+        return None
+    circuit = json.loads(circuit_path.read_text())
+    with Checkpoints(RunDir(run_path).checkpoints, async_save=False) as ckpt:
+        steps = ckpt.steps()
+    knocked = circuit.get("knockout") or {}
+    sizes = {b["k"] for m in knocked.get("members", []) for b in m["by_k"]}
+    if steps and circuit.get("checkpoint_step") == max(steps) and knocked.get("batch") == batch \
+            and sizes == set(range(1, k + 1)):
+        return run_path / "analysis"
+    return None
 
 
 def _stat(v) -> dict:
@@ -120,6 +142,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=512, help="held-out windows per member")
     p.add_argument("--heads", type=int, default=2, help="knock out the top 1..K prefix-matching heads")
     p.add_argument("--figure", default="docs/figures/text-knockout.png")
+    p.add_argument("--reanalyse", action="store_true", help="analyse every run again, even one whose analysis "
+                                                            "already holds these knock-outs")
     args = p.parse_args()
     use_cpu_cores()
     results = {}
@@ -129,7 +153,11 @@ def main() -> None:
         cfg = RunDir(run_path).read_config()
         name = f"{cfg.model.n_layers}-layer " + ("MLP+LN" if cfg.model.d_mlp else "attn-only")
         tic = time.perf_counter()
-        analysis = analyze_run(run_path, knockout_k=args.heads, knockout_batch=args.batch)
+        analysis = None if args.reanalyse else done_analysis(run_path, args.batch, args.heads)
+        if analysis is None:
+            analysis = analyze_run(run_path, knockout_k=args.heads, knockout_batch=args.batch)
+        else:
+            print(f"{run_path}: its analysis already holds these knock-outs; read, not run again")
         seconds = time.perf_counter() - tic
         circuit = json.loads((analysis / "circuit.json").read_text())
         k = read_knockouts(analysis)
