@@ -61,8 +61,10 @@ def attention_offsets(params: dict, P: int, n_seq: int = 64, key: int = 12345) -
     sequences of period `P` (tokens uniform over the vocabulary): the last layer's best
     induction score (mass on i-P+1, the textbook target), its sharpest head (largest mean top
     weight over second-half queries), the key offset that head's top weight falls on most often
-    and in what share of queries, layer 0's strongest offset (mean mass on i-o, best head), and
-    the second-half loss."""
+    and in what share of queries, layer 0's strongest offset at the first half's positions (mean
+    mass on j-o over queries j = o..P-1, best head: where the earlier copy, and so the last
+    layer's induction keys, lie; a layer-0 head may attend otherwise later), and the second-half
+    loss."""
     import jax
     import jax.numpy as jnp
 
@@ -82,7 +84,7 @@ def attention_offsets(params: dict, P: int, n_seq: int = 64, key: int = 12345) -
         top = last.max(-1).mean((0, 2))                                     # per last-layer head
         h = int(top.argmax())
         offsets, counts = np.unique(i[None] - last[:, h].argmax(-1), return_counts=True)
-        layer0 = {o: float(first[:, i, i - o].mean(-1).max()) for o in range(1, P + 1)}
+        layer0 = {o: float(first[:, np.arange(o, P), np.arange(P - o)].mean(-1).max()) for o in range(1, P)}
         o0 = max(layer0, key=layer0.get)
         out.append({"member": m,
                     "second_half_loss": float(split_losses(token_losses(logits, tokens), P)["loss_second_half"]),
@@ -208,7 +210,7 @@ def main() -> None:
         print(f"  member {r['member']} (step {r['step']}): second-half loss {r['second_half_loss']:.3f}, induction "
               f"score {r['induction_score']:.3f}; last-layer head {r['sharpest_head']} top weight "
               f"{r['top_weight']:.2f}, at offset {r['mode_offset']} in {r['mode_share']:.0%} of queries; layer 0 "
-              f"strongest offset {r['layer0_offset']} ({r['layer0_mass']:.2f})")
+              f"(first half) strongest offset {r['layer0_offset']} ({r['layer0_mass']:.2f})")
         c = r["cuts"]
         print(f"    second-half loss with the earlier layers' heads cut from the last layer's queries "
               f"{c['cut_Q']:.2f}, keys {c['cut_K']:.2f}, values {c['cut_V']:.2f} (clean {c['clean']:.2f})")
