@@ -151,7 +151,7 @@ def main() -> None:
         if not RunDir(run_path).is_run():
             continue
         cfg = RunDir(run_path).read_config()
-        name = f"{cfg.model.n_layers}-layer " + ("MLP+LN" if cfg.model.d_mlp else "attn-only")
+        name = f"{cfg.model.n_layers}-layer " + ("MLP+LN" if cfg.model.d_mlp else "attn-only+LN" if cfg.model.layer_norm else "attn-only")
         tic = time.perf_counter()
         analysis = None if args.reanalyse else done_analysis(run_path, args.batch, args.heads)
         if analysis is None:

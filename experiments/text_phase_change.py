@@ -41,9 +41,15 @@ ICL_MIN_RISE, PM_MIN_RISE = 0.1, 0.01
 
 
 def architectures(d_model: int) -> dict[str, dict]:
+    """Every architecture `--arch` may name; the study trains the first three unless told."""
     return {"2-layer attn-only": {"n_layers": 2, "d_mlp": 0, "layer_norm": False},
             "1-layer attn-only": {"n_layers": 1, "d_mlp": 0, "layer_norm": False},
-            "2-layer MLP+LN": {"n_layers": 2, "d_mlp": 4 * d_model, "layer_norm": True}}
+            "2-layer MLP+LN": {"n_layers": 2, "d_mlp": 4 * d_model, "layer_norm": True},
+            # no MLPs, with LayerNorm: separates what the MLPs and what the LayerNorm change
+            "2-layer attn-only+LN": {"n_layers": 2, "d_mlp": 0, "layer_norm": True}}
+
+
+STUDY_ARCHS = ("2-layer attn-only", "1-layer attn-only", "2-layer MLP+LN")
 
 
 # What this project's 2-core CPU sustained training these models, in the model FLOPs below:
@@ -196,7 +202,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--chunk-steps", type=int, default=500)
-    p.add_argument("--arch", action="append", help="only these architectures (default: all three)")
+    p.add_argument("--arch", action="append", choices=list(architectures(0)),
+                   help="only these architectures (default: the first three)")
     p.add_argument("--out", default="runs/text-phase-change")
     p.add_argument("--overwrite", action="store_true", help="retrain even if a run exists")
     p.add_argument("--analyse-only", action="store_true", help="only analyse the runs under --out (trained before)")
@@ -205,7 +212,7 @@ def main() -> None:
     args = p.parse_args()
     use_cpu_cores()
     archs = architectures(args.d_model)
-    names = args.arch or list(archs)
+    names = args.arch or list(STUDY_ARCHS)
     if not args.analyse_only:
         minutes = sum(train_flops(args, archs[n]) for n in names) / CPU_FLOPS / 60
         print(f"{len(names)} ensembles of {args.seeds} members x {args.steps} steps (batch {args.batch_size} x "
