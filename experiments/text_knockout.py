@@ -12,7 +12,7 @@ fraction of the in-context score lost by the named heads and by the controls (me
 control (exact 95% interval), and a figure of every head's loss against its prefix-matching
 score. docs/studies/text-knockout.md.
 
-    python experiments/text_knockout.py [--runs runs/text-knockout] [--batch 512] [--heads 2]
+    python experiments/text_knockout.py [--runs runs/text-knockout] [--arch "2-layer MLP+LN"] [--batch 512] [--heads 2]
 
 A run whose analysis already holds these knock-outs (the same checkpoint step, batch and k) is
 read, not analysed again (`--reanalyse` to force it).
@@ -142,6 +142,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=512, help="held-out windows per member")
     p.add_argument("--heads", type=int, default=2, help="knock out the top 1..K prefix-matching heads")
     p.add_argument("--figure", default="docs/figures/text-knockout.png")
+    p.add_argument("--arch", action="append", help="only the runs of these architectures (as the report names "
+                                                   "them, e.g. '2-layer MLP+LN'; default: every run under --runs)")
     p.add_argument("--reanalyse", action="store_true", help="analyse every run again, even one whose analysis "
                                                             "already holds these knock-outs")
     args = p.parse_args()
@@ -151,7 +153,10 @@ def main() -> None:
         if not RunDir(run_path).is_run():
             continue
         cfg = RunDir(run_path).read_config()
-        name = f"{cfg.model.n_layers}-layer " + ("MLP+LN" if cfg.model.d_mlp else "attn-only+LN" if cfg.model.layer_norm else "attn-only")
+        name = f"{cfg.model.n_layers}-layer " + ("MLP+LN" if cfg.model.d_mlp else "attn-only+LN" if cfg.model.layer_norm
+                                                 else "attn-only")
+        if args.arch and name not in args.arch:
+            continue
         tic = time.perf_counter()
         analysis = None if args.reanalyse else done_analysis(run_path, args.batch, args.heads)
         if analysis is None:
