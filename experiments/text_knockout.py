@@ -108,6 +108,39 @@ def summarise(k: dict, mode: str) -> dict:
     return out
 
 
+def layer_stats(k: dict, mode: str) -> dict:
+    """The single-head knock-outs by layer: each layer's heads' mean fraction lost (mean over
+    members of the per-member mean), in how many members the top prefix-matching head is the
+    costliest head of its own layer (with the chance tail P(X >= count) for 1 in that layer's
+    heads), and the Spearman correlation of prefix-matching score and fraction lost over that
+    layer's heads, pooled across members."""
+    from scipy import stats
+
+    single = k["single"]
+    E = len(single)
+    layers = sorted({s[0] for member in single for s in member})
+    per_layer = {}
+    for layer in layers:
+        v = np.array([np.mean([s[3][mode] for s in member if s[0] == layer]) for member in single])
+        per_layer[layer] = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+    top_layers, costliest, pm, lost = [], 0, [], []
+    for member in single:
+        top = max(member, key=lambda s: s[2])
+        same = [s for s in member if s[0] == top[0]]
+        top_layers.append(top[0])
+        costliest += int(max(same, key=lambda s: s[3][mode])[1] == top[1])
+    layer = max(set(top_layers), key=top_layers.count)        # the layer the top heads are in, most often
+    heads_in_layer = {s[1] for member in single for s in member if s[0] == layer}
+    for member in single:
+        pm += [s[2] for s in member if s[0] == layer]
+        lost += [s[3][mode] for s in member if s[0] == layer]
+    rho, p = stats.spearmanr(pm, lost)
+    return {"per_layer": per_layer, "top_head_layers": top_layers,
+            "top_is_costliest_in_its_layer": costliest, "members": E,
+            "chance_tail": float(stats.binom.sf(costliest - 1, E, 1 / len(heads_in_layer))),
+            "spearman_layer": layer, "spearman_rho": float(rho), "spearman_p": float(p), "spearman_n": len(pm)}
+
+
 def figure(results: dict, path: Path) -> None:
     """Every head's fraction of the in-context score lost (mean-ablation, alone) against its
     prefix-matching score, one panel per architecture, colour = layer."""
@@ -167,7 +200,8 @@ def main() -> None:
         circuit = json.loads((analysis / "circuit.json").read_text())
         k = read_knockouts(analysis)
         results[name] = {"run": str(run_path), "checkpoint_step": circuit["checkpoint_step"], "seconds": seconds,
-                         "knockouts": k, **{mode: summarise(k, mode) for mode in MODES}}
+                         "knockouts": k, **{mode: summarise(k, mode) for mode in MODES},
+                         "by_layer": {mode: layer_stats(k, mode) for mode in MODES}}
         print(f"\n{name} ({run_path}, step {circuit['checkpoint_step']}, analysis {seconds:.0f} s; "
               f"{len(k['clean'])} members, {args.batch} held-out windows each)")
         c = results[name]["mean"]["clean"]
@@ -185,6 +219,14 @@ def main() -> None:
                       f"difference {e['difference']['mean']:.2f} {ci(e['difference'])}; named above every control "
                       f"in {e['named_beats_every_control']} of {len(e['heads'])} "
                       f"[{e['beats_ci95'][0]:.0%}, {e['beats_ci95'][1]:.0%}]")
+        b = results[name]["by_layer"]["mean"]
+        print("  mean-ablation, single heads by layer: " + "; ".join(
+            f"layer {layer} mean {v['mean']:.2f} (per member {v['min']:.2f}..{v['max']:.2f})"
+            for layer, v in b["per_layer"].items()))
+        print(f"  the top prefix-matching head is the costliest of its layer in {b['top_is_costliest_in_its_layer']} "
+              f"of {b['members']} (by chance P(that many or more) = {b['chance_tail']:.3f}); Spearman of prefix "
+              f"matching and fraction lost over layer {b['spearman_layer']}'s {b['spearman_n']} heads: "
+              f"{b['spearman_rho']:.2f} (p = {b['spearman_p']:.3f})")
     out = Path(args.runs) / "knockout_summary.json"
     write_json_atomic(out, json_safe({"args": vars(args), "architectures": results}))
     figure(results, Path(args.figure))
