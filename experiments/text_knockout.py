@@ -68,14 +68,13 @@ def read_knockouts(analysis: Path) -> dict:
 def done_analysis(run_path: Path, batch: int, k: int) -> Path | None:
     """The run's analysis directory if it already holds the knock-outs asked for: its circuit.json
     describes the run's latest checkpoint, with knock-outs on `batch` windows up to `k` heads."""
-    from induction_jax.checkpoint import Checkpoints
+    from induction_jax.api import open_run
 
     circuit_path = run_path / "analysis" / "circuit.json"
     if not circuit_path.is_file() or not (run_path / "analysis" / "knockout.csv").is_file():
         return None
     circuit = json.loads(circuit_path.read_text())
-    with Checkpoints(RunDir(run_path).checkpoints, async_save=False) as ckpt:
-        steps = ckpt.steps()
+    steps = open_run(run_path).checkpoint_steps()
     knocked = circuit.get("knockout") or {}
     sizes = {b["k"] for m in knocked.get("members", []) for b in m["by_k"]}
     if steps and circuit.get("checkpoint_step") == max(steps) and knocked.get("batch") == batch \
