@@ -56,6 +56,26 @@ def repeated_midpoints(run_path: Path, curve: str) -> np.ndarray:
     return out
 
 
+def probe_members(params: dict, P: int, n_seq: int, key: int):
+    """`(member, its params, tokens)` for each member of `params` (stacked `[E, ...]`), on the
+    same `n_seq` fixed-period sequences of period `P` (tokens uniform over the vocabulary)."""
+    import jax
+    import jax.numpy as jnp
+
+    from induction_jax.tasks.repeated import repeated_sequences
+
+    tokens = repeated_sequences(jax.random.PRNGKey(key), n_seq, P, params["W_E"].shape[-2], True)
+    for m in range(len(params["W_E"])):
+        yield m, {k: jnp.asarray(v[m]) for k, v in params.items()}, tokens
+
+
+def second_half_loss(logits, tokens, P: int) -> float:
+    from induction_jax.losses import token_losses
+    from induction_jax.tasks.repeated import split_losses
+
+    return float(split_losses(token_losses(logits, tokens), P)["loss_second_half"])
+
+
 def attention_offsets(params: dict, P: int, n_seq: int = 64, key: int = 12345) -> list[dict]:
     """Where each member's heads attend (`params` stacked `[E, ...]`), on `n_seq` fixed-period
     sequences of period `P` (tokens uniform over the vocabulary): the last layer's best
@@ -65,19 +85,12 @@ def attention_offsets(params: dict, P: int, n_seq: int = 64, key: int = 12345) -
     mass on j-o over queries j = o..P-1, best head: where the earlier copy, and so the last
     layer's induction keys, lie; a layer-0 head may attend otherwise later), and the second-half
     loss."""
-    import jax
-    import jax.numpy as jnp
-
     from induction_jax import functional
     from induction_jax.analysis.attention import induction_score
-    from induction_jax.losses import token_losses
-    from induction_jax.tasks.repeated import repeated_sequences, split_losses
 
-    tokens = repeated_sequences(jax.random.PRNGKey(key), n_seq, P, params["W_E"].shape[-2], True)
     i = np.arange(P, 2 * P - 1)
     out = []
-    for m in range(len(params["W_E"])):
-        p = {k: jnp.asarray(v[m]) for k, v in params.items()}
+    for m, p, tokens in probe_members(params, P, n_seq, key):
         logits, acts = functional.apply(p, tokens, return_activations=True)
         A = np.asarray(acts.pattern_BLHTS)                                  # [B, L, H, T, S]
         last, first = A[:, -1][:, :, i], A[:, 0].mean(0)
@@ -87,7 +100,7 @@ def attention_offsets(params: dict, P: int, n_seq: int = 64, key: int = 12345) -
         layer0 = {o: float(first[:, np.arange(o, P), np.arange(P - o)].mean(-1).max()) for o in range(1, P)}
         o0 = max(layer0, key=layer0.get)
         out.append({"member": m,
-                    "second_half_loss": float(split_losses(token_losses(logits, tokens), P)["loss_second_half"]),
+                    "second_half_loss": second_half_loss(logits, tokens, P),
                     "induction_score": float(induction_score(A[:, -1], P).mean(0).max()),
                     "sharpest_head": h, "top_weight": float(top[h]), "mode_offset": int(offsets[counts.argmax()]),
                     "mode_share": float(counts.max() / counts.sum()), "layer0_offset": o0,
@@ -102,32 +115,21 @@ def path_cuts(params: dict, P: int, n_seq: int = 64, key: int = 12345) -> list[d
     layer's queries, keys or values (the `cut` intervention's `CutWrite`, at test time; an
     MLP's own write is not cut, so a path through an earlier MLP stays). The textbook circuit
     K-composes: cutting its keys' path loses the copy, its values' path does not."""
-    import jax
     import jax.numpy as jnp
 
     from induction_jax import functional
     from induction_jax.interventions.kinds import PATHS, CutWrite
-    from induction_jax.losses import token_losses
-    from induction_jax.tasks.repeated import repeated_sequences, split_losses
 
-    tokens = repeated_sequences(jax.random.PRNGKey(key), n_seq, P, params["W_E"].shape[-2], True)
     L, H = params["W_Q"].shape[1:3]
     cuts = {}
     for c, name in enumerate(PATHS):
         cut = np.zeros((L, H, L, len(PATHS)), np.float32)
         cut[:L - 1, :, L - 1, c] = 1.0
         cuts[name] = (CutWrite(jnp.asarray(cut)),)
-    out = []
-    for m in range(len(params["W_E"])):
-        p = {k: jnp.asarray(v[m]) for k, v in params.items()}
-
-        def second_half(edits=()):
-            logits = functional.apply(p, tokens, edits=edits)
-            return float(split_losses(token_losses(logits, tokens), P)["loss_second_half"])
-
-        out.append({"member": m, "clean": second_half(),
-                    **{f"cut_{name}": second_half(edits) for name, edits in cuts.items()}})
-    return out
+    return [{"member": m, "clean": second_half_loss(functional.apply(p, tokens), tokens, P),
+             **{f"cut_{name}": second_half_loss(functional.apply(p, tokens, edits=edits), tokens, P)
+                for name, edits in cuts.items()}}
+            for m, p, tokens in probe_members(params, P, n_seq, key)]
 
 
 def run_attention_offsets(run_path: Path) -> list[dict]:
